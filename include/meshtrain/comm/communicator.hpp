@@ -1,0 +1,73 @@
+#pragma once
+// A narrow collective interface over contiguous buffers, in the spirit of PyTorch's c10d
+// Backend: every call names its element type and count; non-blocking calls return a Work
+// handle to wait on.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+
+namespace meshtrain {
+
+enum class DataType { Float32, Float64, Int32, Int64 };
+enum class ReduceOp { Sum, Average, Max, Min };
+
+std::size_t size_of(DataType type);
+std::string_view name_of(DataType type);
+std::string_view name_of(ReduceOp op);
+
+template <class T>
+constexpr DataType data_type_of();
+template <>
+constexpr DataType data_type_of<float>() { return DataType::Float32; }
+template <>
+constexpr DataType data_type_of<double>() { return DataType::Float64; }
+template <>
+constexpr DataType data_type_of<std::int32_t>() { return DataType::Int32; }
+template <>
+constexpr DataType data_type_of<std::int64_t>() { return DataType::Int64; }
+
+// A handle on a collective in flight.
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;
+  virtual bool test() = 0;  // true once complete; never blocks
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string_view backend() const = 0;
+
+  // In place: buf holds count elements on entry and the reduction on exit.
+  virtual void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) = 0;
+  virtual std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
+                                                ReduceOp op) = 0;
+  // send holds count * size() elements; recv receives this rank's count-element block.
+  virtual void reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                              ReduceOp op) = 0;
+  // send holds count elements; recv receives count * size() elements in rank order.
+  virtual void all_gather(const void* send, void* recv, std::size_t count, DataType type) = 0;
+  virtual void broadcast(void* buf, std::size_t count, DataType type, int root) = 0;
+  // Root sends counts[r] elements starting at displs[r] to rank r; recv gets counts[rank()].
+  virtual void scatterv(const void* send, std::span<const int> counts, std::span<const int> displs,
+                        void* recv, int recv_count, DataType type, int root) = 0;
+  virtual void barrier() = 0;
+
+  // Typed conveniences.
+  template <class T>
+  void allreduce(std::span<T> buf, ReduceOp op) {
+    allreduce(buf.data(), buf.size(), data_type_of<T>(), op);
+  }
+  template <class T>
+  void broadcast(std::span<T> buf, int root) {
+    broadcast(buf.data(), buf.size(), data_type_of<T>(), root);
+  }
+};
+
+}  // namespace meshtrain

@@ -1,0 +1,50 @@
+#pragma once
+#include <mpi.h>
+
+#include <string>
+
+#include "meshtrain/comm/communicator.hpp"
+
+namespace meshtrain {
+
+// Throws CommError naming the call, the rank in MPI_COMM_WORLD and the MPI error string.
+void check_mpi(int code, const char* call);
+
+MPI_Datatype mpi_type(DataType type);
+
+// Collectives over an MPI communicator on host-accessible memory. Owns a duplicate of the
+// communicator it is given, with MPI_ERRORS_RETURN so that every failure is reported as a
+// CommError instead of aborting deep inside MPI.
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string_view backend() const override { return "mpi"; }
+  MPI_Comm comm() const { return comm_; }
+
+  void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
+  std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
+                                        ReduceOp op) override;
+  void reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                      ReduceOp op) override;
+  void all_gather(const void* send, void* recv, std::size_t count, DataType type) override;
+  void broadcast(void* buf, std::size_t count, DataType type, int root) override;
+  void scatterv(const void* send, std::span<const int> counts, std::span<const int> displs,
+                void* recv, int recv_count, DataType type, int root) override;
+  void barrier() override;
+
+  using Communicator::allreduce;
+  using Communicator::broadcast;
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace meshtrain

@@ -1,0 +1,29 @@
+#pragma once
+#include <string>
+#include <vector>
+
+namespace meshtrain {
+
+// How the devices of a job are arranged, as in the reference tutorial:
+// DistributedConfig(mesh_shape=(2,), mesh_axis_names=("data",), strategy="data").
+struct DistributedConfig {
+  std::vector<int> mesh_shape;               // empty: one axis spanning every rank
+  std::vector<std::string> mesh_axis_names;  // empty: ("data",) for a 1-D mesh
+  std::string strategy = "data";             // "data" or "fsdp"
+
+  // The config with defaults filled in for a job of world_size ranks.
+  DistributedConfig resolved(int world_size) const;
+  // Throws ConfigError (naming the field and value) unless the resolved config describes a
+  // mesh of exactly world_size devices with distinct, non-empty axis names and a known strategy.
+  void validate(int world_size) const;
+
+  int num_devices() const;  // product of mesh_shape
+  bool operator==(const DistributedConfig&) const = default;
+};
+
+// "(2,)" or "(2, 2)", as Python prints a tuple of ints.
+std::string format_shape(const std::vector<int>& shape);
+// "('data',)" or "('data', 'fsdp')", as Python prints a tuple of strings.
+std::string format_axis_names(const std::vector<std::string>& names);
+
+}  // namespace meshtrain

@@ -1,0 +1,34 @@
+#pragma once
+// The model's kernels, one Kokkos kernel (or one gemm) each. Shapes: x (n x in),
+// kernel W (in x out), bias b (out), y and dy (n x out).
+#include <string>
+
+#include "meshtrain/nn/types.hpp"
+
+namespace meshtrain {
+
+enum class Activation { Identity, ReLU, Tanh };
+
+Activation parse_activation(const std::string& name);  // "relu", "tanh", "identity"
+std::string name_of(Activation activation);
+
+// y = act(x W + b): one gemm, then bias and activation fused in one kernel.
+void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
+                    Activation activation);
+
+// dy <- dy * act'(.) in place, with the derivative taken from the activation's output y.
+void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation);
+
+// Given dz = dL/d(xW + b): dW = x^T dz, db = sum over rows of dz and, if dx is non-empty,
+// dx = dz W^T. Overwrites dW, db and dx.
+void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
+                     VectorRef db, MatrixRef dx);
+
+// Mean squared error over a global batch of which (pred, target) is this rank's shard:
+// dpred = 2 (pred - target) * scale and loss_out() = scale * sum (pred - target)^2, where
+// scale = 1 / (global rows * columns). Summing both over the shards gives the global mean
+// and its gradient. loss_out is written on the device, without a host synchronisation.
+void mse_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale, MatrixRef dpred,
+                   Kokkos::View<float, MemSpace, Unmanaged> loss_out);
+
+}  // namespace meshtrain

@@ -1,0 +1,90 @@
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "meshtrain/nn/kernels.hpp"
+#include "meshtrain/nn/types.hpp"
+
+namespace meshtrain {
+
+// One tensor inside the flat parameter buffer.
+struct TensorSpec {
+  std::string name;                 // "layers.0.kernel", "layers.0.bias", ...
+  std::vector<std::size_t> shape;   // kernel (in, out), bias (out)
+  std::size_t offset = 0;           // first element in the flat buffer
+  std::size_t size = 0;             // elements
+};
+
+struct DenseSpec {
+  int in = 0;
+  int out = 0;
+  Activation activation = Activation::Identity;
+};
+
+class MlpWorkspace;
+
+// A multi-layer perceptron: Dense layers with the activation fused into each, the last
+// layer linear. All parameters live in one flat Kokkos view (kernel then bias per layer),
+// so a whole-model collective or optimizer step is one call on one buffer; every tensor
+// is a view into it.
+class Mlp {
+ public:
+  // widths = {in, hidden..., out}; hidden layers use `hidden`, the output layer is linear.
+  // Kernels are initialised LeCun-normal as Flax does (truncated to +-2 sigma, then
+  // std = sqrt(1 / fan_in) / 0.87962566103423978), biases zero, from `seed`.
+  Mlp(std::vector<int> widths, Activation hidden, std::uint64_t seed);
+
+  // The reference tutorial's SimplePDEModel: Linear(4->64), ReLU, Linear(64->1).
+  static Mlp simple_pde_model(std::uint64_t seed);
+
+  std::size_t num_parameters() const { return num_parameters_; }
+  const std::vector<int>& widths() const { return widths_; }
+  const std::vector<DenseSpec>& layers() const { return layers_; }
+  const std::vector<TensorSpec>& tensors() const { return tensors_; }
+  int in_features() const { return widths_.front(); }
+  int out_features() const { return widths_.back(); }
+
+  Vector parameters() const { return params_; }
+  HostVector parameters_on_host() const;
+  void set_parameters(const HostVector& values);
+
+  // Views of layer l's tensors inside any flat buffer laid out like the parameters
+  // (the parameters themselves, the gradients, optimizer moments).
+  MatrixRef kernel(float* flat, std::size_t l) const;
+  VectorRef bias(float* flat, std::size_t l) const;
+
+  // Forward pass over x (n x in) into the workspace; returns the output rows (n x out).
+  ConstMatrixRef forward(ConstMatrixRef x, MlpWorkspace& ws) const;
+  // Backward pass after forward(x, ws); dout (n x out) is overwritten. Writes every gradient
+  // into grads (a flat buffer of num_parameters() elements).
+  void backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads) const;
+
+  // Fresh copy with its own parameter storage.
+  Mlp clone() const;
+
+ private:
+  Mlp() = default;
+  std::vector<int> widths_;
+  std::vector<DenseSpec> layers_;
+  std::vector<TensorSpec> tensors_;
+  std::size_t num_parameters_ = 0;
+  Vector params_;
+};
+
+// Activation buffers for batches of up to max_rows rows, allocated once so that no
+// training step allocates.
+class MlpWorkspace {
+ public:
+  MlpWorkspace(const Mlp& model, std::size_t max_rows);
+  std::size_t max_rows() const { return max_rows_; }
+
+ private:
+  friend class Mlp;
+  std::size_t max_rows_;
+  std::vector<Matrix> activations_;  // output of each layer
+  Matrix grad_a_;                    // ping-pong buffers for dL/d(activation)
+  Matrix grad_b_;
+};
+
+}  // namespace meshtrain

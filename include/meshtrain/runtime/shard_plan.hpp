@@ -1,0 +1,27 @@
+#pragma once
+#include <vector>
+
+namespace meshtrain {
+
+class DeviceMesh;
+
+// How one global batch is split across the "data" axis: shard r holds rows
+// [offsets[r], offsets[r] + counts[r]) of the batch. Shards differ by at most one row and the
+// first global_batch % parts shards take the extra row (32 over 3 ranks: 11, 11, 10).
+struct ShardPlan {
+  int global_batch = 0;
+  std::vector<int> counts;
+  std::vector<int> offsets;
+
+  int parts() const { return static_cast<int>(counts.size()); }
+  bool operator==(const ShardPlan&) const = default;
+};
+
+// The plan as arithmetic, identical wherever it is computed.
+ShardPlan make_shard_plan(int global_batch, int parts);
+
+// Collective over the mesh's "data" axis: rank 0 of that axis computes the plan and
+// broadcasts it, so rank 0's plan is the one every rank follows.
+ShardPlan shard_batch(const DeviceMesh& mesh, int global_batch);
+
+}  // namespace meshtrain

@@ -1,0 +1,123 @@
+#include "meshtrain/nn/kernels.hpp"
+
+#include <KokkosBlas3_gemm.hpp>
+
+#include "meshtrain/error.hpp"
+
+namespace meshtrain {
+
+Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::ReLU;
+  if (name == "tanh") return Activation::Tanh;
+  if (name == "identity" || name == "linear") return Activation::Identity;
+  throw ConfigError("activation '" + name + "': unknown (choose relu, tanh or identity)");
+}
+
+std::string name_of(Activation activation) {
+  switch (activation) {
+    case Activation::Identity: return "identity";
+    case Activation::ReLU: return "relu";
+    case Activation::Tanh: return "tanh";
+  }
+  return "?";
+}
+
+namespace {
+using Policy2D = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
+}
+
+void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
+                    Activation activation) {
+  const auto n = y.extent(0);
+  const auto out = y.extent(1);
+  if (n == 0) return;
+  if (x.extent(1) > 0) {
+    KokkosBlas::gemm("N", "N", 1.0f, x, w, 0.0f, y);
+  } else {
+    Kokkos::deep_copy(y, 0.0f);
+  }
+  switch (activation) {
+    case Activation::Identity:
+      Kokkos::parallel_for(
+          "meshtrain::bias", Policy2D({0, 0}, {n, out}),
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) += b(j); });
+      break;
+    case Activation::ReLU:
+      Kokkos::parallel_for(
+          "meshtrain::bias_relu", Policy2D({0, 0}, {n, out}),
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
+            const float z = y(i, j) + b(j);
+            y(i, j) = z > 0.0f ? z : 0.0f;
+          });
+      break;
+    case Activation::Tanh:
+      Kokkos::parallel_for(
+          "meshtrain::bias_tanh", Policy2D({0, 0}, {n, out}),
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = Kokkos::Experimental::tanh(y(i, j) + b(j)); });
+      break;
+  }
+}
+
+void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation) {
+  const auto n = y.extent(0);
+  const auto out = y.extent(1);
+  if (n == 0) return;
+  switch (activation) {
+    case Activation::Identity: return;
+    case Activation::ReLU:
+      Kokkos::parallel_for(
+          "meshtrain::relu_backward", Policy2D({0, 0}, {n, out}),
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
+            if (!(y(i, j) > 0.0f)) dy(i, j) = 0.0f;
+          });
+      return;
+    case Activation::Tanh:
+      Kokkos::parallel_for(
+          "meshtrain::tanh_backward", Policy2D({0, 0}, {n, out}),
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
+            dy(i, j) *= 1.0f - y(i, j) * y(i, j);
+          });
+      return;
+  }
+}
+
+void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
+                     VectorRef db, MatrixRef dx) {
+  const auto n = dz.extent(0);
+  const auto out = dz.extent(1);
+  if (n == 0) {
+    // An empty shard contributes nothing, but its gradient slots must still be zero
+    // before the all-reduce sums them.
+    Kokkos::deep_copy(dw, 0.0f);
+    Kokkos::deep_copy(db, 0.0f);
+    return;
+  }
+  KokkosBlas::gemm("T", "N", 1.0f, x, dz, 0.0f, dw);
+  Kokkos::parallel_for(
+      "meshtrain::bias_backward", Kokkos::RangePolicy<ExecSpace>(0, out),
+      KOKKOS_LAMBDA(std::size_t j) {
+        float sum = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) sum += dz(i, j);
+        db(j) = sum;
+      });
+  if (dx.extent(0) > 0 && dx.extent(1) > 0) KokkosBlas::gemm("N", "T", 1.0f, dz, w, 0.0f, dx);
+}
+
+void mse_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale, MatrixRef dpred,
+                   Kokkos::View<float, MemSpace, Unmanaged> loss_out) {
+  const auto n = pred.extent(0);
+  const auto cols = pred.extent(1);
+  const float two_scale = 2.0f * scale;
+  Kokkos::parallel_reduce(
+      "meshtrain::mse", Kokkos::RangePolicy<ExecSpace>(0, n * cols),
+      KOKKOS_LAMBDA(std::size_t k, float& sum) {
+        const std::size_t i = k / cols;
+        const std::size_t j = k % cols;
+        const float diff = pred(i, j) - target(i, j);
+        dpred(i, j) = two_scale * diff;
+        sum += scale * diff * diff;
+      },
+      loss_out);
+}
+
+}  // namespace meshtrain

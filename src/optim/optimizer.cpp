@@ -1,0 +1,77 @@
+#include "meshtrain/optim/optimizer.hpp"
+
+#include <cmath>
+
+#include "meshtrain/error.hpp"
+
+namespace meshtrain {
+
+OptimizerConfig OptimizerConfig::from_name(const std::string& name) {
+  OptimizerConfig c;
+  c.name = name;
+  if (name == "adam" || name == "sgd") return c;
+  if (name == "adamw") {
+    c.weight_decay = 1e-4;
+    return c;
+  }
+  throw ConfigError("optimizer '" + name + "': unknown (choose adam, adamw or sgd)");
+}
+
+Optimizer::Optimizer(OptimizerConfig config, std::size_t num_parameters)
+    : config_(std::move(config)) {
+  if (config_.name != "adam" && config_.name != "adamw" && config_.name != "sgd") {
+    throw ConfigError("optimizer '" + config_.name + "': unknown (choose adam, adamw or sgd)");
+  }
+  if (config_.name != "sgd" || config_.momentum != 0.0) {
+    mu_ = Vector("meshtrain::adam_mu", num_parameters);
+  }
+  if (config_.name != "sgd") nu_ = Vector("meshtrain::adam_nu", num_parameters);
+}
+
+void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rate) {
+  ++step_;
+  const std::size_t n = params.extent(0);
+  auto mu = mu_;
+  auto nu = nu_;
+  if (config_.name == "sgd") {
+    const float lr = static_cast<float>(learning_rate);
+    if (config_.momentum == 0.0) {
+      Kokkos::parallel_for(
+          "meshtrain::sgd", Kokkos::RangePolicy<ExecSpace>(0, n),
+          KOKKOS_LAMBDA(std::size_t i) { params(i) -= lr * grads(i); });
+    } else {
+      const float m = static_cast<float>(config_.momentum);
+      Kokkos::parallel_for(
+          "meshtrain::sgd_momentum", Kokkos::RangePolicy<ExecSpace>(0, n),
+          KOKKOS_LAMBDA(std::size_t i) {
+            mu(i) = m * mu(i) + grads(i);
+            params(i) -= lr * mu(i);
+          });
+    }
+    return;
+  }
+  // Bias corrections in double on the host, as optax computes them in float32 from
+  // b**t; the difference is below float resolution for any realistic step count.
+  const double t = static_cast<double>(step_);
+  const float b1 = static_cast<float>(config_.beta1);
+  const float b2 = static_cast<float>(config_.beta2);
+  const float c1 = static_cast<float>(1.0 / (1.0 - std::pow(config_.beta1, t)));
+  const float c2 = static_cast<float>(1.0 / (1.0 - std::pow(config_.beta2, t)));
+  const float eps = static_cast<float>(config_.eps);
+  const float lr = static_cast<float>(learning_rate);
+  const double wd_config = config_.name == "adamw" && config_.weight_decay < 0 ? 1e-4
+                                                                               : config_.weight_decay;
+  const float wd = static_cast<float>(wd_config);
+  Kokkos::parallel_for(
+      "meshtrain::adam", Kokkos::RangePolicy<ExecSpace>(0, n), KOKKOS_LAMBDA(std::size_t i) {
+        const float g = grads(i);
+        const float m = b1 * mu(i) + (1.0f - b1) * g;
+        const float v = b2 * nu(i) + (1.0f - b2) * g * g;
+        mu(i) = m;
+        nu(i) = v;
+        const float update = (m * c1) / (Kokkos::Experimental::sqrt(v * c2) + eps) + wd * params(i);
+        params(i) -= lr * update;
+      });
+}
+
+}  // namespace meshtrain

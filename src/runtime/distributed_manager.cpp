@@ -1,0 +1,111 @@
+#include "meshtrain/runtime/distributed_manager.hpp"
+
+#include <Kokkos_Core.hpp>
+#include <stdexcept>
+#include <string>
+
+#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/error.hpp"
+
+namespace meshtrain {
+
+namespace {
+DistributedManager* g_current = nullptr;
+}
+
+int device_for_local_rank(int local_rank, int local_size, int devices_on_node) {
+  if (devices_on_node < 1) return 0;  // host execution: every rank owns one core
+  if (local_size > devices_on_node) {
+    throw ConfigError("ranks per node " + std::to_string(local_size) + ": this node has only " +
+                      std::to_string(devices_on_node) +
+                      " visible device(s); launch at most one rank per device");
+  }
+  return local_rank;
+}
+
+DistributedManager::DistributedManager(int* argc, char*** argv, MPI_Comm base) : base_(base) {
+  initialize(argc, argv);
+}
+
+DistributedManager::DistributedManager(int* argc, char*** argv, const DistributedConfig& config,
+                                       MPI_Comm base)
+    : base_(base) {
+  initialize(argc, argv);
+  try {
+    create_mesh(config);
+  } catch (...) {
+    shutdown();  // the destructor does not run when a constructor throws
+    throw;
+  }
+}
+
+void DistributedManager::initialize(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    owns_mpi_ = true;
+  }
+  if (base_ == MPI_COMM_WORLD) MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  check_mpi(MPI_Comm_rank(base_, &rank_), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(base_, &size_), "MPI_Comm_size");
+
+  MPI_Comm node = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(base_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type");
+  MPI_Comm_rank(node, &local_rank_);
+  MPI_Comm_size(node, &local_size_);
+  MPI_Comm_free(&node);
+
+  if (!Kokkos::is_initialized()) {
+    // Host backends: no device to bind. Device backends bind device = local rank (issue: GPUs).
+    device_id_ = 0;
+    Kokkos::InitArguments args;
+    args.num_threads = 1;
+    args.device_id = device_id_;
+    args.disable_warnings = true;
+    Kokkos::initialize(args);
+    owns_kokkos_ = true;
+  }
+  previous_ = g_current;
+  g_current = this;
+}
+
+DistributedManager::~DistributedManager() { shutdown(); }
+
+void DistributedManager::shutdown() {
+  if (g_current == this) g_current = previous_;
+  mesh_.reset();
+  if (owns_kokkos_ && Kokkos::is_initialized()) Kokkos::finalize();
+  owns_kokkos_ = false;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owns_mpi_ && !finalized) MPI_Finalize();
+  owns_mpi_ = false;
+}
+
+std::string DistributedManager::backend_name() const {
+  return Kokkos::DefaultExecutionSpace::name();
+}
+
+const DeviceMesh& DistributedManager::create_mesh(const DistributedConfig& config) {
+  mesh_ = std::make_unique<DeviceMesh>(base_, config);
+  return *mesh_;
+}
+
+const DeviceMesh& DistributedManager::mesh() const {
+  if (!mesh_) throw std::logic_error("DistributedManager::mesh() called before create_mesh()");
+  return *mesh_;
+}
+
+ShardPlan DistributedManager::shard_batch(int global_batch) const {
+  return meshtrain::shard_batch(mesh(), global_batch);
+}
+
+DistributedManager& DistributedManager::current() {
+  if (!g_current) throw std::logic_error("no DistributedManager is alive in this process");
+  return *g_current;
+}
+
+}  // namespace meshtrain
