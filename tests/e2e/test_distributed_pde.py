@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the distributed_pde binary, launched through launch/mpirun.sh.
+
+Usage: test_distributed_pde.py --binary PATH [unittest args]
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAUNCH = os.path.join(HERE, "..", "..", "launch", "mpirun.sh")
+BINARY = None
+
+
+def run(np_, *args, timeout=60):
+    cmd = [LAUNCH, "-np", str(np_), BINARY, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def field(text, name):
+    m = re.search(rf"^{re.escape(name)}\s*(.+)$", text, re.M)
+    if not m:
+        raise AssertionError(f"no line '{name}' in output:\n{text}")
+    return m.group(1).strip()
+
+
+class ReferenceRun(unittest.TestCase):
+    results = {}
+
+    @classmethod
+    def setUpClass(cls):
+        for np_ in (1, 2, 3, 4):
+            cls.results[np_] = run(np_)
+
+    def test_prints_the_tutorial_block(self):
+        r = self.results[2]
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = r.stdout
+        self.assertEqual(field(out, "Model parameters:"), "385")
+        self.assertEqual(field(out, "Mesh shape:"), "(2,)")
+        self.assertEqual(field(out, "Axis names:"), "('data',)")
+        self.assertEqual(field(out, "Strategy:"), "data")
+        self.assertEqual(field(out, "Training data:"), "x=(256, 4), y=(256, 1)")
+        self.assertEqual(field(out, "Devices used:"), "2")
+        self.assertIn("RESULTS", out)
+        self.assertRegex(field(out, "Backend:"), r"\S")
+        self.assertRegex(field(out, "Training time:"), r"^[0-9.]+ s \(160 steps, [0-9]+ steps/s")
+        # Printed once, by rank 0.
+        self.assertEqual(out.count("RESULTS"), 1)
+        self.assertEqual(r.stderr.strip(), "")
+
+    def test_loss_in_the_tutorials_range(self):
+        out = self.results[2].stdout
+        initial = float(field(out, "Initial loss:"))
+        final = float(field(out, "Final loss:"))
+        self.assertTrue(10 < initial < 40, initial)
+        self.assertTrue(1.5 < final < 6, final)
+
+    def test_every_rank_count_gives_the_same_losses(self):
+        ref = self.results[1]
+        self.assertEqual(ref.returncode, 0, ref.stderr)
+        for np_ in (2, 3, 4):
+            r = self.results[np_]
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(field(r.stdout, "Devices used:"), str(np_))
+            self.assertEqual(field(r.stdout, "Mesh shape:"), f"({np_},)")
+            for name in ("Initial loss:", "Final loss:"):
+                a = float(field(ref.stdout, name))
+                b = float(field(r.stdout, name))
+                self.assertAlmostEqual(a, b, delta=1e-5 * abs(a), msg=f"{name} np={np_}")
+
+
+class Flags(unittest.TestCase):
+    def test_help_lists_every_flag_once(self):
+        r = run(2, "--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for flag in ("--epochs", "--batch-size", "--lr", "--samples", "--seed", "--mesh-shape",
+                     "--axis-names", "--strategy", "--help"):
+            self.assertIn(flag, r.stdout)
+        self.assertEqual(r.stdout.count("--mesh-shape"), 1)  # rank 0 only
+
+    def test_flags_override_the_run(self):
+        r = run(2, "--epochs", "3", "--batch-size", "10", "--samples", "95", "--lr", "0.01",
+                "--seed", "7", "--mesh-shape", "(2,)", "--axis-names", "('data',)")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(field(r.stdout, "Training time:"), r"\(30 steps,")  # 3 x ceil(95/10)
+        self.assertEqual(field(r.stdout, "Training data:"), "x=(95, 4), y=(95, 1)")
+        self.assertIn("global batch: 10 (5 to 5 per rank)", r.stdout)
+        self.assertIn("lr: 0.01", r.stdout)
+
+    def test_two_dimensional_data_mesh(self):
+        r = run(4, "--mesh-shape", "2,2", "--axis-names", "data,replica", "--epochs", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(field(r.stdout, "Mesh shape:"), "(2, 2)")
+        self.assertEqual(field(r.stdout, "Axis names:"), "('data', 'replica')")
+
+
+class BadInput(unittest.TestCase):
+    """One line on stderr from rank 0 naming the flag and the value, non-zero exit, fast."""
+
+    CASES = [
+        (["--mesh-shape", "3"], "--mesh-shape (3,)"),
+        (["--mesh-shape", "2,2"], "--mesh-shape (2, 2)"),
+        (["--mesh-shape", "0"], "--mesh-shape (0,)"),
+        (["--mesh-shape", "two"], "--mesh-shape 'two'"),
+        (["--strategy", "pipeline"], "--strategy 'pipeline'"),
+        (["--axis-names", "data,fsdp"], "--axis-names ('data', 'fsdp')"),
+        (["--axis-names", "model"], "--axis-names ('model',)"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--batch-size", "1"], "--batch-size 1"),
+        (["--batch-size", "-5"], "--batch-size -5"),
+        (["--batch-size", "3.5"], "--batch-size '3.5'"),
+        (["--lr", "0"], "--lr 0"),
+        (["--lr", "-0.1"], "--lr -0.1"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--lr", "inf"], "--lr inf"),
+        (["--lr", "abc"], "--lr 'abc'"),
+        (["--lr", "1e-3x"], "--lr '1e-3x'"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--epochs", "1.5"], "--epochs '1.5'"),
+        (["--epochs", "99999999999"], "--epochs '99999999999'"),
+        (["--samples", "0"], "--samples 0"),
+        (["--seed", "-1"], "--seed '-1'"),
+        (["--optimizer", "lbfgs"], "--optimizer 'lbfgs'"),
+        (["--no-such-flag"], "--no-such-flag"),
+        (["--epochs"], "--epochs"),
+    ]
+
+    def test_each_bad_input(self):
+        for args, expected in self.CASES:
+            with self.subTest(args=args):
+                r = run(2, *args, timeout=30)
+                self.assertNotEqual(r.returncode, 0, r.stdout)
+                lines = [l for l in r.stderr.splitlines() if l.strip()]
+                self.assertEqual(len(lines), 1, f"stderr: {r.stderr!r}")
+                self.assertTrue(lines[0].startswith("distributed_pde: error: "), lines[0])
+                self.assertIn(expected, lines[0])
+                self.assertNotIn("RESULTS", r.stdout)
+                for bad in ("Traceback", "core dumped", "terminate called", "Abort"):
+                    self.assertNotIn(bad, r.stderr)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--mpiexec", default="mpirun")  # kept for CTest symmetry
+    parser.add_argument("--mpiexec-flags", default="")
+    args, rest = parser.parse_known_args()
+    BINARY = os.path.abspath(args.binary)
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)

@@ -1,0 +1,154 @@
+// Global-batch semantics: an N-rank run computes what a 1-rank run computes, and every rank
+// ends with the same parameters. Each test trains once over the world and once over
+// MPI_COMM_SELF (the 1-rank reference) on every rank.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/data/dataset.hpp"
+#include "meshtrain/error.hpp"
+#include "meshtrain/train/trainer.hpp"
+
+using namespace meshtrain;
+
+namespace {
+
+int world_size() {
+  int n = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+std::vector<float> host_params(const Mlp& model) {
+  HostVector p = model.parameters_on_host();
+  return std::vector<float>(p.data(), p.data() + p.extent(0));
+}
+
+// Largest |a - b| relative to the largest |a| over the vector (parameters near zero make a
+// per-element relative error meaningless).
+double max_relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 0.0, diff = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, std::abs(static_cast<double>(a[i])));
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return diff / scale;
+}
+
+struct Case {
+  int samples;
+  int batch;
+  int epochs;
+  std::vector<int> widths;
+};
+
+void expect_world_equals_single(const Case& c, const DistributedConfig& dist) {
+  TrainingConfig config;
+  config.num_epochs = c.epochs;
+  config.batch_size = c.batch;
+  config.seed = 3;
+  config.distributed_config = dist;
+  const ReferenceData data = make_reference_data(c.samples, c.widths.front(), config.seed);
+
+  Trainer distributed(Mlp(c.widths, Activation::ReLU, config.seed), config, MPI_COMM_WORLD);
+  const FitResult n_ranks = distributed.fit(data.x, data.y);
+
+  TrainingConfig single_config = config;
+  single_config.distributed_config = DistributedConfig{};
+  Trainer single(Mlp(c.widths, Activation::ReLU, config.seed), single_config, MPI_COMM_SELF);
+  const FitResult one_rank = single.fit(data.x, data.y);
+
+  const auto pn = host_params(n_ranks.model);
+  const auto p1 = host_params(one_rank.model);
+  EXPECT_LE(max_relative_difference(pn, p1), 1e-5) << "parameters, samples " << c.samples;
+  EXPECT_NEAR(n_ranks.metrics.final_loss, one_rank.metrics.final_loss,
+              1e-5 * one_rank.metrics.final_loss);
+  EXPECT_NEAR(n_ranks.metrics.initial_loss, one_rank.metrics.initial_loss,
+              1e-5 * one_rank.metrics.initial_loss);
+  ASSERT_EQ(n_ranks.metrics.epoch_losses.size(), static_cast<std::size_t>(c.epochs));
+  EXPECT_EQ(n_ranks.metrics.steps, one_rank.metrics.steps);
+
+  // Bit-identical parameters on every rank of the distributed run.
+  MpiCommunicator world(MPI_COMM_WORLD);
+  std::vector<float> root = pn;
+  world.broadcast(std::span<float>(root), 0);
+  EXPECT_EQ(std::memcmp(root.data(), pn.data(), pn.size() * sizeof(float)), 0)
+      << "parameters differ from rank 0's on rank " << world.rank();
+}
+
+}  // namespace
+
+TEST(Training, ReferenceRunMatchesOneRank) {
+  expect_world_equals_single({256, 32, 20, {4, 64, 1}}, DistributedConfig{});
+}
+
+TEST(Training, PartialLastBatchAndUnevenShards) {
+  // 250 = 7 * 32 + 26: the last batch is partial; 32 and 26 split unevenly over 3 or 4 ranks.
+  expect_world_equals_single({250, 32, 3, {4, 16, 16, 1}}, DistributedConfig{});
+}
+
+TEST(Training, LastBatchSmallerThanTheRankCount) {
+  // 33 = 32 + 1: in the last batch every rank but one holds zero rows.
+  expect_world_equals_single({33, 32, 4, {4, 8, 1}}, DistributedConfig{});
+}
+
+TEST(Training, DataAxisOfATwoDimensionalMesh) {
+  const int n = world_size();
+  for (int data = 1; data <= n; ++data) {
+    if (n % data != 0) continue;
+    expect_world_equals_single({64, 16, 2, {4, 8, 1}},
+                               DistributedConfig{{data, n / data}, {"data", "replica"}, "data"});
+  }
+}
+
+TEST(Training, ReferenceRunLearns) {
+  TrainingConfig config;
+  const ReferenceData data = make_reference_data(256, 4, config.seed);
+  Trainer trainer(Mlp::simple_pde_model(config.seed), config);
+  const FitResult result = trainer.fit(data.x, data.y);
+  const TrainingMetrics& m = result.metrics;
+  EXPECT_EQ(m.steps, 160);
+  EXPECT_GT(m.initial_loss, 10.0);
+  EXPECT_LT(m.initial_loss, 40.0);
+  EXPECT_LT(m.final_loss, m.initial_loss / 4);
+  for (std::size_t e = 1; e < m.epoch_losses.size(); ++e) {
+    EXPECT_LT(m.epoch_losses[e], m.epoch_losses[e - 1]) << "epoch " << e;
+  }
+  EXPECT_GT(m.wall_seconds, 0.0);
+  EXPECT_GT(m.samples_per_second, 0.0);
+}
+
+TEST(Training, StartsFromRankZerosParameters) {
+  // Each rank initialises with a different seed; rank 0's parameters must win.
+  MpiCommunicator world(MPI_COMM_WORLD);
+  TrainingConfig config;
+  config.num_epochs = 1;
+  const ReferenceData data = make_reference_data(64, 4, 0);
+  Trainer mixed(Mlp::simple_pde_model(100 + world.rank()), config);
+  const FitResult a = mixed.fit(data.x, data.y);
+  Trainer reference(Mlp::simple_pde_model(100), config);
+  const FitResult b = reference.fit(data.x, data.y);
+  EXPECT_EQ(host_params(a.model), host_params(b.model));
+}
+
+TEST(Training, BadConfigsAreConfigErrorsOnEveryRank) {
+  const int n = world_size();
+  TrainingConfig config;
+  config.batch_size = n - 1;  // fewer samples per batch than shards (0 when n == 1)
+  EXPECT_THROW(Trainer(Mlp::simple_pde_model(0), config), ConfigError);
+  config = TrainingConfig{};
+  config.learning_rate = -1;
+  EXPECT_THROW(Trainer(Mlp::simple_pde_model(0), config), ConfigError);
+  config = TrainingConfig{};
+  config.distributed_config.mesh_shape = {n + 1};
+  EXPECT_THROW(Trainer(Mlp::simple_pde_model(0), config), ConfigError);
+
+  Trainer trainer(Mlp::simple_pde_model(0), TrainingConfig{});
+  const ReferenceData wrong = make_reference_data(16, 3, 0);  // 3 features for a 4-input model
+  EXPECT_THROW(trainer.fit(wrong.x, wrong.y), ConfigError);
+  MpiCommunicator(MPI_COMM_WORLD).barrier();
+}
