@@ -1,0 +1,56 @@
+// One data-parallel training step (forward, loss, backward, gradient all-reduce, Adam) at the
+// rank count the binary is launched with:
+//   launch/mpirun.sh -np 2 build/bin/bench_step
+#include <cstdint>
+#include <memory>
+
+#include "bench_main.hpp"
+#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/data/dataset.hpp"
+#include "meshtrain/train/trainer.hpp"
+
+namespace {
+
+using namespace meshtrain;
+
+void train_step(benchmark::State& state, std::vector<int> widths, int batch) {
+  TrainingConfig config;
+  config.batch_size = batch;
+  const ReferenceData data = make_reference_data(batch * 4, widths.front(), 0);
+  Trainer trainer(Mlp(widths, Activation::ReLU, 0), config);
+  trainer.prepare(data.x, data.y);
+  std::size_t b = 0;
+  for (auto _ : state) {
+    trainer.step(b);
+    b = (b + 1) % trainer.batches_per_epoch();
+  }
+  ExecSpace().fence();
+  state.counters["params"] = static_cast<double>(trainer.model().num_parameters());
+  state.counters["global_batch"] = batch;
+  state.counters["ranks"] = trainer.mesh().size();
+  state.counters["samples/s"] = benchmark::Counter(
+      static_cast<double>(batch) * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["steps/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_TrainStep_Reference(benchmark::State& state) { train_step(state, {4, 64, 1}, 32); }
+void BM_TrainStep_MLP1024x3(benchmark::State& state) {
+  train_step(state, {4, 1024, 1024, 1024, 1}, 1024);
+}
+
+// The floor under a step: one in-place all-reduce of the reference gradient (385 + 1 floats).
+void BM_Allreduce385(benchmark::State& state) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  std::vector<float> buf(386, 1.0f);
+  for (auto _ : state) comm.allreduce(buf.data(), buf.size(), DataType::Float32, ReduceOp::Sum);
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * buf.size() * sizeof(float)));
+}
+
+BENCHMARK(BM_TrainStep_Reference)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_TrainStep_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Allreduce385)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+}  // namespace
+
+int main(int argc, char** argv) { return meshtrain::bench::run_benchmarks(argc, argv); }
