@@ -11,7 +11,7 @@ packages=(
   libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev
-  python3 python3-numpy
+  python3 bc
 )
 
 missing=()

@@ -36,7 +36,10 @@ T parse_integer(const std::string& flag, const std::string& text) {
   T value{};
   const char* first = t.data();
   const char* last = t.data() + t.size();
-  if (!t.empty() && t[0] == '+') ++first;
+  if (!t.empty() && t[0] == '+') {
+    ++first;
+    if (first != last && *first == '-') bad(flag, text, "not an integer");
+  }
   const auto [ptr, ec] = std::from_chars(first, last, value);
   if (t.empty() || ec == std::errc::invalid_argument || ptr != last) {
     bad(flag, text, "not an integer");

@@ -55,6 +55,9 @@ void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rat
   const double t = static_cast<double>(step_);
   const float b1 = static_cast<float>(config_.beta1);
   const float b2 = static_cast<float>(config_.beta2);
+  // 1 - b in double: 1.0f - 0.999f is 1.3e-5 off 0.001 in float.
+  const float one_minus_b1 = static_cast<float>(1.0 - config_.beta1);
+  const float one_minus_b2 = static_cast<float>(1.0 - config_.beta2);
   const float c1 = static_cast<float>(1.0 / (1.0 - std::pow(config_.beta1, t)));
   const float c2 = static_cast<float>(1.0 / (1.0 - std::pow(config_.beta2, t)));
   const float eps = static_cast<float>(config_.eps);
@@ -65,8 +68,8 @@ void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rat
   Kokkos::parallel_for(
       "meshtrain::adam", Kokkos::RangePolicy<ExecSpace>(0, n), KOKKOS_LAMBDA(std::size_t i) {
         const float g = grads(i);
-        const float m = b1 * mu(i) + (1.0f - b1) * g;
-        const float v = b2 * nu(i) + (1.0f - b2) * g * g;
+        const float m = b1 * mu(i) + one_minus_b1 * g;
+        const float v = b2 * nu(i) + one_minus_b2 * g * g;
         mu(i) = m;
         nu(i) = v;
         const float update = (m * c1) / (Kokkos::Experimental::sqrt(v * c2) + eps) + wd * params(i);

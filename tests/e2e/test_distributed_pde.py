@@ -146,8 +146,6 @@ class BadInput(unittest.TestCase):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
-    parser.add_argument("--mpiexec", default="mpirun")  # kept for CTest symmetry
-    parser.add_argument("--mpiexec-flags", default="")
     args, rest = parser.parse_known_args()
     BINARY = os.path.abspath(args.binary)
     unittest.main(argv=[sys.argv[0], *rest], verbosity=2)
