@@ -93,13 +93,25 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
     return;
   }
   KokkosBlas::gemm("T", "N", 1.0f, x, dz, 0.0f, dw);
+  // db = column sums of dz, over blocks of columns so that each pass reads rows
+  // contiguously (a column at a time would stride through dz and miss cache on every row).
+  constexpr std::size_t kBlock = 64;
+  const std::size_t blocks = (out + kBlock - 1) / kBlock;
   Kokkos::parallel_for(
-      "meshtrain::bias_backward", Kokkos::RangePolicy<ExecSpace>(0, out),
-      KOKKOS_LAMBDA(std::size_t j) {
-        float sum = 0.0f;
-        for (std::size_t i = 0; i < n; ++i) sum += dz(i, j);
-        db(j) = sum;
+      "meshtrain::bias_backward", Kokkos::RangePolicy<ExecSpace>(0, blocks),
+      KOKKOS_LAMBDA(std::size_t block) {
+        const std::size_t j0 = block * kBlock;
+        const std::size_t width = out - j0 < kBlock ? out - j0 : kBlock;
+        float sum[kBlock] = {};
+        for (std::size_t i = 0; i < n; ++i) {
+          for (std::size_t j = 0; j < width; ++j) sum[j] += dz(i, j0 + j);
+        }
+        for (std::size_t j = 0; j < width; ++j) db(j0 + j) = sum[j];
       });
+  linear_backward_input(dz, w, dx);
+}
+
+void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {
   if (dx.extent(0) > 0 && dx.extent(1) > 0) KokkosBlas::gemm("N", "T", 1.0f, dz, w, 0.0f, dx);
 }
 

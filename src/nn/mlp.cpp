@@ -91,7 +91,8 @@ ConstMatrixRef Mlp::forward(ConstMatrixRef x, MlpWorkspace& ws) const {
   return input;
 }
 
-void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads) const {
+void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads,
+                   const std::function<void(std::size_t)>& on_layer_grads) const {
   const std::size_t n = x.extent(0);
   float* p = params_.data();
   MatrixRef dz = dout;
@@ -102,7 +103,9 @@ void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* gr
     activation_backward(rows(ws.activations_[l], 0, n), dz, layer.activation);
     ConstMatrixRef input = l == 0 ? x : ConstMatrixRef(rows(ws.activations_[l - 1], 0, n));
     MatrixRef dx = l == 0 ? MatrixRef() : MatrixRef(spare, n, static_cast<std::size_t>(layer.in));
-    linear_backward(input, kernel(p, l), dz, kernel(grads, l), bias(grads, l), dx);
+    linear_backward(input, kernel(p, l), dz, kernel(grads, l), bias(grads, l), MatrixRef());
+    if (on_layer_grads) on_layer_grads(l);
+    if (l > 0) linear_backward_input(dz, kernel(p, l), dx);
     dz = dx;
     std::swap(spare, other);
   }

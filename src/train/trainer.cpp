@@ -65,6 +65,9 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   grads_ = Vector("meshtrain::gradients", p + 1);
   const int max_rows = *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end());
   workspace_ = std::make_unique<MlpWorkspace>(model_, static_cast<std::size_t>(max_rows));
+  reducer_ = std::make_unique<GradientReducer>(
+      make_gradient_buckets(model_, 1, config_.bucket_bytes), *data_comm_,
+      config_.overlap_communication);
   optimizer_ = std::make_unique<Optimizer>(OptimizerConfig::from_name(config_.optimizer), p);
   loss_history_ = Vector("meshtrain::loss_history",
                          num_batches_ * static_cast<std::size_t>(config_.num_epochs));
@@ -89,10 +92,11 @@ void Trainer::step(std::size_t batch) {
   const float scale = 1.0f / (static_cast<float>(plan.global_batch) *
                               static_cast<float>(model_.out_features()));
   mse_loss_grad(pred, y, scale, dpred, Kokkos::View<float, MemSpace, Unmanaged>(grads + p));
-  model_.backward(x, *workspace_, dpred, grads);
-
+  reducer_->begin_step(grads);
+  model_.backward(x, *workspace_, dpred, grads,
+                  [this](std::size_t layer) { reducer_->on_layer_grads(layer); });
   ExecSpace().fence();
-  data_comm_->allreduce(grads, p + 1, DataType::Float32, ReduceOp::Sum);
+  reducer_->finish();
 
   if (recorded_ < static_cast<std::int64_t>(loss_history_.extent(0))) {
     auto history = loss_history_;
@@ -110,6 +114,7 @@ void Trainer::step(std::size_t batch) {
 FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
   prepare(x, y);
   mesh_->world().barrier();
+  reducer_->reset_timers();
   const double start = MPI_Wtime();
   for (int epoch = 0; epoch < config_.num_epochs; ++epoch) {
     for (std::size_t b = 0; b < num_batches_; ++b) step(b);
@@ -121,6 +126,8 @@ FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
   TrainingMetrics metrics;
   metrics.steps = recorded_;
   metrics.wall_seconds = wall;
+  metrics.communication_seconds = reducer_->blocked_seconds();
+  metrics.gradient_buckets = reducer_->buckets().size();
   for (int epoch = 0; epoch < config_.num_epochs; ++epoch) {
     double sum = 0.0;
     for (std::size_t b = 0; b < num_batches_; ++b) sum += history(epoch * num_batches_ + b);

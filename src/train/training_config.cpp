@@ -32,6 +32,9 @@ void TrainingConfig::validate(int data_axis_size) const {
     throw ConfigError("learning_rate " + format_double(learning_rate) +
                       ": must be a finite number greater than 0");
   }
+  if (bucket_bytes < sizeof(float)) {
+    throw ConfigError("bucket_bytes " + std::to_string(bucket_bytes) + ": must be at least 4");
+  }
   OptimizerConfig::from_name(optimizer);
 }
 

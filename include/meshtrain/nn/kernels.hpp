@@ -24,6 +24,10 @@ void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation);
 void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
                      VectorRef db, MatrixRef dx);
 
+// dx = dz W^T: the part of linear_backward that the layer below needs, split out so that a
+// layer's parameter gradients can be handed to the all-reduce before it runs.
+void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);
+
 // Mean squared error over a global batch of which (pred, target) is this rank's shard:
 // dpred = 2 (pred - target) * scale and loss_out() = scale * sum (pred - target)^2, where
 // scale = 1 / (global rows * columns). Summing both over the shards gives the global mean

@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,8 +58,11 @@ class Mlp {
   // Forward pass over x (n x in) into the workspace; returns the output rows (n x out).
   ConstMatrixRef forward(ConstMatrixRef x, MlpWorkspace& ws) const;
   // Backward pass after forward(x, ws); dout (n x out) is overwritten. Writes every gradient
-  // into grads (a flat buffer of num_parameters() elements).
-  void backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads) const;
+  // into grads (a flat buffer of num_parameters() elements). Layers run last to first;
+  // on_layer_grads(l), if given, is called as soon as layer l's kernel and bias gradients
+  // are written (before the input gradient for the layer below is computed).
+  void backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads,
+                const std::function<void(std::size_t)>& on_layer_grads = {}) const;
 
   // Fresh copy with its own parameter storage.
   Mlp clone() const;

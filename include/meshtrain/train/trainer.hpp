@@ -9,6 +9,7 @@
 #include "meshtrain/nn/mlp.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
+#include "meshtrain/train/gradient_reducer.hpp"
 #include "meshtrain/train/training_config.hpp"
 
 namespace meshtrain {
@@ -21,6 +22,10 @@ struct TrainingMetrics {
   double wall_seconds = 0.0;  // the training loop, setup excluded
   double samples_per_second = 0.0;
   double steps_per_second = 0.0;
+  // Seconds the training loop spent blocked on the gradient all-reduce: all communication
+  // with overlap off, the part backward did not hide with it on.
+  double communication_seconds = 0.0;
+  std::size_t gradient_buckets = 0;
 };
 
 struct FitResult {
@@ -48,6 +53,7 @@ class Trainer {
   void prepare(const HostMatrix& x, const HostMatrix& y);
   void step(std::size_t batch);
   std::size_t batches_per_epoch() const { return num_batches_; }
+  const GradientReducer& reducer() const { return *reducer_; }
 
   const Mlp& model() const { return model_; }
   const DeviceMesh& mesh() const { return *mesh_; }
@@ -72,6 +78,7 @@ class Trainer {
   std::int64_t recorded_ = 0;
   std::unique_ptr<MlpWorkspace> workspace_;
   std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<GradientReducer> reducer_;
 };
 
 }  // namespace meshtrain

@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -14,6 +15,10 @@ struct TrainingConfig {
   std::uint64_t seed = 0;
   std::string optimizer = "adam";  // "adam", "adamw" or "sgd"
   DistributedConfig distributed_config;
+  // Gradient all-reduce: buckets of about this many bytes (whole tensors each), started
+  // during backward as soon as each is complete when overlap_communication is on.
+  std::size_t bucket_bytes = 4u << 20;
+  bool overlap_communication = true;
 
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
