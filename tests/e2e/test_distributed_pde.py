@@ -91,6 +91,16 @@ class Flags(unittest.TestCase):
         self.assertIn("global batch: 10 (5 to 5 per rank)", r.stdout)
         self.assertIn("lr: 0.01", r.stdout)
 
+    def test_bigger_model_with_buckets_and_overlap_off(self):
+        on = run(2, "--hidden", "32", "--layers", "3", "--bucket-mb", "0.0001", "--epochs", "2")
+        off = run(2, "--hidden", "32", "--layers", "3", "--overlap", "off", "--epochs", "2")
+        self.assertEqual(on.returncode, 0, on.stderr)
+        self.assertEqual(off.returncode, 0, off.stderr)
+        self.assertEqual(field(on.stdout, "Model parameters:"), str(4*32+32 + 2*(32*32+32) + 33))
+        self.assertRegex(field(on.stdout, "Communication:"), r"\(4 buckets, overlap on\)")
+        self.assertRegex(field(off.stdout, "Communication:"), r"\(1 bucket, overlap off\)")
+        self.assertEqual(field(on.stdout, "Final loss:"), field(off.stdout, "Final loss:"))
+
     def test_two_dimensional_data_mesh(self):
         r = run(4, "--mesh-shape", "2,2", "--axis-names", "data,replica", "--epochs", "2")
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -125,6 +135,9 @@ class BadInput(unittest.TestCase):
         (["--samples", "0"], "--samples 0"),
         (["--seed", "-1"], "--seed '-1'"),
         (["--optimizer", "lbfgs"], "--optimizer 'lbfgs'"),
+        (["--bucket-mb", "0"], "--bucket-mb 0"),
+        (["--overlap", "maybe"], "--overlap 'maybe'"),
+        (["--hidden", "0"], "--hidden 0"),
         (["--no-such-flag"], "--no-such-flag"),
         (["--epochs"], "--epochs"),
     ]
