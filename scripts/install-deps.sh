@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev
   python3 bc
+  gnuplot-nox
 )
 
 missing=()
