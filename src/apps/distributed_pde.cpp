@@ -17,14 +17,14 @@ const std::map<std::string, std::string> kFieldFlags = {
     {"learning_rate", "--lr"},        {"samples", "--samples"},
     {"mesh_shape", "--mesh-shape"},   {"mesh_axis_names", "--axis-names"},
     {"strategy", "--strategy"},       {"optimizer", "--optimizer"},
-    {"model widths", "--hidden/--layers"},
+    {"model widths", "--hidden/--layers"}, {"comm", "--comm"},
 };
 
 struct Options {
   std::string epochs = "20", batch_size = "32", lr = "1e-3", samples = "256", seed = "0";
   std::string mesh_shape, axis_names, strategy = "data", optimizer = "adam";
   std::string hidden = "64", layers = "1";
-  std::string bucket_mb = "4", overlap = "on";
+  std::string bucket_mb = "4", overlap = "on", comm = "auto";
 };
 
 void add_options(CLI::App& app, Options& o) {
@@ -45,6 +45,10 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--optimizer", o.optimizer, "adam, adamw or sgd")->default_str(o.optimizer);
   app.add_option("--hidden", o.hidden, "Width of each hidden layer")->default_str(o.hidden);
   app.add_option("--layers", o.layers, "Number of hidden layers")->default_str(o.layers);
+  app.add_option("--comm", o.comm,
+                 "Gradient collectives: auto (NCCL when a GPU is visible and NCCL was built), "
+                 "mpi or nccl")
+      ->default_str(o.comm);
   app.add_option("--bucket-mb", o.bucket_mb, "Gradient all-reduce bucket size in MiB")
       ->default_str(o.bucket_mb);
   app.add_option("--overlap", o.overlap,
@@ -83,6 +87,7 @@ int run(DistributedManager& dm, int argc, char** argv) {
     config.distributed_config.mesh_axis_names = cli::parse_name_list("--axis-names", o.axis_names);
   }
   config.distributed_config.strategy = o.strategy;
+  config.distributed_config.comm = o.comm;
   const double bucket_mb = cli::parse_double("--bucket-mb", o.bucket_mb);
   if (!(bucket_mb > 0) || bucket_mb > 1024) {
     throw ConfigError("--bucket-mb " + o.bucket_mb + ": must be in (0, 1024]");
@@ -113,8 +118,8 @@ int run(DistributedManager& dm, int argc, char** argv) {
     const DistributedConfig& dc = mesh.config();
     const ShardPlan plan = make_shard_plan(std::min(config.batch_size, samples), mesh.axis_size("data"));
     std::printf("%s\nmeshtrain: Distributed Data-Parallel Training\n%s\n", rule.c_str(), rule.c_str());
-    std::printf("Backend:      %s (Kokkos), collectives over %s\n", dm.backend_name().c_str(),
-                mesh.world().backend().data());
+    std::printf("Backend:      %s (Kokkos), gradient all-reduce over %s\n",
+                dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());
     std::printf("Devices:      %d (one per MPI rank, %d per node)\n", dm.size(), dm.local_size());
     std::printf("Model parameters: %zu\n", model.num_parameters());
     std::printf("Mesh shape:   %s\n", format_shape(dc.mesh_shape).c_str());

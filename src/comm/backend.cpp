@@ -31,6 +31,16 @@ std::string name_of(CommBackend backend) {
 
 bool nccl_built() { return MESHTRAIN_HAS_NCCL != 0; }
 
+void bind_cuda_device([[maybe_unused]] int device) {
+#if MESHTRAIN_HAS_CUDA
+  const cudaError_t code = cudaSetDevice(device);
+  if (code != cudaSuccess) {
+    throw CommError("cudaSetDevice(" + std::to_string(device) + ") failed: " +
+                    cudaGetErrorString(code));
+  }
+#endif
+}
+
 int visible_gpu_count() {
 #if MESHTRAIN_HAS_CUDA
   int count = 0;

@@ -3,6 +3,7 @@
 #include <set>
 #include <string>
 
+#include "meshtrain/comm/backend.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -74,6 +75,7 @@ void DistributedConfig::validate(int world_size) const {
   if (c.strategy != "data" && c.strategy != "fsdp") {
     throw ConfigError("strategy '" + c.strategy + "': unknown strategy (choose data or fsdp)");
   }
+  parse_comm_backend(c.comm);
   if (c.strategy == "data" && !seen.count("data")) {
     throw ConfigError("mesh_axis_names " + names +
                       ": strategy 'data' needs an axis named 'data' to split the batch over");

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 
@@ -58,9 +59,16 @@ void DistributedManager::initialize(int* argc, char*** argv) {
   MPI_Comm_size(node, &local_size_);
   MPI_Comm_free(&node);
 
-  if (!Kokkos::is_initialized()) {
-    // Host backends: no device to bind. Device backends bind device = local rank (issue: GPUs).
+  // One device per rank: device = local rank, where the node has GPUs.
+  const int gpus = visible_gpu_count();
+  try {
+    device_id_ = device_for_local_rank(local_rank_, local_size_, gpus);
+    if (gpus > 0) bind_cuda_device(device_id_);
+  } catch (const std::exception& e) {
+    binding_error_ = e.what();
     device_id_ = 0;
+  }
+  if (!Kokkos::is_initialized()) {
     Kokkos::InitArguments args;
     args.num_threads = 1;
     args.device_id = device_id_;
@@ -90,6 +98,7 @@ std::string DistributedManager::backend_name() const {
 }
 
 const DeviceMesh& DistributedManager::create_mesh(const DistributedConfig& config) {
+  if (!binding_error_.empty()) throw ConfigError(binding_error_);
   mesh_ = std::make_unique<DeviceMesh>(base_, config);
   return *mesh_;
 }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <string>
 
+#include "meshtrain/comm/backend.hpp"
+#include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -20,6 +22,17 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
                       "': sharded training is not available in this version; use data");
   }
   data_comm_ = &mesh_->axis_comm("data");
+
+  const CommBackend backend = resolve_comm_backend(
+      parse_comm_backend(config_.distributed_config.comm), visible_gpu_count(), nccl_built());
+  if (backend == CommBackend::Nccl &&
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
+    throw ConfigError("comm 'nccl': this build's Kokkos (" + std::string(ExecSpace::name()) +
+                      ") keeps tensors in host memory; NCCL needs a CUDA-enabled Kokkos "
+                      "(configure with -DKokkos_ROOT=<its prefix>)");
+  }
+  gradient_comm_ = make_communicator(
+      backend, static_cast<MpiCommunicator&>(*data_comm_).comm());
 }
 
 Trainer::~Trainer() = default;
@@ -66,7 +79,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   const int max_rows = *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end());
   workspace_ = std::make_unique<MlpWorkspace>(model_, static_cast<std::size_t>(max_rows));
   reducer_ = std::make_unique<GradientReducer>(
-      make_gradient_buckets(model_, 1, config_.bucket_bytes), *data_comm_,
+      make_gradient_buckets(model_, 1, config_.bucket_bytes), *gradient_comm_,
       config_.overlap_communication);
   optimizer_ = std::make_unique<Optimizer>(OptimizerConfig::from_name(config_.optimizer), p);
   loss_history_ = Vector("meshtrain::loss_history",

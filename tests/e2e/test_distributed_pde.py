@@ -138,6 +138,8 @@ class BadInput(unittest.TestCase):
         (["--bucket-mb", "0"], "--bucket-mb 0"),
         (["--overlap", "maybe"], "--overlap 'maybe'"),
         (["--hidden", "0"], "--hidden 0"),
+        (["--comm", "gloo"], "--comm 'gloo'"),
+        (["--comm", "nccl"], "--comm 'nccl'"),  # no GPU here, or a host-memory Kokkos
         (["--no-such-flag"], "--no-such-flag"),
         (["--epochs"], "--epochs"),
     ]

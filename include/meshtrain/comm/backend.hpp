@@ -23,6 +23,10 @@ bool nccl_built();
 // reports an error (no driver, no device).
 int visible_gpu_count();
 
+// Makes `device` the calling thread's current CUDA device (a no-op in a build without CUDA).
+// Throws CommError naming the device and the CUDA error.
+void bind_cuda_device(int device);
+
 // The backend to use. Auto means NCCL when a GPU is visible and NCCL was built, else MPI.
 // Asking for NCCL without a visible GPU, or in a build without NCCL, throws ConfigError.
 CommBackend resolve_comm_backend(CommBackend requested, int visible_gpus, bool nccl_is_built);

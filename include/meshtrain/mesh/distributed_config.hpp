@@ -10,6 +10,9 @@ struct DistributedConfig {
   std::vector<int> mesh_shape;               // empty: one axis spanning every rank
   std::vector<std::string> mesh_axis_names;  // empty: ("data",) for a 1-D mesh
   std::string strategy = "data";             // "data" or "fsdp"
+  // Gradient collectives: "auto" (NCCL when a GPU is visible and NCCL was built, else
+  // MPI), "mpi" or "nccl".
+  std::string comm = "auto";
 
   // The config with defaults filled in for a job of world_size ranks.
   DistributedConfig resolved(int world_size) const;

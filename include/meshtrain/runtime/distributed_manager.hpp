@@ -54,6 +54,7 @@ class DistributedManager {
   int local_rank_ = 0;
   int local_size_ = 1;
   int device_id_ = 0;
+  std::string binding_error_;  // reported by create_mesh, after MPI is up on every rank
   std::unique_ptr<DeviceMesh> mesh_;
   DistributedManager* previous_ = nullptr;
 };

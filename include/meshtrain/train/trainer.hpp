@@ -59,12 +59,15 @@ class Trainer {
   const DeviceMesh& mesh() const { return *mesh_; }
   const TrainingConfig& config() const { return config_; }
   const ShardPlan& plan_for_batch(std::size_t batch) const;
+  // The backend the gradient all-reduce runs on: "mpi" or "nccl".
+  std::string_view gradient_backend() const { return gradient_comm_->backend(); }
 
  private:
   Mlp model_;
   TrainingConfig config_;
   std::unique_ptr<DeviceMesh> mesh_;
   Communicator* data_comm_ = nullptr;
+  std::unique_ptr<Communicator> gradient_comm_;  // over the data axis, of the chosen backend
 
   // Prepared state.
   std::size_t samples_ = 0;
