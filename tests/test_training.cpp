@@ -219,3 +219,70 @@ TEST(GradientBuckets, CoverTheBufferInBackwardOrderWithWholeLayers) {
   EXPECT_EQ(make_gradient_buckets(model, 1, 4).size(), 3u);        // one per layer
   EXPECT_EQ(make_gradient_buckets(model, 1, 1u << 20).size(), 1u);  // one for all
 }
+
+// FSDP (ZeRO-3) and hybrid sharding give the data-parallel run's losses and parameters.
+TEST(Fsdp, OneDimensionalMeshShardsOverData) {
+  expect_world_equals_single({256, 32, 5, {4, 64, 1}}, DistributedConfig{{}, {}, "fsdp"});
+}
+
+TEST(Fsdp, LayerSizesThatDoNotDivideByTheShardCount) {
+  // Layers of 35, 40 and 6 parameters: padded chunks on 2, 3 and 4 shards.
+  expect_world_equals_single({90, 20, 3, {4, 7, 5, 1}}, DistributedConfig{{}, {}, "fsdp"});
+}
+
+TEST(Fsdp, HybridShardingOnEveryTwoDimensionalMesh) {
+  const int n = world_size();
+  for (int data = 1; data <= n; ++data) {
+    if (n % data != 0) continue;
+    expect_world_equals_single({64, 16, 2, {4, 9, 1}},
+                               DistributedConfig{{data, n / data}, {"data", "fsdp"}, "fsdp"});
+  }
+}
+
+TEST(Fsdp, HoldsAShardOfTheState) {
+  const int n = world_size();
+  const ReferenceData data = make_reference_data(64, 4, 0);
+  TrainingConfig config;
+  Trainer dp(Mlp({4, 256, 256, 1}, Activation::ReLU, 0), config);
+  dp.prepare(data.x, data.y);
+  config.distributed_config.strategy = "fsdp";
+  Trainer fsdp(Mlp({4, 256, 256, 1}, Activation::ReLU, 0), config);
+  fsdp.prepare(data.x, data.y);
+  const StateBytes full = dp.state_bytes();
+  const StateBytes shard = fsdp.state_bytes();
+  const std::size_t p = dp.model().num_parameters();
+  EXPECT_EQ(full.parameters, p * sizeof(float));
+  EXPECT_EQ(full.optimizer, 2 * p * sizeof(float));
+  EXPECT_EQ(full.gathered, 0u);
+  // Each of parameters, gradients and moments: 1/n of the model, up to per-layer padding.
+  const std::size_t layers = 3;
+  EXPECT_LE(shard.parameters, (p / n + layers) * sizeof(float));
+  EXPECT_GE(shard.parameters * n, p * sizeof(float));
+  EXPECT_EQ(shard.optimizer, 2 * shard.parameters);
+  // Plus the largest layer, gathered, and its full gradient.
+  const std::size_t widest = (256 * 256 + 256 + n - 1) / n * n;
+  EXPECT_EQ(shard.gathered, 2 * widest * sizeof(float));
+  EXPECT_THROW(fsdp.reducer(), std::logic_error);
+}
+
+TEST(Fsdp, RefitAndBenchmarkStyleStepsKeepTheParameters) {
+  // prepare() after a sharded run must start from the trained parameters, not from zeros.
+  const ReferenceData data = make_reference_data(64, 4, 2);
+  TrainingConfig config;
+  config.num_epochs = 2;
+  config.distributed_config.strategy = "fsdp";
+  Trainer fsdp(Mlp({4, 16, 1}, Activation::ReLU, 2), config);
+  fsdp.fit(data.x, data.y);
+  const FitResult twice = fsdp.fit(data.x, data.y);
+
+  config.distributed_config.strategy = "data";
+  config.num_epochs = 4;
+  Trainer dp(Mlp({4, 16, 1}, Activation::ReLU, 2), config);
+  const FitResult once = dp.fit(data.x, data.y);
+  // Adam restarts its moments at each fit, so compare against a DP run that does the same.
+  Trainer dp_twice(Mlp({4, 16, 1}, Activation::ReLU, 2), TrainingConfig{2});
+  dp_twice.fit(data.x, data.y);
+  const FitResult reference = dp_twice.fit(data.x, data.y);
+  EXPECT_LE(max_relative_difference(host_params(twice.model), host_params(reference.model)), 1e-5);
+  EXPECT_NE(host_params(twice.model), host_params(once.model));
+}

@@ -111,6 +111,7 @@ int run(DistributedManager& dm, int argc, char** argv) {
   Mlp model(widths, Activation::ReLU, config.seed);
   const ReferenceData data = make_reference_data(samples, 4, config.seed);
   Trainer trainer(model, config, dm.base_comm());
+  trainer.prepare(data.x, data.y);
 
   const bool root = dm.rank() == 0;
   const std::string rule(70, '=');
@@ -126,13 +127,14 @@ int run(DistributedManager& dm, int argc, char** argv) {
     std::printf("Axis names:   %s\n", format_axis_names(dc.mesh_axis_names).c_str());
     std::printf("Strategy:     %s\n", dc.strategy.c_str());
     std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", samples, samples);
+    std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
     std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g\n",
                 config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
                 config.optimizer.c_str(), config.learning_rate);
     std::fflush(stdout);
   }
 
-  const FitResult result = trainer.fit(data.x, data.y);
+  const FitResult result = trainer.fit();
   const TrainingMetrics& m = result.metrics;
   if (root) {
     std::printf("%s\nRESULTS\n%s\n", rule.c_str(), rule.c_str());

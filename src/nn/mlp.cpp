@@ -75,17 +75,37 @@ VectorRef Mlp::bias(float* flat, std::size_t l) const {
   return VectorRef(flat + t.offset, t.size);
 }
 
+MatrixRef Mlp::layer_kernel(const float* block, std::size_t l) const {
+  return MatrixRef(const_cast<float*>(block), static_cast<std::size_t>(layers_[l].in),
+                   static_cast<std::size_t>(layers_[l].out));
+}
+
+VectorRef Mlp::layer_bias(const float* block, std::size_t l) const {
+  return VectorRef(const_cast<float*>(block) + tensors_[2 * l].size,
+                   static_cast<std::size_t>(layers_[l].out));
+}
+
+void Mlp::allocate_parameters() {
+  if (params_.extent(0) != num_parameters_) {
+    params_ = Vector("meshtrain::parameters", num_parameters_);
+  }
+}
+
 ConstMatrixRef Mlp::forward(ConstMatrixRef x, MlpWorkspace& ws) const {
+  return forward(x, ws, LayerAccess{});
+}
+
+ConstMatrixRef Mlp::forward(ConstMatrixRef x, MlpWorkspace& ws, const LayerAccess& access) const {
   const std::size_t n = x.extent(0);
   if (n > ws.max_rows_) {
     throw std::logic_error("Mlp::forward: " + std::to_string(n) + " rows exceed the workspace's " +
                            std::to_string(ws.max_rows_));
   }
-  float* p = params_.data();
   ConstMatrixRef input = x;
   for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const float* p = access.parameters ? access.parameters(l) : params_.data() + layer_offset(l);
     MatrixRef y = rows(ws.activations_[l], 0, n);
-    linear_forward(input, kernel(p, l), bias(p, l), y, layers_[l].activation);
+    linear_forward(input, layer_kernel(p, l), layer_bias(p, l), y, layers_[l].activation);
     input = y;
   }
   return input;
@@ -93,19 +113,29 @@ ConstMatrixRef Mlp::forward(ConstMatrixRef x, MlpWorkspace& ws) const {
 
 void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads,
                    const std::function<void(std::size_t)>& on_layer_grads) const {
+  LayerAccess access;
+  access.gradients = [this, grads](std::size_t l) { return grads + layer_offset(l); };
+  access.gradients_ready = on_layer_grads;
+  backward(x, ws, dout, access);
+}
+
+void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout,
+                   const LayerAccess& access) const {
   const std::size_t n = x.extent(0);
-  float* p = params_.data();
   MatrixRef dz = dout;
   float* spare = ws.grad_a_.data();
   float* other = ws.grad_b_.data();
   for (std::size_t l = layers_.size(); l-- > 0;) {
     const DenseSpec& layer = layers_[l];
+    const float* p = access.parameters ? access.parameters(l) : params_.data() + layer_offset(l);
+    float* g = access.gradients(l);
     activation_backward(rows(ws.activations_[l], 0, n), dz, layer.activation);
     ConstMatrixRef input = l == 0 ? x : ConstMatrixRef(rows(ws.activations_[l - 1], 0, n));
     MatrixRef dx = l == 0 ? MatrixRef() : MatrixRef(spare, n, static_cast<std::size_t>(layer.in));
-    linear_backward(input, kernel(p, l), dz, kernel(grads, l), bias(grads, l), MatrixRef());
-    if (on_layer_grads) on_layer_grads(l);
-    if (l > 0) linear_backward_input(dz, kernel(p, l), dx);
+    linear_backward(input, layer_kernel(p, l), dz, layer_kernel(g, l), layer_bias(g, l),
+                    MatrixRef());
+    if (access.gradients_ready) access.gradients_ready(l);
+    if (l > 0) linear_backward_input(dz, layer_kernel(p, l), dx);
     dz = dx;
     std::swap(spare, other);
   }

@@ -28,16 +28,19 @@ ShardPlan make_shard_plan(int global_batch, int parts) {
   return plan;
 }
 
-ShardPlan shard_batch(const DeviceMesh& mesh, int global_batch) {
-  Communicator& data = mesh.axis_comm("data");
+ShardPlan shard_batch(Communicator& comm, int global_batch, int parts) {
   ShardPlan plan;
-  if (data.rank() == 0) plan = make_shard_plan(global_batch, data.size());
-  plan.counts.resize(data.size());
-  plan.offsets.resize(data.size());
-  data.broadcast(std::span<int>(plan.counts), 0);
-  data.broadcast(std::span<int>(plan.offsets), 0);
+  if (comm.rank() == 0) plan = make_shard_plan(global_batch, parts);
+  plan.counts.resize(parts);
+  plan.offsets.resize(parts);
+  comm.broadcast(std::span<int>(plan.counts), 0);
+  comm.broadcast(std::span<int>(plan.offsets), 0);
   plan.global_batch = global_batch;
   return plan;
+}
+
+ShardPlan shard_batch(const DeviceMesh& mesh, int global_batch) {
+  return shard_batch(mesh.axis_comm("data"), global_batch, mesh.axis_size("data"));
 }
 
 }  // namespace meshtrain

@@ -16,26 +16,53 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
   }
   mesh_ = std::make_unique<DeviceMesh>(base, config_.distributed_config);
   config_.distributed_config = mesh_->config();
-  config_.validate(mesh_->axis_size("data"));
-  if (config_.distributed_config.strategy != "data") {
-    throw ConfigError("strategy '" + config_.distributed_config.strategy +
-                      "': sharded training is not available in this version; use data");
-  }
-  data_comm_ = &mesh_->axis_comm("data");
+  const DistributedConfig& dist = config_.distributed_config;
+  const bool fsdp = dist.strategy == "fsdp";
 
-  const CommBackend backend = resolve_comm_backend(
-      parse_comm_backend(config_.distributed_config.comm), visible_gpu_count(), nccl_built());
+  // The batch is split over "data", and under fsdp over "fsdp" too; ranks that differ only
+  // in another axis hold replicas and compute the same step.
+  const int data_size = mesh_->has_axis("data") ? mesh_->axis_size("data") : 1;
+  const int data_coord = mesh_->has_axis("data") ? mesh_->axis_coord("data") : 0;
+  const int fsdp_size = fsdp && mesh_->has_axis("fsdp") ? mesh_->axis_size("fsdp") : 1;
+  const int fsdp_coord = fsdp && mesh_->has_axis("fsdp") ? mesh_->axis_coord("fsdp") : 0;
+  batch_parts_ = data_size * fsdp_size;
+  batch_index_ = data_coord * fsdp_size + fsdp_coord;
+  config_.validate(batch_parts_);
+
+  const CommBackend backend = resolve_comm_backend(parse_comm_backend(dist.comm),
+                                                   visible_gpu_count(), nccl_built());
   if (backend == CommBackend::Nccl &&
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
     throw ConfigError("comm 'nccl': this build's Kokkos (" + std::string(ExecSpace::name()) +
                       ") keeps tensors in host memory; NCCL needs a CUDA-enabled Kokkos "
                       "(configure with -DKokkos_ROOT=<its prefix>)");
   }
-  gradient_comm_ = make_communicator(
-      backend, static_cast<MpiCommunicator&>(*data_comm_).comm());
+  backend_name_ = name_of(backend);
+  auto make = [&](MPI_Comm comm) {
+    comms_.push_back(make_communicator(backend, comm));
+    return comms_.back().get();
+  };
+  auto mpi_of = [&](const std::string& axis) {
+    return static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm();
+  };
+  if (!fsdp) {
+    batch_group_ = make(mpi_of("data"));
+  } else if (mesh_->has_axis("fsdp")) {
+    shard_group_ = make(mpi_of("fsdp"));  // hybrid: shard across fsdp, replicate across data
+    replica_group_ = make(mesh_->has_axis("data") ? mpi_of("data") : MPI_COMM_SELF);
+  } else {
+    shard_group_ = make(mpi_of("data"));  // a 1-D mesh shards over its data axis
+    replica_group_ = make(MPI_COMM_SELF);
+  }
 }
 
 Trainer::~Trainer() = default;
+
+const GradientReducer& Trainer::reducer() const {
+  const GradientReducer* reducer = engine_ ? engine_->reducer() : nullptr;
+  if (!reducer) throw std::logic_error("Trainer::reducer(): no gradient reducer (before prepare, or fsdp)");
+  return *reducer;
+}
 
 const ShardPlan& Trainer::plan_for_batch(std::size_t batch) const {
   const bool partial = batch + 1 == num_batches_ && samples_ % config_.batch_size != 0;
@@ -61,27 +88,33 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
-  full_plan_ = shard_batch(*mesh_, static_cast<int>(std::min(batch, n)));
-  last_plan_ = shard_batch(*mesh_, static_cast<int>(n % batch));
+  full_plan_ = shard_batch(mesh_->world(), static_cast<int>(std::min(batch, n)), batch_parts_);
+  last_plan_ = shard_batch(mesh_->world(), static_cast<int>(n % batch), batch_parts_);
 
   x_ = Matrix("meshtrain::x", n, x.extent(1));
   y_ = Matrix("meshtrain::y", n, y.extent(1));
   Kokkos::deep_copy(x_, x);
   Kokkos::deep_copy(y_, y);
 
+  // A previous engine may hold the only copy of the parameters (fsdp shards): take them back.
+  if (engine_) {
+    engine_->write_parameters(model_);
+    engine_.reset();
+  }
   // Every rank starts from rank 0's parameters, whatever each was initialised with.
   Vector params = model_.parameters();
   ExecSpace().fence();
   mesh_->world().broadcast(params.data(), params.extent(0), DataType::Float32, 0);
 
-  const std::size_t p = model_.num_parameters();
-  grads_ = Vector("meshtrain::gradients", p + 1);
-  const int max_rows = *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end());
-  workspace_ = std::make_unique<MlpWorkspace>(model_, static_cast<std::size_t>(max_rows));
-  reducer_ = std::make_unique<GradientReducer>(
-      make_gradient_buckets(model_, 1, config_.bucket_bytes), *gradient_comm_,
-      config_.overlap_communication);
-  optimizer_ = std::make_unique<Optimizer>(OptimizerConfig::from_name(config_.optimizer), p);
+  const auto max_rows = static_cast<std::size_t>(
+      *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
+  const OptimizerConfig optimizer = OptimizerConfig::from_name(config_.optimizer);
+  if (batch_group_) {
+    engine_ = make_data_parallel_engine(model_, *batch_group_, optimizer, config_.bucket_bytes,
+                                        config_.overlap_communication, max_rows);
+  } else {
+    engine_ = make_fsdp_engine(model_, *shard_group_, *replica_group_, optimizer, max_rows);
+  }
   loss_history_ = Vector("meshtrain::loss_history",
                          num_batches_ * static_cast<std::size_t>(config_.num_epochs));
   recorded_ = 0;
@@ -89,45 +122,38 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
 
 void Trainer::step(std::size_t batch) {
   const ShardPlan& plan = plan_for_batch(batch);
-  const int shard = data_comm_->rank();
   const std::size_t begin = batch * static_cast<std::size_t>(config_.batch_size) +
-                            static_cast<std::size_t>(plan.offsets[shard]);
-  const std::size_t end = begin + static_cast<std::size_t>(plan.counts[shard]);
-  ConstMatrixRef x = rows(x_, begin, end);
-  ConstMatrixRef y = rows(y_, begin, end);
-
-  const std::size_t p = model_.num_parameters();
-  float* grads = grads_.data();
-  ConstMatrixRef pred = model_.forward(x, *workspace_);
-  // The output layer's activations are overwritten by dL/dpred: forward's result is dead
-  // once the loss is taken.
-  MatrixRef dpred(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
-  const float scale = 1.0f / (static_cast<float>(plan.global_batch) *
-                              static_cast<float>(model_.out_features()));
-  mse_loss_grad(pred, y, scale, dpred, Kokkos::View<float, MemSpace, Unmanaged>(grads + p));
-  reducer_->begin_step(grads);
-  model_.backward(x, *workspace_, dpred, grads,
-                  [this](std::size_t layer) { reducer_->on_layer_grads(layer); });
-  ExecSpace().fence();
-  reducer_->finish();
+                            static_cast<std::size_t>(plan.offsets[batch_index_]);
+  const std::size_t end = begin + static_cast<std::size_t>(plan.counts[batch_index_]);
+  engine_->step(rows(x_, begin, end), rows(y_, begin, end), plan.global_batch,
+                config_.learning_rate);
 
   if (recorded_ < static_cast<std::int64_t>(loss_history_.extent(0))) {
     auto history = loss_history_;
-    auto g = grads_;
+    auto loss = engine_->loss();
     const auto slot = recorded_;
     Kokkos::parallel_for(
         "meshtrain::record_loss", Kokkos::RangePolicy<ExecSpace>(0, 1),
-        KOKKOS_LAMBDA(int) { history(slot) = g(p); });
+        KOKKOS_LAMBDA(int) { history(slot) = loss(); });
     ++recorded_;
   }
-  Vector params = model_.parameters();
-  optimizer_->step(VectorRef(params.data(), p), ConstVectorRef(grads, p), config_.learning_rate);
+}
+
+StateBytes Trainer::state_bytes() const {
+  if (!engine_) throw std::logic_error("Trainer::state_bytes() called before prepare()");
+  return engine_->state_bytes();
 }
 
 FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
   prepare(x, y);
+  return fit();
+}
+
+FitResult Trainer::fit() {
+  if (!engine_) throw std::logic_error("Trainer::fit() called before prepare()");
+  recorded_ = 0;
   mesh_->world().barrier();
-  reducer_->reset_timers();
+  engine_->reset_timers();
   const double start = MPI_Wtime();
   for (int epoch = 0; epoch < config_.num_epochs; ++epoch) {
     for (std::size_t b = 0; b < num_batches_; ++b) step(b);
@@ -139,8 +165,9 @@ FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
   TrainingMetrics metrics;
   metrics.steps = recorded_;
   metrics.wall_seconds = wall;
-  metrics.communication_seconds = reducer_->blocked_seconds();
-  metrics.gradient_buckets = reducer_->buckets().size();
+  metrics.communication_seconds = engine_->blocked_seconds();
+  metrics.gradient_buckets = engine_->reducer() ? engine_->reducer()->buckets().size() : 0;
+  engine_->write_parameters(model_);
   for (int epoch = 0; epoch < config_.num_epochs; ++epoch) {
     double sum = 0.0;
     for (std::size_t b = 0; b < num_batches_; ++b) sum += history(epoch * num_batches_ + b);

@@ -91,6 +91,22 @@ class Flags(unittest.TestCase):
         self.assertIn("global batch: 10 (5 to 5 per rank)", r.stdout)
         self.assertIn("lr: 0.01", r.stdout)
 
+    def test_fsdp_and_hybrid_match_data_parallel(self):
+        dp = run(4, "--epochs", "3")
+        self.assertEqual(dp.returncode, 0, dp.stderr)
+        dp_bytes = int(field(dp.stdout, "State bytes per rank:").split()[0])
+        for args in (["--strategy", "fsdp"],
+                     ["--strategy", "fsdp", "--mesh-shape", "2,2", "--axis-names", "data,fsdp"],
+                     ["--strategy", "fsdp", "--mesh-shape", "1,4", "--axis-names", "data,fsdp"]):
+            r = run(4, "--epochs", "3", *args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(field(r.stdout, "Strategy:"), "fsdp")
+            for name in ("Initial loss:", "Final loss:"):
+                a, b = float(field(dp.stdout, name)), float(field(r.stdout, name))
+                self.assertAlmostEqual(a, b, delta=1e-5 * a, msg=f"{name} {args}")
+            fsdp_bytes = int(field(r.stdout, "State bytes per rank:").split()[0])
+            self.assertLess(fsdp_bytes, dp_bytes)
+
     def test_bigger_model_with_buckets_and_overlap_off(self):
         on = run(2, "--hidden", "32", "--layers", "3", "--bucket-mb", "0.0001", "--epochs", "2")
         off = run(2, "--hidden", "32", "--layers", "3", "--overlap", "off", "--epochs", "2")
@@ -138,6 +154,9 @@ class BadInput(unittest.TestCase):
         (["--bucket-mb", "0"], "--bucket-mb 0"),
         (["--overlap", "maybe"], "--overlap 'maybe'"),
         (["--hidden", "0"], "--hidden 0"),
+        (["--strategy", "fsdp", "--mesh-shape", "2,1", "--axis-names", "model,other"],
+         "--axis-names ('model', 'other')"),
+        (["--axis-names", "data,data", "--mesh-shape", "2,1"], "--axis-names ('data', 'data')"),
         (["--comm", "gloo"], "--comm 'gloo'"),
         (["--comm", "nccl"], "--comm 'nccl'"),  # no GPU here, or a host-memory Kokkos
         (["--no-such-flag"], "--no-such-flag"),

@@ -25,6 +25,15 @@ struct DenseSpec {
 
 class MlpWorkspace;
 
+// Where a pass reads and writes each layer's parameters, for strategies that do not keep the
+// whole model in one local buffer (FSDP gathers a layer at a time). Each pointer addresses one
+// layer's block: kernel (in x out, row-major) followed by bias (out), layer_size(l) floats.
+struct LayerAccess {
+  std::function<const float*(std::size_t layer)> parameters;  // empty: the model's own
+  std::function<float*(std::size_t layer)> gradients;         // backward's destination
+  std::function<void(std::size_t layer)> gradients_ready;     // optional
+};
+
 // A multi-layer perceptron: Dense layers with the activation fused into each, the last
 // layer linear. All parameters live in one flat Kokkos view (kernel then bias per layer),
 // so a whole-model collective or optimizer step is one call on one buffer; every tensor
@@ -55,20 +64,36 @@ class Mlp {
   MatrixRef kernel(float* flat, std::size_t l) const;
   VectorRef bias(float* flat, std::size_t l) const;
 
+  std::size_t layer_offset(std::size_t l) const { return tensors_[2 * l].offset; }
+  std::size_t layer_size(std::size_t l) const {
+    return tensors_[2 * l].size + tensors_[2 * l + 1].size;
+  }
+
   // Forward pass over x (n x in) into the workspace; returns the output rows (n x out).
   ConstMatrixRef forward(ConstMatrixRef x, MlpWorkspace& ws) const;
+  ConstMatrixRef forward(ConstMatrixRef x, MlpWorkspace& ws, const LayerAccess& access) const;
   // Backward pass after forward(x, ws); dout (n x out) is overwritten. Writes every gradient
   // into grads (a flat buffer of num_parameters() elements). Layers run last to first;
   // on_layer_grads(l), if given, is called as soon as layer l's kernel and bias gradients
   // are written (before the input gradient for the layer below is computed).
   void backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout, float* grads,
                 const std::function<void(std::size_t)>& on_layer_grads = {}) const;
+  void backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout,
+                const LayerAccess& access) const;
+
+  // Frees the local parameter buffer (a sharded strategy keeps only its shard) and
+  // allocates it again (to gather the trained model into).
+  void release_parameters() { params_ = Vector(); }
+  void allocate_parameters();
 
   // Fresh copy with its own parameter storage.
   Mlp clone() const;
 
  private:
   Mlp() = default;
+  MatrixRef layer_kernel(const float* block, std::size_t l) const;
+  VectorRef layer_bias(const float* block, std::size_t l) const;
+
   std::vector<int> widths_;
   std::vector<DenseSpec> layers_;
   std::vector<TensorSpec> tensors_;

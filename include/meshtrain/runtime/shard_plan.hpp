@@ -24,4 +24,8 @@ ShardPlan make_shard_plan(int global_batch, int parts);
 // broadcasts it, so rank 0's plan is the one every rank follows.
 ShardPlan shard_batch(const DeviceMesh& mesh, int global_batch);
 
+class Communicator;
+// Collective over comm: comm's rank 0 computes the plan for `parts` shards and broadcasts it.
+ShardPlan shard_batch(Communicator& comm, int global_batch, int parts);
+
 }  // namespace meshtrain

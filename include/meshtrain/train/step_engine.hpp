@@ -1,0 +1,62 @@
+#pragma once
+// How one training step is computed and synchronised: the strategy behind a Trainer.
+// Both engines compute the same global-batch gradient and the same optimizer step; they
+// differ in what each rank stores and which collectives move it.
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "meshtrain/comm/communicator.hpp"
+#include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/optim/optimizer.hpp"
+#include "meshtrain/train/gradient_reducer.hpp"
+
+namespace meshtrain {
+
+// Bytes each rank holds for the training state (activations and data excluded).
+struct StateBytes {
+  std::size_t parameters = 0;
+  std::size_t gradients = 0;
+  std::size_t optimizer = 0;
+  std::size_t gathered = 0;  // FSDP: the one gathered layer and its full gradient
+  std::size_t total() const { return parameters + gradients + optimizer + gathered; }
+};
+std::string format_state_bytes(const StateBytes& bytes);
+
+class StepEngine {
+ public:
+  virtual ~StepEngine() = default;
+  // Forward, loss, backward, gradient synchronisation and the optimizer step on this rank's
+  // rows (x, y) of a global batch of global_batch rows. Afterwards loss() holds the global
+  // batch's mean loss (on the device).
+  virtual void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) = 0;
+  virtual Kokkos::View<float, MemSpace, Unmanaged> loss() const = 0;
+  // The full trained parameters, written into model's own buffer (collective).
+  virtual void write_parameters(Mlp& model) = 0;
+  virtual StateBytes state_bytes() const = 0;
+  // Seconds blocked in gradient communication since the last reset.
+  virtual double blocked_seconds() const = 0;
+  virtual void reset_timers() = 0;
+  virtual const GradientReducer* reducer() const { return nullptr; }
+};
+
+// Data parallel: every rank holds the whole model, gradients are summed over the batch
+// group with bucketed (optionally overlapped) all-reduces.
+std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communicator& batch_group,
+                                                      const OptimizerConfig& optimizer,
+                                                      std::size_t bucket_bytes, bool overlap,
+                                                      std::size_t max_rows);
+
+// FSDP (ZeRO-3): each layer's parameters, gradients and optimizer state are split into
+// equal chunks (the layer padded to a multiple of the shard count) over shard_group. Per
+// layer: all-gather before forward and again before backward, released after use;
+// reduce-scatter of the gradient, then an all-reduce of the shard over replica_group (hybrid
+// sharding: replicated across it). Each rank updates only its own chunk. Takes the initial
+// parameters from model and releases model's buffer.
+std::unique_ptr<StepEngine> make_fsdp_engine(Mlp& model, Communicator& shard_group,
+                                             Communicator& replica_group,
+                                             const OptimizerConfig& optimizer,
+                                             std::size_t max_rows);
+
+}  // namespace meshtrain

@@ -1,0 +1,80 @@
+#include <mpi.h>
+
+#include "meshtrain/train/step_engine.hpp"
+
+namespace meshtrain {
+
+std::string format_state_bytes(const StateBytes& b) {
+  return std::to_string(b.total()) + " (parameters " + std::to_string(b.parameters) +
+         ", gradients " + std::to_string(b.gradients) + ", optimizer " +
+         std::to_string(b.optimizer) + ", gathered " + std::to_string(b.gathered) + ")";
+}
+
+namespace {
+
+class DataParallelEngine final : public StepEngine {
+ public:
+  DataParallelEngine(const Mlp& model, Communicator& group, const OptimizerConfig& optimizer,
+                     std::size_t bucket_bytes, bool overlap, std::size_t max_rows)
+      : model_(model),
+        grads_("meshtrain::gradients", model.num_parameters() + 1),
+        workspace_(model, max_rows),
+        reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap),
+        optimizer_(optimizer, model.num_parameters()) {}
+
+  void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) override {
+    const std::size_t p = model_.num_parameters();
+    float* grads = grads_.data();
+    ConstMatrixRef pred = model_.forward(x, workspace_);
+    // The output layer's activations become dL/dpred: forward's result is dead once the
+    // loss is taken.
+    MatrixRef dpred(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
+    const float scale =
+        1.0f / (static_cast<float>(global_batch) * static_cast<float>(model_.out_features()));
+    mse_loss_grad(pred, y, scale, dpred, loss());
+    reducer_.begin_step(grads);
+    model_.backward(x, workspace_, dpred, grads,
+                    [this](std::size_t layer) { reducer_.on_layer_grads(layer); });
+    ExecSpace().fence();
+    reducer_.finish();
+    Vector params = model_.parameters();
+    optimizer_.step(VectorRef(params.data(), p), ConstVectorRef(grads, p), lr);
+  }
+
+  Kokkos::View<float, MemSpace, Unmanaged> loss() const override {
+    // The loss rides in the gradient buffer's last slot: one all-reduce carries both.
+    return Kokkos::View<float, MemSpace, Unmanaged>(grads_.data() + model_.num_parameters());
+  }
+
+  void write_parameters(Mlp&) override {}  // the model's own buffer is the trained model
+
+  StateBytes state_bytes() const override {
+    const std::size_t p = model_.num_parameters();
+    const std::size_t moments = optimizer_.first_moment().extent(0) +
+                                optimizer_.second_moment().extent(0);
+    return {p * sizeof(float), (p + 1) * sizeof(float), moments * sizeof(float), 0};
+  }
+
+  double blocked_seconds() const override { return reducer_.blocked_seconds(); }
+  void reset_timers() override { reducer_.reset_timers(); }
+  const GradientReducer* reducer() const override { return &reducer_; }
+
+ private:
+  const Mlp& model_;
+  Vector grads_;
+  MlpWorkspace workspace_;
+  GradientReducer reducer_;
+  Optimizer optimizer_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communicator& batch_group,
+                                                      const OptimizerConfig& optimizer,
+                                                      std::size_t bucket_bytes, bool overlap,
+                                                      std::size_t max_rows) {
+  return std::make_unique<DataParallelEngine>(model, batch_group, optimizer, bucket_bytes, overlap,
+                                              max_rows);
+}
+
+}  // namespace meshtrain

@@ -1,0 +1,144 @@
+#include <mpi.h>
+
+#include <algorithm>
+
+#include "meshtrain/train/step_engine.hpp"
+
+namespace meshtrain {
+
+namespace {
+
+class FsdpEngine final : public StepEngine {
+ public:
+  FsdpEngine(Mlp& model, Communicator& shard_group, Communicator& replica_group,
+             const OptimizerConfig& optimizer, std::size_t max_rows)
+      : model_(model), shards_(shard_group), replicas_(replica_group), workspace_(model, max_rows) {
+    const auto parts = static_cast<std::size_t>(shards_.size());
+    std::size_t offset = 0;
+    std::size_t widest = 0;
+    for (std::size_t l = 0; l < model.layers().size(); ++l) {
+      const std::size_t chunk = (model.layer_size(l) + parts - 1) / parts;
+      chunk_.push_back(chunk);
+      shard_offset_.push_back(offset);
+      offset += chunk;
+      widest = std::max(widest, chunk * parts);
+    }
+    param_shard_ = Vector("meshtrain::fsdp_parameters", offset);
+    grad_shard_ = Vector("meshtrain::fsdp_gradients", offset);
+    gathered_ = Vector("meshtrain::fsdp_gathered_layer", widest);
+    layer_grad_ = Vector("meshtrain::fsdp_layer_gradient", widest);
+    loss_ = Kokkos::View<float, MemSpace>("meshtrain::fsdp_loss");
+    optimizer_ = std::make_unique<Optimizer>(optimizer, offset);
+
+    // Keep this rank's chunk of every layer; the padding past a layer's end stays zero, so
+    // its gradient is zero and Adam leaves it at zero.
+    const auto rank = static_cast<std::size_t>(shards_.rank());
+    for (std::size_t l = 0; l < chunk_.size(); ++l) {
+      const std::size_t begin = std::min(rank * chunk_[l], model.layer_size(l));
+      const std::size_t end = std::min(begin + chunk_[l], model.layer_size(l));
+      if (end > begin) {
+        Kokkos::deep_copy(
+            Kokkos::subview(param_shard_, std::make_pair(shard_offset_[l], shard_offset_[l] + end - begin)),
+            Kokkos::subview(model.parameters(),
+                            std::make_pair(model.layer_offset(l) + begin, model.layer_offset(l) + end)));
+      }
+    }
+    ExecSpace().fence();
+    model.release_parameters();
+  }
+
+  void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) override {
+    LayerAccess access;
+    access.parameters = [this](std::size_t l) { return gather(l); };
+    ConstMatrixRef pred = model_.forward(x, workspace_, access);
+    MatrixRef dpred(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
+    const float scale =
+        1.0f / (static_cast<float>(global_batch) * static_cast<float>(model_.out_features()));
+    mse_loss_grad(pred, y, scale, dpred, loss());
+
+    access.gradients = [this](std::size_t) { return layer_grad_.data(); };
+    access.gradients_ready = [this](std::size_t l) { reduce_layer_gradient(l); };
+    model_.backward(x, workspace_, dpred, access);
+
+    ExecSpace().fence();
+    const double start = MPI_Wtime();
+    shards_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
+    if (replicas_.size() > 1) replicas_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
+    blocked_ += MPI_Wtime() - start;
+    optimizer_->step(param_shard_, grad_shard_, lr);
+  }
+
+  Kokkos::View<float, MemSpace, Unmanaged> loss() const override {
+    return Kokkos::View<float, MemSpace, Unmanaged>(loss_.data());
+  }
+
+  void write_parameters(Mlp& model) override {
+    model.allocate_parameters();
+    for (std::size_t l = 0; l < chunk_.size(); ++l) {
+      gather(l);
+      const std::size_t n = model.layer_size(l);
+      Kokkos::deep_copy(
+          Kokkos::subview(model.parameters(),
+                          std::make_pair(model.layer_offset(l), model.layer_offset(l) + n)),
+          Kokkos::subview(gathered_, std::make_pair(std::size_t{0}, n)));
+    }
+    ExecSpace().fence();
+  }
+
+  StateBytes state_bytes() const override {
+    const std::size_t shard = param_shard_.extent(0) * sizeof(float);
+    return {shard, shard, 2 * shard, (gathered_.extent(0) + layer_grad_.extent(0)) * sizeof(float)};
+  }
+
+  double blocked_seconds() const override { return blocked_; }
+  void reset_timers() override { blocked_ = 0.0; }
+
+ private:
+  // Layer l's full parameters into the gathered buffer, from every rank's chunk.
+  const float* gather(std::size_t l) {
+    ExecSpace().fence();
+    const double start = MPI_Wtime();
+    shards_.all_gather(param_shard_.data() + shard_offset_[l], gathered_.data(), chunk_[l],
+                       DataType::Float32);
+    blocked_ += MPI_Wtime() - start;
+    return gathered_.data();
+  }
+
+  // Sum layer l's gradient over the batch group, leaving this rank's chunk in grad_shard_.
+  void reduce_layer_gradient(std::size_t l) {
+    const std::size_t n = model_.layer_size(l);
+    const std::size_t padded = chunk_[l] * static_cast<std::size_t>(shards_.size());
+    if (padded > n) Kokkos::deep_copy(Kokkos::subview(layer_grad_, std::make_pair(n, padded)), 0.0f);
+    ExecSpace().fence();
+    const double start = MPI_Wtime();
+    float* mine = grad_shard_.data() + shard_offset_[l];
+    shards_.reduce_scatter(layer_grad_.data(), mine, chunk_[l], DataType::Float32, ReduceOp::Sum);
+    if (replicas_.size() > 1) replicas_.allreduce(mine, chunk_[l], DataType::Float32, ReduceOp::Sum);
+    blocked_ += MPI_Wtime() - start;
+  }
+
+  Mlp& model_;
+  Communicator& shards_;
+  Communicator& replicas_;
+  MlpWorkspace workspace_;
+  std::vector<std::size_t> chunk_;
+  std::vector<std::size_t> shard_offset_;
+  Vector param_shard_;
+  Vector grad_shard_;
+  Vector gathered_;
+  Vector layer_grad_;
+  Kokkos::View<float, MemSpace> loss_;
+  std::unique_ptr<Optimizer> optimizer_;
+  double blocked_ = 0.0;
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_fsdp_engine(Mlp& model, Communicator& shard_group,
+                                             Communicator& replica_group,
+                                             const OptimizerConfig& optimizer,
+                                             std::size_t max_rows) {
+  return std::make_unique<FsdpEngine>(model, shard_group, replica_group, optimizer, max_rows);
+}
+
+}  // namespace meshtrain
