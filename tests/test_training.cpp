@@ -286,3 +286,45 @@ TEST(Fsdp, RefitAndBenchmarkStyleStepsKeepTheParameters) {
   EXPECT_LE(max_relative_difference(host_params(twice.model), host_params(reference.model)), 1e-5);
   EXPECT_NE(host_params(twice.model), host_params(once.model));
 }
+
+// Tensor parallelism over "model" (Megatron pairs), alone and with data parallelism.
+TEST(TensorParallel, EveryMeshWithAModelAxisMatchesOneRank) {
+  const int n = world_size();
+  for (int data = 1; data <= n; ++data) {
+    if (n % data != 0) continue;
+    // Widths of 12 divide by every model-axis size used here (1 to 4); an odd layer count
+    // leaves the last layer replicated.
+    expect_world_equals_single({48, 12, 2, {4, 12, 12, 12, 1}},
+                               DistributedConfig{{data, n / data}, {"data", "model"}, "data"});
+    expect_world_equals_single({48, 12, 2, {4, 12, 12, 1}},
+                               DistributedConfig{{data, n / data}, {"data", "model"}, "data"});
+  }
+}
+
+TEST(TensorParallel, HoldsASliceOfEachSplitLayer) {
+  const int n = world_size();
+  const ReferenceData data = make_reference_data(16, 4, 0);
+  TrainingConfig config;
+  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, "data"};
+  Trainer tp(Mlp({4, 24, 1}, Activation::ReLU, 0), config);
+  tp.prepare(data.x, data.y);
+  // Layer 0 (4x24 + 24) split by columns, layer 1 (24x1) by rows, its bias (1) replicated.
+  const std::size_t local = (4 * 24 + 24) / n + 24 / n + 1;
+  EXPECT_EQ(tp.state_bytes().parameters, local * sizeof(float));
+}
+
+TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {
+  const int n = world_size();
+  TrainingConfig config;
+  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, "data"};
+  if (n > 1) {
+    // 7 hidden units cannot be split over 2, 3 or 4 ranks.
+    EXPECT_THROW(Trainer(Mlp({4, 7, 1}, Activation::ReLU, 0), config), ConfigError);
+  }
+  Mlp unpaired({4, 12, 12, 1}, Activation::ReLU, 0);
+  unpaired.set_partition(0, {"", "model"});  // column-parallel without a row-parallel partner
+  EXPECT_THROW(Trainer(unpaired, config), ConfigError);
+  config.distributed_config.strategy = "fsdp";
+  EXPECT_THROW(Trainer(Mlp({4, 12, 1}, Activation::ReLU, 0), config), ConfigError);
+  MpiCommunicator(MPI_COMM_WORLD).barrier();
+}

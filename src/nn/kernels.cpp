@@ -28,14 +28,23 @@ using Policy2D = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
 
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
                     Activation activation) {
-  const auto n = y.extent(0);
-  const auto out = y.extent(1);
-  if (n == 0) return;
+  matmul(x, w, y);
+  bias_activation(y, b, activation);
+}
+
+void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y) {
+  if (y.extent(0) == 0 || y.extent(1) == 0) return;
   if (x.extent(1) > 0) {
     KokkosBlas::gemm("N", "N", 1.0f, x, w, 0.0f, y);
   } else {
     Kokkos::deep_copy(y, 0.0f);
   }
+}
+
+void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation) {
+  const auto n = y.extent(0);
+  const auto out = y.extent(1);
+  if (n == 0) return;
   switch (activation) {
     case Activation::Identity:
       Kokkos::parallel_for(

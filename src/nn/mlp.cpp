@@ -29,9 +29,9 @@ Mlp::Mlp(std::vector<int> widths, Activation hidden, std::uint64_t seed)
     const auto in = static_cast<std::size_t>(widths_[l]);
     const auto out = static_cast<std::size_t>(widths_[l + 1]);
     const std::string prefix = "layers." + std::to_string(l) + ".";
-    tensors_.push_back({prefix + "kernel", {in, out}, offset, in * out});
+    tensors_.push_back({prefix + "kernel", {in, out}, offset, in * out, {"", ""}});
     offset += in * out;
-    tensors_.push_back({prefix + "bias", {out}, offset, out});
+    tensors_.push_back({prefix + "bias", {out}, offset, out, {""}});
     offset += out;
   }
   num_parameters_ = offset;
@@ -138,6 +138,31 @@ void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout,
     if (l > 0) linear_backward_input(dz, layer_kernel(p, l), dx);
     dz = dx;
     std::swap(spare, other);
+  }
+}
+
+void Mlp::set_partition(std::size_t tensor, std::vector<std::string> partition) {
+  if (partition.size() != tensors_.at(tensor).shape.size()) {
+    throw ConfigError("partition of " + tensors_[tensor].name + ": " +
+                      std::to_string(partition.size()) + " entries for a " +
+                      std::to_string(tensors_[tensor].shape.size()) + "-D tensor");
+  }
+  tensors_[tensor].partition = std::move(partition);
+}
+
+void Mlp::set_megatron_partitioning(const std::string& axis) {
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const bool paired = l + 1 < layers_.size() || l % 2 == 1;
+    if (!paired) {
+      set_partition(2 * l, {"", ""});
+      set_partition(2 * l + 1, {""});
+    } else if (l % 2 == 0) {
+      set_partition(2 * l, {"", axis});
+      set_partition(2 * l + 1, {axis});
+    } else {
+      set_partition(2 * l, {axis, ""});
+      set_partition(2 * l + 1, {""});
+    }
   }
 }
 

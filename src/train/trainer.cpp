@@ -21,6 +21,12 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
 
   // The batch is split over "data", and under fsdp over "fsdp" too; ranks that differ only
   // in another axis hold replicas and compute the same step.
+  const bool tensor_parallel = mesh_->has_axis("model");
+  if (tensor_parallel && fsdp) {
+    throw ConfigError("mesh_axis_names " + format_axis_names(dist.mesh_axis_names) +
+                      ": strategy 'fsdp' with a 'model' axis is not supported; use strategy "
+                      "data for tensor parallelism over 'model'");
+  }
   const int data_size = mesh_->has_axis("data") ? mesh_->axis_size("data") : 1;
   const int data_coord = mesh_->has_axis("data") ? mesh_->axis_coord("data") : 0;
   const int fsdp_size = fsdp && mesh_->has_axis("fsdp") ? mesh_->axis_size("fsdp") : 1;
@@ -45,7 +51,40 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
   auto mpi_of = [&](const std::string& axis) {
     return static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm();
   };
-  if (!fsdp) {
+  if (tensor_parallel) {
+    model_group_ = make(mpi_of("model"));
+    batch_group_ = make(mpi_of("data"));
+    // A model that says nothing about its partitioning gets Megatron's column/row pairs.
+    const bool unspecified = std::all_of(
+        model_.tensors().begin(), model_.tensors().end(), [](const TensorSpec& t) {
+          return std::all_of(t.partition.begin(), t.partition.end(),
+                             [](const std::string& axis) { return axis.empty(); });
+        });
+    if (unspecified) model_.set_megatron_partitioning("model");
+    const int m = mesh_->axis_size("model");
+    auto is = [&](std::size_t l, std::vector<std::string> spec) {
+      return l < model_.layers().size() && model_.tensors()[2 * l].partition == spec;
+    };
+    for (std::size_t l = 0; l < model_.layers().size(); ++l) {
+      // A column-parallel layer's output is sliced: only a row-parallel layer can consume it.
+      const bool column = is(l, {"", "model"});
+      const bool row = is(l, {"model", ""});
+      if (column != is(l + 1, {"model", ""}) || (row && !(l > 0 && is(l - 1, {"", "model"})))) {
+        throw ConfigError("partition of " + model_.tensors()[2 * l].name +
+                          ": column-parallel ('', 'model') and row-parallel ('model', '') "
+                          "kernels must come in consecutive pairs");
+      }
+      const TensorSpec& kernel = model_.tensors()[2 * l];
+      for (std::size_t dim = 0; dim < 2; ++dim) {
+        if (kernel.partition[dim] == "model" && kernel.shape[dim] % m != 0) {
+          throw ConfigError("mesh_shape " + format_shape(dist.mesh_shape) + ": the 'model' axis of size " +
+                            std::to_string(m) + " does not divide width " +
+                            std::to_string(kernel.shape[dim]) + " of layer " + std::to_string(l) +
+                            ", which tensor parallelism splits");
+        }
+      }
+    }
+  } else if (!fsdp) {
     batch_group_ = make(mpi_of("data"));
   } else if (mesh_->has_axis("fsdp")) {
     shard_group_ = make(mpi_of("fsdp"));  // hybrid: shard across fsdp, replicate across data
@@ -109,7 +148,9 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   const auto max_rows = static_cast<std::size_t>(
       *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
   const OptimizerConfig optimizer = OptimizerConfig::from_name(config_.optimizer);
-  if (batch_group_) {
+  if (model_group_) {
+    engine_ = make_tensor_parallel_engine(model_, *model_group_, *batch_group_, optimizer, max_rows);
+  } else if (batch_group_) {
     engine_ = make_data_parallel_engine(model_, *batch_group_, optimizer, config_.bucket_bytes,
                                         config_.overlap_communication, max_rows);
   } else {

@@ -97,10 +97,12 @@ class Flags(unittest.TestCase):
         dp_bytes = int(field(dp.stdout, "State bytes per rank:").split()[0])
         for args in (["--strategy", "fsdp"],
                      ["--strategy", "fsdp", "--mesh-shape", "2,2", "--axis-names", "data,fsdp"],
-                     ["--strategy", "fsdp", "--mesh-shape", "1,4", "--axis-names", "data,fsdp"]):
+                     ["--strategy", "fsdp", "--mesh-shape", "1,4", "--axis-names", "data,fsdp"],
+                     ["--mesh-shape", "2,2", "--axis-names", "data,model"],
+                     ["--mesh-shape", "1,4", "--axis-names", "data,model"]):
             r = run(4, "--epochs", "3", *args)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(field(r.stdout, "Strategy:"), "fsdp")
+            self.assertEqual(field(r.stdout, "Strategy:"), args[1] if args[0] == "--strategy" else "data")
             for name in ("Initial loss:", "Final loss:"):
                 a, b = float(field(dp.stdout, name)), float(field(r.stdout, name))
                 self.assertAlmostEqual(a, b, delta=1e-5 * a, msg=f"{name} {args}")
@@ -157,6 +159,8 @@ class BadInput(unittest.TestCase):
         (["--strategy", "fsdp", "--mesh-shape", "2,1", "--axis-names", "model,other"],
          "--axis-names ('model', 'other')"),
         (["--axis-names", "data,data", "--mesh-shape", "2,1"], "--axis-names ('data', 'data')"),
+        (["--mesh-shape", "1,2", "--axis-names", "data,model", "--hidden", "7"],
+         "--mesh-shape (1, 2)"),
         (["--comm", "gloo"], "--comm 'gloo'"),
         (["--comm", "nccl"], "--comm 'nccl'"),  # no GPU here, or a host-memory Kokkos
         (["--no-such-flag"], "--no-such-flag"),

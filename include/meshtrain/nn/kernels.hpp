@@ -16,6 +16,13 @@ std::string name_of(Activation activation);
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
                     Activation activation);
 
+// y = x W: one gemm.
+void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y);
+
+// y = act(y + b) in place: the second half of linear_forward, for a row-parallel layer whose
+// gemm result must be summed across ranks before the bias and activation.
+void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation);
+
 // dy <- dy * act'(.) in place, with the derivative taken from the activation's output y.
 void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation);
 

@@ -15,6 +15,11 @@ struct TensorSpec {
   std::vector<std::size_t> shape;   // kernel (in, out), bias (out)
   std::size_t offset = 0;           // first element in the flat buffer
   std::size_t size = 0;             // elements
+  // Which mesh axis each dimension is split over ("" = replicated), the analogue of Flax's
+  // nnx.with_partitioning. Tensor parallelism reads it: a kernel ("", "model") is
+  // column-parallel (its bias ("model")), a kernel ("model", "") row-parallel (its bias
+  // replicated). FSDP shards each layer's flat block whatever the spec says.
+  std::vector<std::string> partition;
 };
 
 struct DenseSpec {
@@ -85,6 +90,11 @@ class Mlp {
   // allocates it again (to gather the trained model into).
   void release_parameters() { params_ = Vector(); }
   void allocate_parameters();
+
+  // Megatron-style specs: layers (0, 1), (2, 3), ... become column-parallel / row-parallel
+  // pairs over `axis`; with an odd layer count the last layer stays replicated.
+  void set_megatron_partitioning(const std::string& axis = "model");
+  void set_partition(std::size_t tensor, std::vector<std::string> partition);
 
   // Fresh copy with its own parameter storage.
   Mlp clone() const;

@@ -60,3 +60,20 @@ std::unique_ptr<StepEngine> make_fsdp_engine(Mlp& model, Communicator& shard_gro
                                              std::size_t max_rows);
 
 }  // namespace meshtrain
+
+namespace meshtrain {
+
+// Tensor parallelism (Megatron-style) over model_group, data parallelism over data_group.
+// Each layer follows its kernel's partition spec: column-parallel (output features split:
+// each rank computes its slice of the activations, no communication), row-parallel (input
+// features split: the partial products are summed with one all-reduce in forward before the
+// bias and activation), or replicated. In backward the input gradient of a column-parallel
+// layer is summed with one all-reduce. Gradients of what each rank holds are then summed over
+// data_group. Throws ConfigError when the model axis does not divide a width it must split.
+std::unique_ptr<StepEngine> make_tensor_parallel_engine(Mlp& model,
+                                                        Communicator& model_group,
+                                                        Communicator& data_group,
+                                                        const OptimizerConfig& optimizer,
+                                                        std::size_t max_rows);
+
+}  // namespace meshtrain

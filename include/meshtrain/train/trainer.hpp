@@ -79,6 +79,7 @@ class Trainer {
   Communicator* batch_group_ = nullptr;
   Communicator* shard_group_ = nullptr;
   Communicator* replica_group_ = nullptr;
+  Communicator* model_group_ = nullptr;  // tensor parallelism over "model"
   std::string backend_name_;
   int batch_parts_ = 1;  // shards each global batch is split into
   int batch_index_ = 0;  // this rank's shard
