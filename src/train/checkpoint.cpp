@@ -1,0 +1,472 @@
+#include "meshtrain/train/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "meshtrain/error.hpp"
+
+namespace meshtrain {
+
+// safetensors stores little-endian values and we copy them straight into memory.
+static_assert(std::endian::native == std::endian::little,
+              "meshtrain's checkpoints assume a little-endian host");
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr std::size_t kLengthPrefixSize = 8;
+constexpr std::size_t kHeaderAlignment = 8;            // the tensor bytes start 8-byte aligned
+constexpr std::uint64_t kMaxHeaderSize = 100'000'000;  // the limit the safetensors library uses
+constexpr const char* kMetadataKey = "__metadata__";
+constexpr const char* kSuffix = ".safetensors";
+
+// ---- CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), the one zlib.crc32 computes.
+
+constexpr std::array<std::uint32_t, 256> make_crc_table() {
+  std::array<std::uint32_t, 256> table{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+constexpr auto kCrcTable = make_crc_table();
+
+// Start with crc = 0; feed the buffer in pieces.
+std::uint32_t crc32_update(std::uint32_t crc, const void* data, std::size_t size) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (std::size_t i = 0; i < size; ++i) crc = kCrcTable[(crc ^ bytes[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+std::string crc_hex(std::uint32_t crc) {
+  char text[9];
+  std::snprintf(text, sizeof text, "%08x", crc);
+  return text;
+}
+
+// ---- Shared helpers.
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using File = std::unique_ptr<std::FILE, FileCloser>;
+
+std::string system_error_text() { return std::strerror(errno); }
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw ConfigError(path + ": " + what);
+}
+
+std::optional<std::size_t> element_count(const std::vector<std::size_t>& shape) {
+  std::size_t count = 1;
+  for (std::size_t d : shape) {
+    if (d != 0 && count > std::numeric_limits<std::size_t>::max() / sizeof(float) / d) return std::nullopt;
+    count *= d;
+  }
+  return count;
+}
+
+std::string shape_text(const std::vector<std::size_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+// ---- Writing.
+
+void validate_for_writing(const std::string& path, const Checkpoint& checkpoint) {
+  const auto invalid = [&path](const std::string& what) {
+    throw std::invalid_argument(path + ": cannot write checkpoint: " + what);
+  };
+  std::set<std::string> names;
+  for (const CheckpointTensor& t : checkpoint.tensors) {
+    if (t.name.empty()) invalid("a tensor has an empty name");
+    if (t.name == kMetadataKey) invalid(std::string("the tensor name '") + kMetadataKey + "' is reserved");
+    if (!names.insert(t.name).second) invalid("duplicate tensor name '" + t.name + "'");
+    const auto count = element_count(t.shape);
+    if (!count) invalid("tensor '" + t.name + "' has a shape too large: " + shape_text(t.shape));
+    if (*count != t.values.size()) {
+      invalid("tensor '" + t.name + "' has shape " + shape_text(t.shape) + " (" + std::to_string(*count) +
+              " values) but holds " + std::to_string(t.values.size()));
+    }
+  }
+  if (checkpoint.metadata.count(kCheckpointChecksumKey)) {
+    invalid(std::string("the metadata key '") + kCheckpointChecksumKey + "' is reserved");
+  }
+}
+
+// The JSON header, space-padded so that the byte buffer starts 8-byte aligned.
+std::string build_header(const std::string& path, const Checkpoint& checkpoint, std::uint32_t crc) {
+  nlohmann::ordered_json header;
+  nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : checkpoint.metadata) metadata[key] = value;
+  metadata[kCheckpointChecksumKey] = crc_hex(crc);
+  header[kMetadataKey] = std::move(metadata);
+  std::size_t offset = 0;
+  for (const CheckpointTensor& t : checkpoint.tensors) {
+    const std::size_t bytes = t.values.size() * sizeof(float);
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& e) {  // names or metadata that are not valid UTF-8
+    throw std::invalid_argument(path + ": cannot write checkpoint: " + e.what());
+  }
+  text.append((kHeaderAlignment - text.size() % kHeaderAlignment) % kHeaderAlignment, ' ');
+  return text;
+}
+
+// A file created for writing that is closed and removed when destroyed, unless commit()
+// was called after it was closed and renamed.
+class TemporaryFile {
+ public:
+  explicit TemporaryFile(std::string path)
+      : path_(std::move(path)), file_(std::fopen(path_.c_str(), "wb")), created_(file_ != nullptr) {}
+  TemporaryFile(const TemporaryFile&) = delete;
+  TemporaryFile& operator=(const TemporaryFile&) = delete;
+  ~TemporaryFile() {
+    if (file_) std::fclose(file_);
+    if (created_ && !committed_) std::remove(path_.c_str());
+  }
+  std::FILE* get() const { return file_; }
+  bool close() {
+    const bool closed = std::fclose(file_) == 0;
+    file_ = nullptr;
+    return closed;
+  }
+  void commit() { committed_ = true; }
+
+ private:
+  std::string path_;
+  std::FILE* file_;
+  bool created_;  // never remove a file someone else put there
+  bool committed_ = false;
+};
+
+// Makes the rename durable: the directory entry itself must reach the disk.
+void sync_directory(const std::string& path) {
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    throw std::runtime_error(path + ": cannot open its directory to sync it: " + system_error_text());
+  const int synced = ::fsync(fd);
+  const int saved_errno = errno;
+  ::close(fd);
+  errno = saved_errno;
+  if (synced != 0) throw std::runtime_error(path + ": cannot sync its directory: " + system_error_text());
+}
+
+// ---- Reading.
+
+struct TensorEntry {
+  std::string name;
+  std::vector<std::size_t> shape;
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+};
+
+// Parses the header, refusing duplicate keys in any object (nlohmann::json keeps the last).
+json parse_header(const std::string& path, const std::string& text) {
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  const json::parser_callback_t track_keys = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      open_objects.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      open_objects.pop_back();
+    } else if (event == json::parse_event_t::key) {
+      const auto& key = parsed.get_ref<const std::string&>();
+      if (!open_objects.back().insert(key).second && duplicate.empty()) duplicate = key;
+    }
+    return true;
+  };
+  json header;
+  try {
+    header = json::parse(text, track_keys);
+  } catch (const json::parse_error& e) {
+    fail(path, std::string("invalid JSON header: ") + e.what());
+  }
+  if (!duplicate.empty()) fail(path, "the header names '" + duplicate + "' twice");
+  if (!header.is_object()) fail(path, "the header is not a JSON object");
+  return header;
+}
+
+std::vector<std::uint64_t> unsigned_array(const std::string& path, const std::string& tensor,
+                                          const json& value, const char* field) {
+  const auto bad = [&] {
+    fail(path, "tensor '" + tensor + "': '" + field + "' must be an array of non-negative integers, got " +
+                   value.dump());
+  };
+  if (!value.is_array()) bad();
+  std::vector<std::uint64_t> numbers;
+  for (const json& v : value) {
+    if (!v.is_number_unsigned()) bad();
+    numbers.push_back(v.get<std::uint64_t>());
+  }
+  return numbers;
+}
+
+TensorEntry parse_tensor_entry(const std::string& path, const std::string& name, const json& value) {
+  if (!value.is_object()) fail(path, "tensor '" + name + "': expected an object, got " + value.dump());
+  for (const auto& [key, unused] : value.items()) {
+    if (key != "dtype" && key != "shape" && key != "data_offsets") {
+      fail(path, "tensor '" + name + "': unknown key '" + key + "'");
+    }
+  }
+  for (const char* key : {"dtype", "shape", "data_offsets"}) {
+    if (!value.contains(key)) fail(path, "tensor '" + name + "': missing '" + key + "'");
+  }
+  const json& dtype = value.at("dtype");
+  if (!dtype.is_string()) fail(path, "tensor '" + name + "': 'dtype' must be a string, got " + dtype.dump());
+  if (dtype != "F32")
+    fail(path, "tensor '" + name + "': unsupported dtype " + dtype.dump() + " (only F32 is supported)");
+
+  TensorEntry entry{name, {}, 0, 0};
+  for (std::uint64_t d : unsigned_array(path, name, value.at("shape"), "shape")) entry.shape.push_back(d);
+  const auto offsets = unsigned_array(path, name, value.at("data_offsets"), "data_offsets");
+  if (offsets.size() != 2) fail(path, "tensor '" + name + "': 'data_offsets' must be [begin, end]");
+  entry.begin = offsets[0];
+  entry.end = offsets[1];
+  const std::string offsets_text =
+      "data_offsets [" + std::to_string(entry.begin) + ", " + std::to_string(entry.end) + "]";
+  if (entry.begin > entry.end)
+    fail(path, "tensor '" + name + "': " + offsets_text + " end before they begin");
+  const auto count = element_count(entry.shape);
+  if (!count) fail(path, "tensor '" + name + "': shape " + shape_text(entry.shape) + " is too large");
+  if (entry.end - entry.begin != *count * sizeof(float)) {
+    fail(path, "tensor '" + name + "': shape " + shape_text(entry.shape) + " needs " +
+                   std::to_string(*count * sizeof(float)) + " bytes as F32 but " + offsets_text + " span " +
+                   std::to_string(entry.end - entry.begin));
+  }
+  return entry;
+}
+
+// Sorts the entries by offset and checks that they tile [0, buffer_size) exactly.
+void check_layout(const std::string& path, std::vector<TensorEntry>& entries, std::uint64_t buffer_size) {
+  for (const TensorEntry& e : entries) {
+    if (e.end > buffer_size) {
+      fail(path, "tensor '" + e.name + "': data_offsets [" + std::to_string(e.begin) + ", " +
+                     std::to_string(e.end) + "] run past the end of the " + std::to_string(buffer_size) +
+                     "-byte buffer (truncated file?)");
+    }
+  }
+  std::sort(entries.begin(), entries.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);
+  });
+  std::uint64_t covered = 0;
+  const TensorEntry* previous = nullptr;
+  for (const TensorEntry& e : entries) {
+    if (e.begin < covered) fail(path, "tensors '" + previous->name + "' and '" + e.name + "' overlap");
+    if (e.begin > covered) {
+      fail(path, "no tensor covers bytes [" + std::to_string(covered) + ", " + std::to_string(e.begin) +
+                     ") of the buffer");
+    }
+    covered = e.end;
+    previous = &e;
+  }
+  if (covered != buffer_size) {
+    fail(path, "trailing bytes: the tensors cover " + std::to_string(covered) + " bytes of the " +
+                   std::to_string(buffer_size) + "-byte buffer");
+  }
+}
+
+std::map<std::string, std::string> parse_metadata(const std::string& path, const json& value) {
+  if (!value.is_object())
+    fail(path, std::string("'") + kMetadataKey + "' must be an object, got " + value.dump());
+  std::map<std::string, std::string> metadata;
+  for (const auto& [key, v] : value.items()) {
+    if (!v.is_string()) fail(path, "metadata '" + key + "' must be a string, got " + v.dump());
+    metadata[key] = v.get<std::string>();
+  }
+  return metadata;
+}
+
+std::uint32_t parse_crc(const std::string& path, const std::string& text) {
+  std::uint32_t crc = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), crc, 16);
+  if (text.size() != 8 || ec != std::errc() || end != text.data() + text.size()) {
+    fail(path, std::string("metadata '") + kCheckpointChecksumKey + "' is not 8 hex digits: '" + text + "'");
+  }
+  return crc;
+}
+
+void read_exact(std::FILE* file, void* out, std::size_t n, const std::string& path) {
+  if (std::fread(out, 1, n, file) == n) return;
+  if (std::ferror(file)) fail(path, "cannot read: " + system_error_text());
+  fail(path, "truncated: the file ended while reading it");
+}
+
+// <prefix>-<step>.safetensors -> step
+std::optional<std::uint64_t> step_of(const std::string& filename, const std::string& prefix) {
+  const std::string head = prefix + "-";
+  const std::size_t suffix_size = std::strlen(kSuffix);
+  if (filename.size() <= head.size() + suffix_size) return std::nullopt;
+  if (filename.compare(0, head.size(), head) != 0) return std::nullopt;
+  if (filename.compare(filename.size() - suffix_size, suffix_size, kSuffix) != 0) return std::nullopt;
+  const char* first = filename.data() + head.size();
+  const char* last = filename.data() + filename.size() - suffix_size;
+  if (!std::all_of(first, last, [](char c) { return c >= '0' && c <= '9'; })) return std::nullopt;
+  std::uint64_t step = 0;
+  const auto [end, ec] = std::from_chars(first, last, step);
+  if (ec != std::errc() || end != last) return std::nullopt;
+  return step;
+}
+
+}  // namespace
+
+const CheckpointTensor* Checkpoint::find(const std::string& name) const {
+  for (const CheckpointTensor& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+void write_checkpoint_atomic(const std::string& path, const Checkpoint& checkpoint) {
+  validate_for_writing(path, checkpoint);
+  std::uint32_t crc = 0;
+  for (const CheckpointTensor& t : checkpoint.tensors)
+    crc = crc32_update(crc, t.values.data(), t.values.size() * sizeof(float));
+  const std::string header = build_header(path, checkpoint, crc);
+  unsigned char length_prefix[kLengthPrefixSize];
+  for (std::size_t i = 0; i < kLengthPrefixSize; ++i)
+    length_prefix[i] = static_cast<unsigned char>(std::uint64_t{header.size()} >> (8 * i));
+
+  const std::string temporary_path = path + ".tmp." + std::to_string(::getpid());
+  const auto write_failed = [&](const std::string& step) {
+    const std::string reason = system_error_text();
+    throw std::runtime_error(path + ": cannot write checkpoint (" + step + " " + temporary_path +
+                             "): " + reason);
+  };
+  TemporaryFile temporary(temporary_path);
+  std::FILE* file = temporary.get();
+  if (!file) write_failed("creating");
+  bool written = std::fwrite(length_prefix, 1, sizeof length_prefix, file) == sizeof length_prefix &&
+                 std::fwrite(header.data(), 1, header.size(), file) == header.size();
+  for (const CheckpointTensor& t : checkpoint.tensors) {
+    written = written && (t.values.empty() || std::fwrite(t.values.data(), sizeof(float), t.values.size(),
+                                                          file) == t.values.size());
+  }
+  if (!written || std::fflush(file) != 0) write_failed("writing");
+  if (::fsync(::fileno(file)) != 0) write_failed("syncing");
+  if (!temporary.close()) write_failed("closing");
+  if (std::rename(temporary_path.c_str(), path.c_str()) != 0) write_failed("renaming");
+  temporary.commit();
+  sync_directory(path);
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) fail(path, "cannot open: no such file");
+  if (fs::is_directory(status)) fail(path, "cannot open: is a directory, not a checkpoint");
+  File file(std::fopen(path.c_str(), "rb"));
+  if (!file) fail(path, "cannot open: " + system_error_text());
+  const std::uintmax_t file_size = fs::file_size(path, ec);
+  if (ec) fail(path, "cannot read its size: " + ec.message());
+
+  if (file_size < kLengthPrefixSize)
+    fail(path, "too short to be a safetensors file (" + std::to_string(file_size) + " bytes)");
+  unsigned char length_prefix[kLengthPrefixSize];
+  read_exact(file.get(), length_prefix, sizeof length_prefix, path);
+  std::uint64_t header_size = 0;
+  for (std::size_t i = 0; i < kLengthPrefixSize; ++i)
+    header_size |= std::uint64_t{length_prefix[i]} << (8 * i);
+  if (header_size > file_size - kLengthPrefixSize) {
+    fail(path, "header length " + std::to_string(header_size) + " runs past the end of the file (" +
+                   std::to_string(file_size) + " bytes)");
+  }
+  if (header_size > kMaxHeaderSize)
+    fail(path, "header length " + std::to_string(header_size) + " is implausibly large");
+  std::string header_text(header_size, '\0');
+  read_exact(file.get(), header_text.data(), header_text.size(), path);
+  const json header = parse_header(path, header_text);
+
+  Checkpoint checkpoint;
+  std::vector<TensorEntry> entries;
+  for (const auto& [key, value] : header.items()) {
+    if (key == kMetadataKey)
+      checkpoint.metadata = parse_metadata(path, value);
+    else
+      entries.push_back(parse_tensor_entry(path, key, value));
+  }
+  check_layout(path, entries, file_size - kLengthPrefixSize - header_size);
+
+  // The entries tile the buffer in order, so one sequential pass reads every tensor.
+  std::uint32_t crc = 0;
+  for (TensorEntry& e : entries) {
+    CheckpointTensor tensor{std::move(e.name), std::move(e.shape),
+                            std::vector<float>((e.end - e.begin) / sizeof(float))};
+    read_exact(file.get(), tensor.values.data(), e.end - e.begin, path);
+    crc = crc32_update(crc, tensor.values.data(), e.end - e.begin);
+    checkpoint.tensors.push_back(std::move(tensor));
+  }
+  if (const auto stored = checkpoint.metadata.find(kCheckpointChecksumKey);
+      stored != checkpoint.metadata.end()) {
+    if (parse_crc(path, stored->second) != crc) {
+      fail(path, "corrupt: checksum mismatch (the header records " + stored->second +
+                     ", the data hashes to " + crc_hex(crc) + ")");
+    }
+    checkpoint.metadata.erase(stored);
+  }
+  return checkpoint;
+}
+
+std::string checkpoint_path(const std::string& dir, const std::string& prefix, std::uint64_t step) {
+  return (fs::path(dir) / (prefix + "-" + std::to_string(step) + kSuffix)).string();
+}
+
+std::vector<std::string> list_checkpoints(const std::string& dir, const std::string& prefix) {
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec);
+  if (ec == std::errc::no_such_file_or_directory) return {};
+  if (ec) throw std::runtime_error(dir + ": cannot list checkpoints: " + ec.message());
+  std::vector<std::pair<std::uint64_t, std::string>> found;
+  for (const fs::directory_entry& entry : it) {
+    const std::string name = entry.path().filename().string();
+    const auto step = step_of(name, prefix);
+    if (step && entry.is_regular_file(ec)) found.emplace_back(*step, entry.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> paths;
+  for (auto& [step, p] : found) paths.push_back(std::move(p));
+  return paths;
+}
+
+void prune_checkpoints(const std::string& dir, const std::string& prefix, std::size_t keep_last) {
+  const std::vector<std::string> paths = list_checkpoints(dir, prefix);
+  if (paths.size() <= keep_last) return;
+  for (std::size_t i = 0; i < paths.size() - keep_last; ++i) {
+    std::error_code ec;
+    if (!fs::remove(paths[i], ec) && ec)
+      throw std::runtime_error(paths[i] + ": cannot remove old checkpoint: " + ec.message());
+  }
+}
+
+}  // namespace meshtrain
