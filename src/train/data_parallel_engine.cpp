@@ -4,6 +4,13 @@
 
 namespace meshtrain {
 
+void StepEngine::write_parameters(Mlp& model) {
+  HostVector full("meshtrain::gathered_parameters", model.num_parameters());
+  gather(local_parameters(), full);
+  model.allocate_parameters();
+  Kokkos::deep_copy(model.parameters(), full);
+}
+
 std::string format_state_bytes(const StateBytes& b) {
   return std::to_string(b.total()) + " (parameters " + std::to_string(b.parameters) +
          ", gradients " + std::to_string(b.gradients) + ", optimizer " +
@@ -22,8 +29,7 @@ class DataParallelEngine final : public StepEngine {
         reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap),
         optimizer_(optimizer, model.num_parameters()) {}
 
-  void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) override {
-    const std::size_t p = model_.num_parameters();
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
     float* grads = grads_.data();
     ConstMatrixRef pred = model_.forward(x, workspace_);
     // The output layer's activations become dL/dpred: forward's result is dead once the
@@ -37,8 +43,22 @@ class DataParallelEngine final : public StepEngine {
                     [this](std::size_t layer) { reducer_.on_layer_grads(layer); });
     ExecSpace().fence();
     reducer_.finish();
+  }
+
+  void apply_gradients(double lr) override {
+    const std::size_t p = model_.num_parameters();
     Vector params = model_.parameters();
-    optimizer_.step(VectorRef(params.data(), p), ConstVectorRef(grads, p), lr);
+    optimizer_.step(VectorRef(params.data(), p), ConstVectorRef(grads_.data(), p), lr);
+  }
+
+  ConstVectorRef gradients() const override {
+    return ConstVectorRef(grads_.data(), model_.num_parameters());
+  }
+  Vector local_parameters() const override { return model_.parameters(); }
+  Optimizer& optimizer() override { return optimizer_; }
+  void gather(const Vector& local, HostVector& full) override { Kokkos::deep_copy(full, local); }
+  void scatter(const HostVector& full, const Vector& local) override {
+    Kokkos::deep_copy(local, full);
   }
 
   Kokkos::View<float, MemSpace, Unmanaged> loss() const override {

@@ -30,26 +30,14 @@ class FsdpEngine final : public StepEngine {
     loss_ = Kokkos::View<float, MemSpace>("meshtrain::fsdp_loss");
     optimizer_ = std::make_unique<Optimizer>(optimizer, offset);
 
-    // Keep this rank's chunk of every layer; the padding past a layer's end stays zero, so
-    // its gradient is zero and Adam leaves it at zero.
-    const auto rank = static_cast<std::size_t>(shards_.rank());
-    for (std::size_t l = 0; l < chunk_.size(); ++l) {
-      const std::size_t begin = std::min(rank * chunk_[l], model.layer_size(l));
-      const std::size_t end = std::min(begin + chunk_[l], model.layer_size(l));
-      if (end > begin) {
-        Kokkos::deep_copy(
-            Kokkos::subview(param_shard_, std::make_pair(shard_offset_[l], shard_offset_[l] + end - begin)),
-            Kokkos::subview(model.parameters(),
-                            std::make_pair(model.layer_offset(l) + begin, model.layer_offset(l) + end)));
-      }
-    }
+    scatter(model.parameters_on_host(), param_shard_);
     ExecSpace().fence();
     model.release_parameters();
   }
 
-  void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) override {
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
     LayerAccess access;
-    access.parameters = [this](std::size_t l) { return gather(l); };
+    access.parameters = [this](std::size_t l) { return gather_layer(l); };
     ConstMatrixRef pred = model_.forward(x, workspace_, access);
     MatrixRef dpred(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
     const float scale =
@@ -65,24 +53,41 @@ class FsdpEngine final : public StepEngine {
     shards_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
     if (replicas_.size() > 1) replicas_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
     blocked_ += MPI_Wtime() - start;
-    optimizer_->step(param_shard_, grad_shard_, lr);
+  }
+
+  void apply_gradients(double lr) override { optimizer_->step(param_shard_, grad_shard_, lr); }
+  ConstVectorRef gradients() const override { return grad_shard_; }
+  Vector local_parameters() const override { return param_shard_; }
+  Optimizer& optimizer() override { return *optimizer_; }
+
+  void gather(const Vector& local, HostVector& full) override {
+    for (std::size_t l = 0; l < chunk_.size(); ++l) {
+      gather_layer(l, local);
+      const std::size_t n = model_.layer_size(l);
+      Kokkos::deep_copy(
+          Kokkos::subview(full, std::make_pair(model_.layer_offset(l), model_.layer_offset(l) + n)),
+          Kokkos::subview(gathered_, std::make_pair(std::size_t{0}, n)));
+    }
+  }
+
+  void scatter(const HostVector& full, const Vector& local) override {
+    // This rank's chunk of every layer; the padding past a layer's end stays zero, so its
+    // gradient is zero and Adam leaves it at zero.
+    auto mine = Kokkos::create_mirror_view(local);
+    Kokkos::deep_copy(mine, 0.0f);
+    const auto rank = static_cast<std::size_t>(shards_.rank());
+    for (std::size_t l = 0; l < chunk_.size(); ++l) {
+      const std::size_t begin = std::min(rank * chunk_[l], model_.layer_size(l));
+      const std::size_t end = std::min(begin + chunk_[l], model_.layer_size(l));
+      for (std::size_t i = begin; i < end; ++i) {
+        mine(shard_offset_[l] + i - begin) = full(model_.layer_offset(l) + i);
+      }
+    }
+    Kokkos::deep_copy(local, mine);
   }
 
   Kokkos::View<float, MemSpace, Unmanaged> loss() const override {
     return Kokkos::View<float, MemSpace, Unmanaged>(loss_.data());
-  }
-
-  void write_parameters(Mlp& model) override {
-    model.allocate_parameters();
-    for (std::size_t l = 0; l < chunk_.size(); ++l) {
-      gather(l);
-      const std::size_t n = model.layer_size(l);
-      Kokkos::deep_copy(
-          Kokkos::subview(model.parameters(),
-                          std::make_pair(model.layer_offset(l), model.layer_offset(l) + n)),
-          Kokkos::subview(gathered_, std::make_pair(std::size_t{0}, n)));
-    }
-    ExecSpace().fence();
   }
 
   StateBytes state_bytes() const override {
@@ -94,11 +99,13 @@ class FsdpEngine final : public StepEngine {
   void reset_timers() override { blocked_ = 0.0; }
 
  private:
-  // Layer l's full parameters into the gathered buffer, from every rank's chunk.
-  const float* gather(std::size_t l) {
+  // Layer l's full block of `local` (the parameters by default) into the gathered buffer,
+  // from every rank's chunk.
+  const float* gather_layer(std::size_t l) { return gather_layer(l, param_shard_); }
+  const float* gather_layer(std::size_t l, const Vector& local) {
     ExecSpace().fence();
     const double start = MPI_Wtime();
-    shards_.all_gather(param_shard_.data() + shard_offset_[l], gathered_.data(), chunk_[l],
+    shards_.all_gather(local.data() + shard_offset_[l], gathered_.data(), chunk_[l],
                        DataType::Float32);
     blocked_ += MPI_Wtime() - start;
     return gathered_.data();

@@ -66,11 +66,11 @@ class TensorParallelEngine final : public StepEngine {
     grad_a_ = Matrix("meshtrain::tp_grad_a", max_rows, widest);
     grad_b_ = Matrix("meshtrain::tp_grad_b", max_rows, widest);
     optimizer_ = std::make_unique<Optimizer>(optimizer, offset);
-    scatter_from(model);
+    scatter(model.parameters_on_host(), params_);
     model.release_parameters();  // each rank keeps only its slices
   }
 
-  void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) override {
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
     const std::size_t n = x.extent(0);
     float* p = params_.data();
     float* g = grads_.data();
@@ -117,17 +117,25 @@ class TensorParallelEngine final : public StepEngine {
     const double start = MPI_Wtime();
     data_.allreduce(g, local_parameters_ + 1, DataType::Float32, ReduceOp::Sum);
     blocked_ += MPI_Wtime() - start;
-    optimizer_->step(VectorRef(p, local_parameters_), ConstVectorRef(g, local_parameters_), lr);
   }
+
+  void apply_gradients(double lr) override {
+    optimizer_->step(VectorRef(params_.data(), local_parameters_),
+                     ConstVectorRef(grads_.data(), local_parameters_), lr);
+  }
+  ConstVectorRef gradients() const override {
+    return ConstVectorRef(grads_.data(), local_parameters_);
+  }
+  Vector local_parameters() const override { return params_; }
+  Optimizer& optimizer() override { return *optimizer_; }
 
   Kokkos::View<float, MemSpace, Unmanaged> loss() const override {
     return Kokkos::View<float, MemSpace, Unmanaged>(grads_.data() + local_parameters_);
   }
 
-  void write_parameters(Mlp& model) override {
-    model.allocate_parameters();
-    auto local = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), params_);
-    HostVector full("meshtrain::tp_full", model.num_parameters());
+  void gather(const Vector& local_view, HostVector& full) override {
+    const Mlp& model = model_;
+    auto local = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), local_view);
     const auto m = static_cast<std::size_t>(shards_.size());
     std::vector<float> gathered;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -157,7 +165,6 @@ class TensorParallelEngine final : public StepEngine {
       }
       if (layer.split == Split::Row) std::copy(lb, lb + layer.out, b);
     }
-    Kokkos::deep_copy(model.parameters(), full);
   }
 
   StateBytes state_bytes() const override {
@@ -182,10 +189,10 @@ class TensorParallelEngine final : public StepEngine {
     blocked_ += MPI_Wtime() - start;
   }
 
-  // This rank's slices of the full model's parameters.
-  void scatter_from(const Mlp& model) {
-    auto full = model.parameters_on_host();
-    HostVector local("meshtrain::tp_local", local_parameters_);
+  // This rank's slices of a buffer in the full model's layout.
+  void scatter(const HostVector& full, const Vector& local_view) override {
+    const Mlp& model = model_;
+    auto local = Kokkos::create_mirror_view(local_view);
     const auto r = static_cast<std::size_t>(shards_.rank());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const LocalLayer& layer = layers_[l];
@@ -203,7 +210,7 @@ class TensorParallelEngine final : public StepEngine {
       const std::size_t bias_from = layer.split == Split::Column ? r * layer.out : 0;
       std::copy(b + bias_from, b + bias_from + layer.out, lb);
     }
-    Kokkos::deep_copy(params_, local);
+    Kokkos::deep_copy(local_view, local);
   }
 
   const Mlp& model_;

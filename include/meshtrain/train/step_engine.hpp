@@ -27,13 +27,29 @@ std::string format_state_bytes(const StateBytes& bytes);
 class StepEngine {
  public:
   virtual ~StepEngine() = default;
-  // Forward, loss, backward, gradient synchronisation and the optimizer step on this rank's
-  // rows (x, y) of a global batch of global_batch rows. Afterwards loss() holds the global
-  // batch's mean loss (on the device).
-  virtual void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) = 0;
+  // Forward, loss, backward and gradient synchronisation on this rank's rows (x, y) of a
+  // global batch of global_batch rows. Afterwards loss() holds the global batch's mean loss
+  // and gradients() this rank's part of the summed gradient (on the device).
+  virtual void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) = 0;
+  // The optimizer step on what this rank holds.
+  virtual void apply_gradients(double lr) = 0;
+  void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) {
+    compute_gradients(x, y, global_batch);
+    apply_gradients(lr);
+  }
   virtual Kokkos::View<float, MemSpace, Unmanaged> loss() const = 0;
+  virtual ConstVectorRef gradients() const = 0;
+
+  // What this rank holds, in its local layout: the parameters, and the optimizer whose
+  // moments share that layout.
+  virtual Vector local_parameters() const = 0;
+  virtual Optimizer& optimizer() = 0;
+  // Collective conversions between a local buffer and the full model's flat layout (full
+  // holds num_parameters() elements, on the host, identical on every rank after gather).
+  virtual void gather(const Vector& local, HostVector& full) = 0;
+  virtual void scatter(const HostVector& full, const Vector& local) = 0;
   // The full trained parameters, written into model's own buffer (collective).
-  virtual void write_parameters(Mlp& model) = 0;
+  virtual void write_parameters(Mlp& model);
   virtual StateBytes state_bytes() const = 0;
   // Seconds blocked in gradient communication since the last reset.
   virtual double blocked_seconds() const = 0;
