@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "meshtrain/comm/mpi_communicator.hpp"
@@ -280,7 +282,9 @@ TEST(Fsdp, RefitAndBenchmarkStyleStepsKeepTheParameters) {
   Trainer dp(Mlp({4, 16, 1}, Activation::ReLU, 2), config);
   const FitResult once = dp.fit(data.x, data.y);
   // Adam restarts its moments at each fit, so compare against a DP run that does the same.
-  Trainer dp_twice(Mlp({4, 16, 1}, Activation::ReLU, 2), TrainingConfig{2});
+  TrainingConfig two_epochs;
+  two_epochs.num_epochs = 2;
+  Trainer dp_twice(Mlp({4, 16, 1}, Activation::ReLU, 2), two_epochs);
   dp_twice.fit(data.x, data.y);
   const FitResult reference = dp_twice.fit(data.x, data.y);
   EXPECT_LE(max_relative_difference(host_params(twice.model), host_params(reference.model)), 1e-5);
@@ -327,4 +331,171 @@ TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {
   config.distributed_config.strategy = "fsdp";
   EXPECT_THROW(Trainer(Mlp({4, 12, 1}, Activation::ReLU, 0), config), ConfigError);
   MpiCommunicator(MPI_COMM_WORLD).barrier();
+}
+
+// ---- Shuffling, validation, non-finite steps, stopping and resuming.
+
+TEST(Shuffle, SamePermutationEverywhereAndNRanksEqualOneRank) {
+  DistributedConfig dist;
+  TrainingConfig config;
+  config.num_epochs = 3;
+  config.batch_size = 10;
+  config.shuffle = true;
+  const ReferenceData data = make_reference_data(45, 4, 1);
+  Trainer world(Mlp({4, 8, 1}, Activation::ReLU, 1), config);
+  const FitResult a = world.fit(data.x, data.y);
+  Trainer single(Mlp({4, 8, 1}, Activation::ReLU, 1), config, MPI_COMM_SELF);
+  const FitResult b = single.fit(data.x, data.y);
+  EXPECT_LE(max_relative_difference(host_params(a.model), host_params(b.model)), 1e-5);
+  config.shuffle = false;
+  Trainer ordered(Mlp({4, 8, 1}, Activation::ReLU, 1), config, MPI_COMM_SELF);
+  const FitResult c = ordered.fit(data.x, data.y);
+  EXPECT_GT(max_relative_difference(host_params(b.model), host_params(c.model)), 1e-4)
+      << "shuffling changed nothing";
+}
+
+TEST(Validation, LossMatchesOneRankAndIsReportedPerEpoch) {
+  TrainingConfig config;
+  config.num_epochs = 4;
+  config.validation_every = 2;
+  const ReferenceData train = make_reference_data(64, 4, 1);
+  const ReferenceData val = make_reference_data(37, 4, 2);  // uneven over 2, 3, 4 ranks
+  std::vector<int> reported;
+  Trainer world(Mlp({4, 16, 1}, Activation::ReLU, 1), config);
+  world.set_validation_data(val.x, val.y);
+  world.set_epoch_callback([&](const EpochReport& r) { reported.push_back(r.epoch); });
+  const FitResult a = world.fit(train.x, train.y);
+  Trainer single(Mlp({4, 16, 1}, Activation::ReLU, 1), config, MPI_COMM_SELF);
+  single.set_validation_data(val.x, val.y);
+  const FitResult b = single.fit(train.x, train.y);
+  EXPECT_EQ(reported, (std::vector<int>{0, 1, 2, 3}));
+  ASSERT_EQ(a.metrics.validation_losses.size(), 4u);
+  EXPECT_TRUE(std::isnan(a.metrics.validation_losses[0]));
+  EXPECT_TRUE(std::isnan(a.metrics.validation_losses[2]));
+  EXPECT_NEAR(a.metrics.validation_losses[1], b.metrics.validation_losses[1],
+              1e-5 * b.metrics.validation_losses[1]);
+  EXPECT_NEAR(a.metrics.validation_losses[3], b.metrics.validation_losses[3],
+              1e-5 * b.metrics.validation_losses[3]);
+  // The reported value is the mean squared error of the final model on the validation set.
+  const auto p = host_params(b.model);
+  double sse = 0.0;
+  for (int i = 0; i < 37; ++i) {
+    double out = p[4 * 16 + 16 + 16];  // output bias
+    for (int h = 0; h < 16; ++h) {
+      double z = p[4 * 16 + h];
+      for (int j = 0; j < 4; ++j) z += val.x(i, j) * p[j * 16 + h];
+      out += std::max(z, 0.0) * p[4 * 16 + 16 + h];
+    }
+    sse += (out - val.y(i, 0)) * (out - val.y(i, 0));
+  }
+  EXPECT_NEAR(b.metrics.validation_losses[3], sse / 37, 1e-4 * sse / 37);
+}
+
+namespace {
+ReferenceData data_with_a_nan() {
+  ReferenceData data = make_reference_data(40, 4, 0);
+  data.x(13, 2) = std::numeric_limits<float>::quiet_NaN();  // poisons batch 1 of 4
+  return data;
+}
+}  // namespace
+
+TEST(NonFinite, AbortIsATrainingErrorOnEveryRank) {
+  TrainingConfig config;
+  config.batch_size = 10;
+  const ReferenceData data = data_with_a_nan();
+  Trainer trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config);
+  try {
+    trainer.fit(data.x, data.y);
+    FAIL() << "expected TrainingError";
+  } catch (const TrainingError& e) {
+    EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
+  }
+  MpiCommunicator(MPI_COMM_WORLD).barrier();
+}
+
+TEST(NonFinite, SkipLeavesTheParametersFiniteAndCountsTheSteps) {
+  TrainingConfig config;
+  config.batch_size = 10;
+  config.num_epochs = 3;
+  config.nonfinite = "skip";
+  const ReferenceData data = data_with_a_nan();
+  Trainer trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config);
+  const FitResult r = trainer.fit(data.x, data.y);
+  EXPECT_EQ(r.metrics.skipped_steps, 3);
+  EXPECT_EQ(r.metrics.steps, 12);
+  for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+  for (double l : r.metrics.epoch_losses) EXPECT_TRUE(std::isfinite(l));
+}
+
+namespace {
+// Trains `config` once straight through, and once stopped by the flag after epoch
+// `stop_after_epoch` plus one step, with the state carried to a fresh trainer (over
+// `resume_comm`) that finishes the run. Returns (straight, resumed) parameters.
+std::pair<std::vector<float>, std::vector<float>> straight_and_resumed(
+    const TrainingConfig& config, const std::vector<int>& widths, int stop_after_epoch,
+    MPI_Comm resume_comm, TrainingConfig resume_config) {
+  const ReferenceData data = make_reference_data(50, widths.front(), 4);
+  Trainer straight(Mlp(widths, Activation::ReLU, 4), config);
+  const FitResult full = straight.fit(data.x, data.y);
+
+  volatile std::sig_atomic_t flag = 0;
+  Trainer first(Mlp(widths, Activation::ReLU, 4), config);
+  first.set_stop_flag(&flag);
+  first.set_epoch_callback([&](const EpochReport& r) {
+    if (r.epoch == stop_after_epoch) flag = 1;
+  });
+  const FitResult partial = first.fit(data.x, data.y);
+  EXPECT_TRUE(partial.metrics.stopped);
+  const TrainingState state = first.state();
+  EXPECT_EQ(state.epoch, stop_after_epoch + 1);
+  EXPECT_EQ(state.batch, 1u);  // stopped mid-epoch, after one step
+
+  Trainer second(Mlp(widths, Activation::ReLU, 99), resume_config, resume_comm);
+  second.prepare(data.x, data.y);
+  second.restore(state);
+  const FitResult rest = second.fit();
+  EXPECT_FALSE(rest.metrics.stopped);
+  EXPECT_EQ(rest.metrics.epoch_losses.size(), static_cast<std::size_t>(config.num_epochs));
+  EXPECT_NEAR(rest.metrics.final_loss, full.metrics.final_loss, 1e-5 * full.metrics.final_loss);
+  return {host_params(full.model), host_params(rest.model)};
+}
+}  // namespace
+
+TEST(Resume, BitIdenticalToAnUninterruptedRunUnderEveryStrategy) {
+  const int n = world_size();
+  std::vector<DistributedConfig> meshes{DistributedConfig{}, DistributedConfig{{}, {}, "fsdp"},
+                                        DistributedConfig{{1, n}, {"data", "model"}, "data"}};
+  for (const auto& dist : meshes) {
+    TrainingConfig config;
+    config.num_epochs = 4;
+    config.batch_size = 12;
+    config.shuffle = true;
+    config.distributed_config = dist;
+    const auto [straight, resumed] =
+        straight_and_resumed(config, {4, 12, 12, 1}, 1, MPI_COMM_WORLD, config);
+    EXPECT_EQ(straight, resumed) << "strategy " << dist.strategy << " mesh "
+                                 << format_shape(dist.mesh_shape);
+  }
+}
+
+TEST(Resume, OnADifferentNumberOfRanks) {
+  TrainingConfig config;
+  config.num_epochs = 3;
+  config.batch_size = 12;
+  const auto [straight, resumed] =
+      straight_and_resumed(config, {4, 8, 1}, 0, MPI_COMM_SELF, config);
+  EXPECT_LE(max_relative_difference(straight, resumed), 1e-5);
+}
+
+TEST(Resume, StateThatDoesNotFitIsRefused) {
+  TrainingConfig config;
+  const ReferenceData data = make_reference_data(32, 4, 0);
+  Trainer small(Mlp({4, 8, 1}, Activation::ReLU, 0), config);
+  small.prepare(data.x, data.y);
+  TrainingState state = small.state();
+  Trainer big(Mlp({4, 9, 1}, Activation::ReLU, 0), config);
+  big.prepare(data.x, data.y);
+  EXPECT_THROW(big.restore(state), ConfigError);
+  state.epoch = config.num_epochs + 1;
+  EXPECT_THROW(small.restore(state), ConfigError);
 }

@@ -19,4 +19,11 @@ class CommError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A condition of the run itself (a NaN loss under nonfinite = "abort"), detected identically
+// on every rank at the same step: every rank can stop cleanly and rank 0 alone reports it.
+class TrainingError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace meshtrain

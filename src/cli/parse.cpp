@@ -166,6 +166,14 @@ int run_main(const std::string& program, int argc, char** argv,
     }
     manager.reset();
     return 2;
+  } catch (const TrainingError& e) {
+    // Raised at the same step on every rank: report once and end cleanly.
+    if (rank == 0) {
+      std::fprintf(stderr, "%s: error: %s\n", program.c_str(), e.what());
+      std::fflush(stderr);
+    }
+    manager.reset();
+    return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: rank %d: error: %s\n", program.c_str(), rank, e.what());
     std::fflush(stderr);

@@ -11,6 +11,17 @@ void StepEngine::write_parameters(Mlp& model) {
   Kokkos::deep_copy(model.parameters(), full);
 }
 
+double sum_scalar(Kokkos::View<float, MemSpace, Unmanaged> value,
+                  std::initializer_list<Communicator*> groups) {
+  ExecSpace().fence();
+  float host = 0.0f;
+  Kokkos::deep_copy(host, value);
+  for (Communicator* group : groups) {
+    if (group->size() > 1) group->allreduce(&host, 1, DataType::Float32, ReduceOp::Sum);
+  }
+  return host;
+}
+
 std::string format_state_bytes(const StateBytes& b) {
   return std::to_string(b.total()) + " (parameters " + std::to_string(b.parameters) +
          ", gradients " + std::to_string(b.gradients) + ", optimizer " +
@@ -27,6 +38,8 @@ class DataParallelEngine final : public StepEngine {
         grads_("meshtrain::gradients", model.num_parameters() + 1),
         workspace_(model, max_rows),
         reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap),
+        group_(group),
+        eval_("meshtrain::eval_loss"),
         optimizer_(optimizer, model.num_parameters()) {}
 
   void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
@@ -53,6 +66,13 @@ class DataParallelEngine final : public StepEngine {
 
   ConstVectorRef gradients() const override {
     return ConstVectorRef(grads_.data(), model_.num_parameters());
+  }
+  double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
+    ConstMatrixRef pred = model_.forward(x, workspace_);
+    MatrixRef scratch(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
+    const Kokkos::View<float, MemSpace, Unmanaged> out(eval_.data());
+    mse_loss_grad(pred, y, scale, scratch, out);
+    return sum_scalar(out, {&group_});
   }
   Vector local_parameters() const override { return model_.parameters(); }
   Optimizer& optimizer() override { return optimizer_; }
@@ -84,6 +104,8 @@ class DataParallelEngine final : public StepEngine {
   Vector grads_;
   MlpWorkspace workspace_;
   GradientReducer reducer_;
+  Communicator& group_;
+  Kokkos::View<float, MemSpace> eval_;
   Optimizer optimizer_;
 };
 

@@ -57,6 +57,14 @@ class FsdpEngine final : public StepEngine {
 
   void apply_gradients(double lr) override { optimizer_->step(param_shard_, grad_shard_, lr); }
   ConstVectorRef gradients() const override { return grad_shard_; }
+  double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
+    LayerAccess access;
+    access.parameters = [this](std::size_t l) { return gather_layer(l); };
+    ConstMatrixRef pred = model_.forward(x, workspace_, access);
+    MatrixRef scratch(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
+    mse_loss_grad(pred, y, scale, scratch, loss());
+    return sum_scalar(loss(), {&shards_, &replicas_});
+  }
   Vector local_parameters() const override { return param_shard_; }
   Optimizer& optimizer() override { return *optimizer_; }
 

@@ -70,10 +70,10 @@ class TensorParallelEngine final : public StepEngine {
     model.release_parameters();  // each rank keeps only its slices
   }
 
-  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
+  // Forward through this rank's slices; the output is replicated over the model axis.
+  ConstMatrixRef forward(ConstMatrixRef x) {
     const std::size_t n = x.extent(0);
     float* p = params_.data();
-    float* g = grads_.data();
     ConstMatrixRef input = x;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const LocalLayer& layer = layers_[l];
@@ -89,6 +89,21 @@ class TensorParallelEngine final : public StepEngine {
       }
       input = out;
     }
+    return input;
+  }
+
+  double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
+    ConstMatrixRef pred = forward(x);
+    MatrixRef scratch(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
+    mse_loss_grad(pred, y, scale, scratch, loss());
+    return sum_scalar(loss(), {&data_});
+  }
+
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
+    const std::size_t n = x.extent(0);
+    float* p = params_.data();
+    float* g = grads_.data();
+    ConstMatrixRef input = forward(x);
     MatrixRef dz(const_cast<float*>(input.data()), n, input.extent(1));
     const float scale =
         1.0f / (static_cast<float>(global_batch) * static_cast<float>(model_.out_features()));

@@ -1,10 +1,15 @@
 #include "meshtrain/train/trainer.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <span>
 #include <string>
 
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -103,39 +108,55 @@ const GradientReducer& Trainer::reducer() const {
   return *reducer;
 }
 
+StateBytes Trainer::state_bytes() const {
+  if (!engine_) throw std::logic_error("Trainer::state_bytes() called before prepare()");
+  return engine_->state_bytes();
+}
+
 const ShardPlan& Trainer::plan_for_batch(std::size_t batch) const {
   const bool partial = batch + 1 == num_batches_ && samples_ % config_.batch_size != 0;
   return partial ? last_plan_ : full_plan_;
 }
 
+namespace {
+void check_pair(const HostMatrix& x, const HostMatrix& y, const Mlp& model, const char* what) {
+  const std::string name(what);
+  if (y.extent(0) != x.extent(0)) {
+    throw ConfigError(name + " targets: " + std::to_string(y.extent(0)) + " rows for " +
+                      std::to_string(x.extent(0)) + " input rows");
+  }
+  if (x.extent(1) != static_cast<std::size_t>(model.in_features())) {
+    throw ConfigError(name + " inputs: " + std::to_string(x.extent(1)) +
+                      " features for a model with " + std::to_string(model.in_features()) +
+                      " inputs");
+  }
+  if (y.extent(1) != static_cast<std::size_t>(model.out_features())) {
+    throw ConfigError(name + " targets: " + std::to_string(y.extent(1)) +
+                      " columns for a model with " + std::to_string(model.out_features()) +
+                      " outputs");
+  }
+}
+
+Matrix upload(const HostMatrix& host, const std::string& label) {
+  Matrix device(label, host.extent(0), host.extent(1));
+  Kokkos::deep_copy(device, host);
+  return device;
+}
+}  // namespace
+
 void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   const std::size_t n = x.extent(0);
   if (n < 1) throw ConfigError("samples 0: the training data is empty");
-  if (y.extent(0) != n) {
-    throw ConfigError("targets: " + std::to_string(y.extent(0)) + " rows for " +
-                      std::to_string(n) + " input rows");
-  }
-  if (x.extent(1) != static_cast<std::size_t>(model_.in_features())) {
-    throw ConfigError("inputs: " + std::to_string(x.extent(1)) + " features for a model with " +
-                      std::to_string(model_.in_features()) + " inputs");
-  }
-  if (y.extent(1) != static_cast<std::size_t>(model_.out_features())) {
-    throw ConfigError("targets: " + std::to_string(y.extent(1)) +
-                      " columns for a model with " + std::to_string(model_.out_features()) +
-                      " outputs");
-  }
+  check_pair(x, y, model_, "training");
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
   full_plan_ = shard_batch(mesh_->world(), static_cast<int>(std::min(batch, n)), batch_parts_);
   last_plan_ = shard_batch(mesh_->world(), static_cast<int>(n % batch), batch_parts_);
+  x_ = upload(x, "meshtrain::x");
+  y_ = upload(y, "meshtrain::y");
 
-  x_ = Matrix("meshtrain::x", n, x.extent(1));
-  y_ = Matrix("meshtrain::y", n, y.extent(1));
-  Kokkos::deep_copy(x_, x);
-  Kokkos::deep_copy(y_, y);
-
-  // A previous engine may hold the only copy of the parameters (fsdp shards): take them back.
+  // A previous engine may hold the only copy of the parameters (sharded): take them back.
   if (engine_) {
     engine_->write_parameters(model_);
     engine_.reset();
@@ -145,44 +166,140 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   ExecSpace().fence();
   mesh_->world().broadcast(params.data(), params.extent(0), DataType::Float32, 0);
 
-  const auto max_rows = static_cast<std::size_t>(
+  max_rows_ = static_cast<std::size_t>(
       *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
   const OptimizerConfig optimizer = OptimizerConfig::from_name(config_.optimizer);
   if (model_group_) {
-    engine_ = make_tensor_parallel_engine(model_, *model_group_, *batch_group_, optimizer, max_rows);
+    engine_ = make_tensor_parallel_engine(model_, *model_group_, *batch_group_, optimizer, max_rows_);
   } else if (batch_group_) {
     engine_ = make_data_parallel_engine(model_, *batch_group_, optimizer, config_.bucket_bytes,
-                                        config_.overlap_communication, max_rows);
+                                        config_.overlap_communication, max_rows_);
   } else {
-    engine_ = make_fsdp_engine(model_, *shard_group_, *replica_group_, optimizer, max_rows);
+    engine_ = make_fsdp_engine(model_, *shard_group_, *replica_group_, optimizer, max_rows_);
   }
-  loss_history_ = Vector("meshtrain::loss_history",
-                         num_batches_ * static_cast<std::size_t>(config_.num_epochs));
-  recorded_ = 0;
+  if (config_.shuffle) {
+    order_ = Kokkos::View<std::int64_t*, MemSpace>("meshtrain::order", n);
+    host_order_.resize(n);
+    x_batch_ = Matrix("meshtrain::x_batch", max_rows_, x.extent(1));
+    y_batch_ = Matrix("meshtrain::y_batch", max_rows_, y.extent(1));
+  }
+  epoch_batch_losses_ = Vector("meshtrain::batch_losses", num_batches_);
+  epoch_ = 0;
+  batch_ = 0;
+  run_steps_ = 0;
+  carried_loss_sum_ = 0.0;
+  carried_loss_count_ = 0;
+  skipped_steps_ = 0;
+  epoch_losses_.clear();
+  validation_losses_.clear();
+  begin_epoch(0);
 }
 
-void Trainer::step(std::size_t batch) {
+void Trainer::set_validation_data(const HostMatrix& x, const HostMatrix& y) {
+  check_pair(x, y, model_, "validation");
+  x_val_ = upload(x, "meshtrain::x_validation");
+  y_val_ = upload(y, "meshtrain::y_validation");
+}
+
+void Trainer::set_epoch_callback(std::function<void(const EpochReport&)> callback) {
+  epoch_callback_ = std::move(callback);
+}
+
+void Trainer::begin_epoch(int epoch) {
+  if (!config_.shuffle) return;
+  // Fisher-Yates from the seed and the epoch: the same on every rank, and rank 0's is
+  // broadcast so that it is the one every rank follows.
+  if (mesh_->world().rank() == 0) {
+    Random rng(derive_seed(config_.seed, 1000 + static_cast<std::uint64_t>(epoch)));
+    std::iota(host_order_.begin(), host_order_.end(), std::int64_t{0});
+    for (std::size_t i = host_order_.size(); i > 1; --i) {
+      const auto j = static_cast<std::size_t>(rng.uniform() * static_cast<double>(i));
+      std::swap(host_order_[i - 1], host_order_[std::min(j, i - 1)]);
+    }
+  }
+  mesh_->world().broadcast(std::span<std::int64_t>(host_order_), 0);
+  Kokkos::deep_copy(order_, Kokkos::View<const std::int64_t*, Kokkos::HostSpace, Unmanaged>(
+                                host_order_.data(), host_order_.size()));
+}
+
+std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch) {
   const ShardPlan& plan = plan_for_batch(batch);
   const std::size_t begin = batch * static_cast<std::size_t>(config_.batch_size) +
                             static_cast<std::size_t>(plan.offsets[batch_index_]);
-  const std::size_t end = begin + static_cast<std::size_t>(plan.counts[batch_index_]);
-  engine_->step(rows(x_, begin, end), rows(y_, begin, end), plan.global_batch,
-                config_.learning_rate);
-
-  if (recorded_ < static_cast<std::int64_t>(loss_history_.extent(0))) {
-    auto history = loss_history_;
-    auto loss = engine_->loss();
-    const auto slot = recorded_;
-    Kokkos::parallel_for(
-        "meshtrain::record_loss", Kokkos::RangePolicy<ExecSpace>(0, 1),
-        KOKKOS_LAMBDA(int) { history(slot) = loss(); });
-    ++recorded_;
-  }
+  const std::size_t count = static_cast<std::size_t>(plan.counts[batch_index_]);
+  if (!config_.shuffle) return {rows(x_, begin, begin + count), rows(y_, begin, begin + count)};
+  // Gather this rank's rows of the permuted batch into the batch buffers.
+  auto order = order_;
+  auto x = x_, y = y_, xb = x_batch_, yb = y_batch_;
+  const std::size_t in = x.extent(1), out = y.extent(1);
+  Kokkos::parallel_for(
+      "meshtrain::gather_batch", Kokkos::RangePolicy<ExecSpace>(0, count),
+      KOKKOS_LAMBDA(std::size_t r) {
+        const auto src = static_cast<std::size_t>(order(begin + r));
+        for (std::size_t j = 0; j < in; ++j) xb(r, j) = x(src, j);
+        for (std::size_t j = 0; j < out; ++j) yb(r, j) = y(src, j);
+      });
+  return {rows(x_batch_, 0, count), rows(y_batch_, 0, count)};
 }
 
-StateBytes Trainer::state_bytes() const {
-  if (!engine_) throw std::logic_error("Trainer::state_bytes() called before prepare()");
-  return engine_->state_bytes();
+bool Trainer::step(std::size_t batch) {
+  const auto [x, y] = batch_rows(batch);
+  engine_->compute_gradients(x, y, plan_for_batch(batch).global_batch);
+
+  // Every rank agrees, in one small collective, on whether any rank saw a non-finite loss
+  // or gradient and whether any rank was asked to stop.
+  const ConstVectorRef grads = engine_->gradients();
+  const auto loss = engine_->loss();
+  int bad = 0;
+  Kokkos::parallel_reduce(
+      "meshtrain::count_nonfinite", Kokkos::RangePolicy<ExecSpace>(0, grads.extent(0) + 1),
+      KOKKOS_LAMBDA(std::size_t i, int& count) {
+        const float v = i < grads.extent(0) ? grads(i) : loss();
+        if (!(v - v == 0.0f)) ++count;  // NaN or Inf
+      },
+      bad);
+  std::int32_t flags[2] = {bad > 0 ? 1 : 0, stop_flag_ && *stop_flag_ ? 1 : 0};
+  mesh_->world().allreduce(std::span<std::int32_t>(flags), ReduceOp::Max);
+
+  auto losses = epoch_batch_losses_;
+  if (flags[0]) {
+    if (config_.nonfinite == "abort") {
+      float value = 0.0f;
+      Kokkos::deep_copy(value, loss);
+      throw TrainingError("step " + std::to_string(run_steps_) + " (epoch " +
+                          std::to_string(epoch_) + ", batch " + std::to_string(batch) +
+                          "): the loss (" + std::to_string(value) +
+                          ") or a gradient is NaN or Inf; set nonfinite = skip to skip such steps");
+    }
+    ++skipped_steps_;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    Kokkos::parallel_for(
+        "meshtrain::record_skipped", Kokkos::RangePolicy<ExecSpace>(0, 1),
+        KOKKOS_LAMBDA(int) { losses(batch) = nan; });
+  } else {
+    engine_->apply_gradients(config_.learning_rate);
+    Kokkos::parallel_for(
+        "meshtrain::record_loss", Kokkos::RangePolicy<ExecSpace>(0, 1),
+        KOKKOS_LAMBDA(int) { losses(batch) = loss(); });
+  }
+  return flags[1] != 0;
+}
+
+double Trainer::validation_loss() {
+  const std::size_t n = x_val_.extent(0);
+  const ShardPlan plan = make_shard_plan(static_cast<int>(n), batch_parts_);
+  const auto begin = static_cast<std::size_t>(plan.offsets[batch_index_]);
+  const auto count = static_cast<std::size_t>(plan.counts[batch_index_]);
+  const auto most = static_cast<std::size_t>(plan.counts.front());
+  const float scale = 1.0f / (static_cast<float>(n) * static_cast<float>(model_.out_features()));
+  double sum = 0.0;
+  // The same number of chunks on every rank: sharded strategies communicate in forward.
+  for (std::size_t done = 0; done < most; done += max_rows_) {
+    const std::size_t from = begin + std::min(done, count);
+    const std::size_t to = begin + std::min(done + max_rows_, count);
+    sum += engine_->evaluate(rows(x_val_, from, to), rows(y_val_, from, to), scale);
+  }
+  return sum;
 }
 
 FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
@@ -192,35 +309,159 @@ FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
 
 FitResult Trainer::fit() {
   if (!engine_) throw std::logic_error("Trainer::fit() called before prepare()");
-  recorded_ = 0;
+  TrainingMetrics metrics;
   mesh_->world().barrier();
   engine_->reset_timers();
   const double start = MPI_Wtime();
-  for (int epoch = 0; epoch < config_.num_epochs; ++epoch) {
-    for (std::size_t b = 0; b < num_batches_; ++b) step(b);
+  std::int64_t steps = 0;
+  std::size_t samples = 0;
+  const bool has_validation = x_val_.extent(0) > 0 && config_.validation_every > 0;
+  while (epoch_ < config_.num_epochs) {
+    const double epoch_start = MPI_Wtime();
+    std::size_t epoch_samples = 0;
+    bool stop = false;
+    while (batch_ < num_batches_ && !stop) {
+      stop = step(batch_);
+      epoch_samples += static_cast<std::size_t>(plan_for_batch(batch_).global_batch);
+      ++batch_;
+      ++run_steps_;
+      ++steps;
+    }
+    samples += epoch_samples;
+    if (batch_ < num_batches_) {  // stopped inside the epoch: state() keeps the position
+      metrics.stopped = true;
+      break;
+    }
+    auto losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), epoch_batch_losses_);
+    double sum = carried_loss_sum_;
+    std::int64_t count = carried_loss_count_;
+    for (std::size_t b = 0; b < num_batches_; ++b) {
+      if (std::isfinite(losses(b))) {
+        sum += losses(b);
+        ++count;
+      }
+    }
+    carried_loss_sum_ = 0.0;
+    carried_loss_count_ = 0;
+    epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count)
+                                      : std::numeric_limits<double>::quiet_NaN());
+    const bool last = epoch_ + 1 == config_.num_epochs;
+    const bool validate =
+        has_validation && ((epoch_ + 1) % config_.validation_every == 0 || last);
+    validation_losses_.push_back(validate ? validation_loss()
+                                          : std::numeric_limits<double>::quiet_NaN());
+    const double now = MPI_Wtime();
+    if (epoch_callback_) {
+      EpochReport report;
+      report.epoch = epoch_;
+      report.num_epochs = config_.num_epochs;
+      report.train_loss = epoch_losses_.back();
+      report.validation_loss = validation_losses_.back();
+      report.step = run_steps_;
+      report.skipped_steps = skipped_steps_;
+      report.epoch_seconds = now - epoch_start;
+      report.elapsed_seconds = now - start;
+      report.samples_per_second =
+          now > epoch_start ? static_cast<double>(epoch_samples) / (now - epoch_start) : 0.0;
+      epoch_callback_(report);
+    }
+    ++epoch_;
+    batch_ = 0;
+    if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
+    if (stop) {
+      metrics.stopped = true;
+      break;
+    }
   }
   ExecSpace().fence();
   const double wall = MPI_Wtime() - start;
 
-  auto history = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss_history_);
-  TrainingMetrics metrics;
-  metrics.steps = recorded_;
+  metrics.steps = steps;
+  metrics.skipped_steps = skipped_steps_;
   metrics.wall_seconds = wall;
   metrics.communication_seconds = engine_->blocked_seconds();
   metrics.gradient_buckets = engine_->reducer() ? engine_->reducer()->buckets().size() : 0;
-  engine_->write_parameters(model_);
-  for (int epoch = 0; epoch < config_.num_epochs; ++epoch) {
-    double sum = 0.0;
-    for (std::size_t b = 0; b < num_batches_; ++b) sum += history(epoch * num_batches_ + b);
-    metrics.epoch_losses.push_back(sum / static_cast<double>(num_batches_));
+  metrics.epoch_losses = epoch_losses_;
+  metrics.validation_losses = validation_losses_;
+  if (!epoch_losses_.empty()) {
+    metrics.initial_loss = epoch_losses_.front();
+    metrics.final_loss = epoch_losses_.back();
   }
-  metrics.initial_loss = metrics.epoch_losses.front();
-  metrics.final_loss = metrics.epoch_losses.back();
   if (wall > 0) {
-    metrics.samples_per_second = static_cast<double>(samples_) * config_.num_epochs / wall;
-    metrics.steps_per_second = static_cast<double>(metrics.steps) / wall;
+    metrics.samples_per_second = static_cast<double>(samples) / wall;
+    metrics.steps_per_second = static_cast<double>(steps) / wall;
   }
+  engine_->write_parameters(model_);
   return FitResult{model_.clone(), metrics};
+}
+
+TrainingState Trainer::state() {
+  if (!engine_) throw std::logic_error("Trainer::state() called before prepare()");
+  TrainingState st;
+  const std::size_t p = model_.num_parameters();
+  st.parameters = HostVector("meshtrain::state_parameters", p);
+  engine_->gather(engine_->local_parameters(), st.parameters);
+  Optimizer& opt = engine_->optimizer();
+  if (opt.first_moment().extent(0) > 0) {
+    st.first_moment = HostVector("meshtrain::state_mu", p);
+    engine_->gather(opt.first_moment(), st.first_moment);
+  }
+  if (opt.second_moment().extent(0) > 0) {
+    st.second_moment = HostVector("meshtrain::state_nu", p);
+    engine_->gather(opt.second_moment(), st.second_moment);
+  }
+  st.optimizer_step = opt.steps();
+  st.epoch = epoch_;
+  st.batch = batch_;
+  st.epoch_loss_sum = carried_loss_sum_;
+  st.epoch_loss_count = carried_loss_count_;
+  if (batch_ > 0) {
+    auto losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), epoch_batch_losses_);
+    for (std::size_t b = 0; b < batch_; ++b) {
+      if (std::isfinite(losses(b))) {
+        st.epoch_loss_sum += losses(b);
+        ++st.epoch_loss_count;
+      }
+    }
+  }
+  st.skipped_steps = skipped_steps_;
+  st.epoch_losses = epoch_losses_;
+  st.validation_losses = validation_losses_;
+  return st;
+}
+
+void Trainer::restore(const TrainingState& st) {
+  if (!engine_) throw std::logic_error("Trainer::restore() called before prepare()");
+  const std::size_t p = model_.num_parameters();
+  Optimizer& opt = engine_->optimizer();
+  auto expect = [](std::size_t got, std::size_t want, const char* what) {
+    if (got != want) {
+      throw ConfigError(std::string("checkpoint ") + what + ": " + std::to_string(got) +
+                        " values where this run has " + std::to_string(want));
+    }
+  };
+  expect(st.parameters.extent(0), p, "parameters");
+  expect(st.first_moment.extent(0), opt.first_moment().extent(0) > 0 ? p : 0, "first moment");
+  expect(st.second_moment.extent(0), opt.second_moment().extent(0) > 0 ? p : 0, "second moment");
+  if (st.epoch < 0 || st.epoch > config_.num_epochs ||
+      (st.epoch == config_.num_epochs && st.batch != 0) || st.batch > num_batches_) {
+    throw ConfigError("checkpoint position: epoch " + std::to_string(st.epoch) + ", batch " +
+                      std::to_string(st.batch) + " is outside this run (" +
+                      std::to_string(config_.num_epochs) + " epochs of " +
+                      std::to_string(num_batches_) + " batches)");
+  }
+  engine_->scatter(st.parameters, engine_->local_parameters());
+  if (st.first_moment.extent(0) > 0) engine_->scatter(st.first_moment, opt.first_moment());
+  if (st.second_moment.extent(0) > 0) engine_->scatter(st.second_moment, opt.second_moment());
+  opt.set_steps(st.optimizer_step);
+  epoch_ = st.epoch;
+  batch_ = st.batch;
+  carried_loss_sum_ = st.epoch_loss_sum;
+  carried_loss_count_ = st.epoch_loss_count;
+  skipped_steps_ = st.skipped_steps;
+  epoch_losses_ = st.epoch_losses;
+  validation_losses_ = st.validation_losses;
+  if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
 }
 
 }  // namespace meshtrain

@@ -35,6 +35,13 @@ void TrainingConfig::validate(int data_axis_size) const {
   if (bucket_bytes < sizeof(float)) {
     throw ConfigError("bucket_bytes " + std::to_string(bucket_bytes) + ": must be at least 4");
   }
+  if (validation_every < 0) {
+    throw ConfigError("validation_every " + std::to_string(validation_every) +
+                      ": must be 0 (never) or a number of epochs");
+  }
+  if (nonfinite != "abort" && nonfinite != "skip") {
+    throw ConfigError("nonfinite '" + nonfinite + "': choose abort or skip");
+  }
   OptimizerConfig::from_name(optimizer);
 }
 

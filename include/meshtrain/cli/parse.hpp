@@ -29,6 +29,8 @@ std::string with_flag_names(const std::string& message,
 // Runs body(manager) inside a DistributedManager with meshtrain's error policy:
 //  - ConfigError (bad input, raised identically on every rank): rank 0 prints
 //    "PROGRAM: error: MESSAGE" on stderr, every rank finalises cleanly, exit code 2;
+//  - TrainingError (e.g. a NaN loss, raised at the same step on every rank): the same, exit
+//    code 3;
 //  - any other exception: the failing rank prints "PROGRAM: rank R: error: MESSAGE" and
 //    aborts the whole job (other ranks may be blocked in a collective), exit code 1.
 int run_main(const std::string& program, int argc, char** argv,

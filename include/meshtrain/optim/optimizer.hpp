@@ -31,6 +31,7 @@ class Optimizer {
   void step(VectorRef params, ConstVectorRef grads, double learning_rate);
 
   std::int64_t steps() const { return step_; }
+  void set_steps(std::int64_t steps) { step_ = steps; }  // resuming from a checkpoint
   const OptimizerConfig& config() const { return config_; }
   Vector first_moment() const { return mu_; }
   Vector second_moment() const { return nu_; }

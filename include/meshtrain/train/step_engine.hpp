@@ -3,6 +3,7 @@
 // Both engines compute the same global-batch gradient and the same optimizer step; they
 // differ in what each rank stores and which collectives move it.
 #include <cstddef>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +25,11 @@ struct StateBytes {
 };
 std::string format_state_bytes(const StateBytes& bytes);
 
+// The host value of a device scalar summed over the given communicators (those of size 1
+// are skipped).
+double sum_scalar(Kokkos::View<float, MemSpace, Unmanaged> value,
+                  std::initializer_list<Communicator*> groups);
+
 class StepEngine {
  public:
   virtual ~StepEngine() = default;
@@ -39,6 +45,10 @@ class StepEngine {
   }
   virtual Kokkos::View<float, MemSpace, Unmanaged> loss() const = 0;
   virtual ConstVectorRef gradients() const = 0;
+  // Forward only: the sum over the batch group of scale * sum((model(x) - y)^2) over each
+  // rank's rows (collective; every rank of the group must call it, with zero rows if need
+  // be). At most the max_rows given at construction per call.
+  virtual double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) = 0;
 
   // What this rank holds, in its local layout: the parameters, and the optimizer whose
   // moments share that layout.

@@ -1,8 +1,12 @@
 #pragma once
 #include <mpi.h>
 
+#include <csignal>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "meshtrain/mesh/device_mesh.hpp"
@@ -17,14 +21,17 @@ namespace meshtrain {
 
 struct TrainingMetrics {
   double initial_loss = 0.0;  // mean over epoch 0's batches of each batch's loss before its update
-  double final_loss = 0.0;    // the same for the last epoch
-  std::vector<double> epoch_losses;
-  std::int64_t steps = 0;
-  double wall_seconds = 0.0;  // the training loop, setup excluded
+  double final_loss = 0.0;    // the same for the last epoch trained
+  std::vector<double> epoch_losses;       // every epoch so far, those before a resume included
+  std::vector<double> validation_losses;  // per epoch; NaN where not evaluated
+  std::int64_t steps = 0;                 // optimizer steps taken by this fit() call
+  std::int64_t skipped_steps = 0;         // non-finite steps skipped (nonfinite = "skip")
+  bool stopped = false;                   // ended early by the stop flag (preemption)
+  double wall_seconds = 0.0;              // the training loop, setup excluded
   double samples_per_second = 0.0;
   double steps_per_second = 0.0;
-  // Seconds the training loop spent blocked on the gradient all-reduce: all communication
-  // with overlap off, the part backward did not hide with it on.
+  // Seconds the training loop spent blocked on gradient communication: all of it with
+  // overlap off, the part backward did not hide with it on.
   double communication_seconds = 0.0;
   std::size_t gradient_buckets = 0;
 };
@@ -34,12 +41,42 @@ struct FitResult {
   TrainingMetrics metrics;
 };
 
+// Reported on every rank after each epoch.
+struct EpochReport {
+  int epoch = 0;  // 0-based, just finished
+  int num_epochs = 0;
+  double train_loss = 0.0;
+  double validation_loss = 0.0;  // NaN when not evaluated this epoch
+  std::int64_t step = 0;         // optimizer steps of the whole run so far
+  std::int64_t skipped_steps = 0;
+  double epoch_seconds = 0.0;
+  double elapsed_seconds = 0.0;  // since this fit() started
+  double samples_per_second = 0.0;
+};
+
+// Everything needed to continue a run exactly where it stopped, in the full model's layout
+// (independent of the mesh, so a data-parallel run can resume on another rank count).
+struct TrainingState {
+  HostVector parameters;
+  HostVector first_moment;   // empty for plain SGD
+  HostVector second_moment;  // empty for SGD
+  std::int64_t optimizer_step = 0;
+  int epoch = 0;            // the epoch to continue in
+  std::size_t batch = 0;    // its first batch not yet trained
+  double epoch_loss_sum = 0.0;  // that epoch's batch losses so far
+  std::int64_t epoch_loss_count = 0;
+  std::int64_t skipped_steps = 0;
+  std::vector<double> epoch_losses;  // completed epochs
+  std::vector<double> validation_losses;
+};
+
 // Training with global-batch semantics: every global batch x[s:s+B] is split by rank 0's plan
 // across the batch group (the "data" axis; with strategy fsdp, the "data" and "fsdp" axes);
 // each rank computes its shard's share of the global mean loss and gradient; the strategy's
 // collectives sum them (data: bucketed all-reduces of the flat gradient; fsdp: per-layer
-// reduce-scatter), and every rank applies the same optimizer update to what it holds. An
-// N-rank run therefore computes what a 1-rank run computes on the same global batches.
+// reduce-scatter; a "model" axis: Megatron tensor parallelism), and every rank applies the
+// same optimizer update to what it holds. An N-rank run therefore computes what a 1-rank run
+// computes on the same global batches.
 class Trainer {
  public:
   // Collective over base (MPI and Kokkos must be initialised, e.g. by a DistributedManager).
@@ -49,14 +86,32 @@ class Trainer {
 
   // Trains on (x, y), which every rank holds in full: x (samples x in), y (samples x out).
   FitResult fit(const HostMatrix& x, const HostMatrix& y);
-  // Trains on the data of the last prepare() call.
+  // Trains on the data of the last prepare() call, from the start or from restore()'s
+  // position, until num_epochs or the stop flag.
   FitResult fit();
 
   // The pieces of fit, for benchmarks and tests: prepare() validates and uploads the data
-  // and broadcasts rank 0's parameters; step(b) trains on global batch b (collective).
+  // and broadcasts rank 0's parameters; step(b) trains on batch b of the current epoch's
+  // order (collective).
   void prepare(const HostMatrix& x, const HostMatrix& y);
-  void step(std::size_t batch);
+  // Returns true when the stop flag was raised on some rank (every rank agrees).
+  bool step(std::size_t batch);
   std::size_t batches_per_epoch() const { return num_batches_; }
+
+  // Optional, before fit(): a validation set (every rank holds it in full).
+  void set_validation_data(const HostMatrix& x, const HostMatrix& y);
+  // Called on every rank after each epoch (after validation).
+  void set_epoch_callback(std::function<void(const EpochReport&)> callback);
+  // Polled at every step; when it is non-zero on any rank, every rank stops after the same
+  // step (agreed by a collective), and fit() returns with metrics.stopped set.
+  void set_stop_flag(const volatile std::sig_atomic_t* flag) { stop_flag_ = flag; }
+
+  // Collective. The run's state at the current step boundary.
+  TrainingState state();
+  // Collective, after prepare(): continue from state (parameters, optimizer moments and step,
+  // position, loss history). Throws ConfigError when it does not fit this model.
+  void restore(const TrainingState& state);
+
   // The data-parallel gradient reducer (std::logic_error under fsdp, which has none).
   const GradientReducer& reducer() const;
   StateBytes state_bytes() const;  // after prepare()
@@ -66,10 +121,14 @@ class Trainer {
   const DeviceMesh& mesh() const { return *mesh_; }
   const TrainingConfig& config() const { return config_; }
   const ShardPlan& plan_for_batch(std::size_t batch) const;
-  // The backend the gradient all-reduce runs on: "mpi" or "nccl".
+  // The backend the gradient collectives run on: "mpi" or "nccl".
   std::string_view gradient_backend() const { return backend_name_; }
 
  private:
+  void begin_epoch(int epoch);
+  double validation_loss();
+  std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
+
   Mlp model_;
   TrainingConfig config_;
   std::unique_ptr<DeviceMesh> mesh_;
@@ -87,13 +146,33 @@ class Trainer {
   // Prepared state.
   std::size_t samples_ = 0;
   std::size_t num_batches_ = 0;
+  std::size_t max_rows_ = 0;
   ShardPlan full_plan_;
   ShardPlan last_plan_;
   Matrix x_;
   Matrix y_;
-  Vector loss_history_;
-  std::int64_t recorded_ = 0;
+  Matrix x_val_;
+  Matrix y_val_;
+  // Shuffling: this epoch's order on the device and the rows it selects for this rank.
+  Kokkos::View<std::int64_t*, MemSpace> order_;
+  std::vector<std::int64_t> host_order_;
+  Matrix x_batch_;
+  Matrix y_batch_;
+  Vector epoch_batch_losses_;
   std::unique_ptr<StepEngine> engine_;
+
+  // Position and history of the run.
+  int epoch_ = 0;
+  std::size_t batch_ = 0;
+  std::int64_t run_steps_ = 0;
+  double carried_loss_sum_ = 0.0;  // a resumed epoch's losses from before the resume
+  std::int64_t carried_loss_count_ = 0;
+  std::int64_t skipped_steps_ = 0;
+  std::vector<double> epoch_losses_;
+  std::vector<double> validation_losses_;
+
+  std::function<void(const EpochReport&)> epoch_callback_;
+  const volatile std::sig_atomic_t* stop_flag_ = nullptr;
 };
 
 }  // namespace meshtrain

@@ -19,6 +19,14 @@ struct TrainingConfig {
   // during backward as soon as each is complete when overlap_communication is on.
   std::size_t bucket_bytes = 4u << 20;
   bool overlap_communication = true;
+  // A seeded permutation of the samples each epoch, the same on every rank (rank 0's is
+  // broadcast). Off, as in the reference: batches are contiguous slices in order.
+  bool shuffle = false;
+  // Validation loss every this many epochs (and after the last); 0: never.
+  int validation_every = 1;
+  // A step whose loss or gradient is NaN or Inf: "abort" the run (TrainingError on every
+  // rank) or "skip" it (no update; counted in the metrics).
+  std::string nonfinite = "abort";
 
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
