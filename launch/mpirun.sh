@@ -7,8 +7,9 @@
 # - on a single node (no -H/--host/--hostfile and not a multi-node Slurm allocation),
 #   shared memory only: pml ob1 with btl self,vader. This skips UCX's probing, about 0.2 s of
 #   every MPI_Init here; it is wrong for InfiniBand clusters, where MPI's defaults stay;
-# - -q and a zero SIGKILL delay: a rank that exits with an error ends the job at once, and
-#   only meshtrain's own one-line error is printed;
+# - a zero SIGKILL delay, and mpirun's boxed reports filtered: a rank that exits with an
+#   error ends the job at once and only meshtrain's own one-line error is printed, while a
+#   rank killed by a signal or an MPI_Abort is still reported, as one line naming the rank;
 # - --allow-run-as-root only when running as root (containers, CI).
 # Set MESHTRAIN_MPI_DEFAULTS=1 to pass your arguments to plain mpirun and nothing else.
 set -euo pipefail
@@ -27,7 +28,7 @@ for arg in "$@"; do
 done
 if [ "${SLURM_NNODES:-1}" -gt 1 ] 2>/dev/null; then multi_host=1; fi
 
-flags=(-q -x OPENBLAS_NUM_THREADS=1 -x OMP_NUM_THREADS=1)
+flags=(-x OPENBLAS_NUM_THREADS=1 -x OMP_NUM_THREADS=1)
 export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-0}
 if [ "$multi_host" = "0" ]; then
   export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
@@ -41,4 +42,28 @@ elif [ "$multi_host" = "0" ]; then
 fi
 if [ "$(id -u)" = "0" ]; then flags+=(--allow-run-as-root); fi
 
-exec mpirun "${flags[@]}" "$@"
+# mpirun frames its reports in lines of dashes. Drop the ones that only restate a non-zero
+# exit code (meshtrain has already said why); keep the first line of any other.
+filter_reports() {
+  awk '
+    /^--------------------+$/ { if (inside) { flush() } else { inside = 1; n = 0 }; next }
+    inside { block[++n] = $0; next }
+    { print; fflush() }
+    function flush(  text, i) {
+      inside = 0; text = ""
+      for (i = 1; i <= n; i++) text = text " " block[i]
+      if (text ~ /returned[ \t]+a non-zero exit code|exited with non-zero status/) return
+      for (i = 1; i <= n; i++) if (block[i] ~ /[^ \t]/) {
+        print (block[i] ~ /^mpirun/ ? "" : "mpirun: ") block[i]; break
+      }
+      fflush()
+    }
+    END { if (inside) for (i = 1; i <= n; i++) print block[i] }'
+}
+exec 3> >(filter_reports >&2)
+filter_pid=$!
+status=0
+mpirun "${flags[@]}" "$@" 2>&3 || status=$?
+exec 3>&-
+wait "$filter_pid" 2>/dev/null || true
+exit "$status"

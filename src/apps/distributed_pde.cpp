@@ -18,6 +18,7 @@ const std::map<std::string, std::string> kFieldFlags = {
     {"mesh_shape", "--mesh-shape"},   {"mesh_axis_names", "--axis-names"},
     {"strategy", "--strategy"},       {"optimizer", "--optimizer"},
     {"model widths", "--hidden/--layers"}, {"comm", "--comm"},
+    {"collective_timeout", "--collective-timeout"}, {"nonfinite", "--nonfinite"},
 };
 
 struct Options {
@@ -25,6 +26,8 @@ struct Options {
   std::string mesh_shape, axis_names, strategy = "data", optimizer = "adam";
   std::string hidden = "64", layers = "1";
   std::string bucket_mb = "4", overlap = "on", comm = "auto";
+  std::string collective_timeout = "600", nonfinite = "abort";
+  bool debug_collectives = false;
 };
 
 void add_options(CLI::App& app, Options& o) {
@@ -49,6 +52,14 @@ void add_options(CLI::App& app, Options& o) {
                  "Gradient collectives: auto (NCCL when a GPU is visible and NCCL was built), "
                  "mpi or nccl")
       ->default_str(o.comm);
+  app.add_option("--collective-timeout", o.collective_timeout,
+                 "Seconds a rank may wait in one collective before the watchdog aborts the job "
+                 "(0: off)")
+      ->default_str(o.collective_timeout);
+  app.add_flag("--debug-collectives", o.debug_collectives,
+               "Compare every collective across ranks before running it; report mismatches");
+  app.add_option("--nonfinite", o.nonfinite, "A NaN/Inf loss or gradient: abort or skip the step")
+      ->default_str(o.nonfinite);
   app.add_option("--bucket-mb", o.bucket_mb, "Gradient all-reduce bucket size in MiB")
       ->default_str(o.bucket_mb);
   app.add_option("--overlap", o.overlap,
@@ -88,6 +99,10 @@ int run(DistributedManager& dm, int argc, char** argv) {
   }
   config.distributed_config.strategy = o.strategy;
   config.distributed_config.comm = o.comm;
+  config.distributed_config.collective_timeout_seconds =
+      cli::parse_double("--collective-timeout", o.collective_timeout);
+  config.distributed_config.debug_collectives = o.debug_collectives;
+  config.nonfinite = o.nonfinite;
   const double bucket_mb = cli::parse_double("--bucket-mb", o.bucket_mb);
   if (!(bucket_mb > 0) || bucket_mb > 1024) {
     throw ConfigError("--bucket-mb " + o.bucket_mb + ": must be in (0, 1024]");

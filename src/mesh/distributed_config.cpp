@@ -76,6 +76,10 @@ void DistributedConfig::validate(int world_size) const {
     throw ConfigError("strategy '" + c.strategy + "': unknown strategy (choose data or fsdp)");
   }
   parse_comm_backend(c.comm);
+  if (!(c.collective_timeout_seconds >= 0) || c.collective_timeout_seconds > 1e7) {
+    throw ConfigError("collective_timeout " + std::to_string(c.collective_timeout_seconds) +
+                      ": must be a number of seconds >= 0 (0 turns the watchdog off)");
+  }
   if (c.strategy == "data" && !seen.count("data")) {
     throw ConfigError("mesh_axis_names " + names +
                       ": strategy 'data' needs an axis named 'data' to split the batch over");

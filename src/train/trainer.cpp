@@ -1,6 +1,11 @@
 #include "meshtrain/train/trainer.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -8,11 +13,56 @@
 #include <string>
 
 #include "meshtrain/comm/backend.hpp"
+#include "meshtrain/comm/checked_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
+
+namespace {
+// MESHTRAIN_FAULT_INJECT=KIND:RANK:STEP makes world rank RANK misbehave when it reaches
+// optimizer step STEP of a fit: "hang" stops calling collectives (sleeps forever), "kill"
+// dies at once with SIGKILL, "extra" calls one collective (a barrier) that the other ranks do
+// not. For fault-tolerance tests and drills; ConfigError if malformed.
+struct FaultInjection {
+  std::string kind;
+  int rank = -1;
+  std::int64_t step = -1;
+};
+
+FaultInjection fault_from_environment() {
+  const char* text = std::getenv("MESHTRAIN_FAULT_INJECT");
+  if (!text || !*text) return {};
+  FaultInjection fault;
+  char kind[16] = {};
+  long long step = -1;
+  if (std::sscanf(text, "%15[a-z]:%d:%lld", kind, &fault.rank, &step) != 3 ||
+      (std::string(kind) != "hang" && std::string(kind) != "kill" && std::string(kind) != "extra") ||
+      fault.rank < 0 || step < 0) {
+    throw ConfigError(std::string("MESHTRAIN_FAULT_INJECT '") + text +
+                      "': expected KIND:RANK:STEP with KIND hang, kill or extra");
+  }
+  fault.kind = kind;
+  fault.step = step;
+  return fault;
+}
+
+void inject_fault(const FaultInjection& fault, int world_rank, Communicator& gradient_group,
+                  std::int64_t step) {
+  if (fault.rank != world_rank || fault.step != step) return;
+  std::fprintf(stderr, "meshtrain: rank %d: injected fault '%s' at step %lld\n", world_rank,
+               fault.kind.c_str(), static_cast<long long>(step));
+  std::fflush(stderr);
+  if (fault.kind == "kill") std::raise(SIGKILL);
+  if (fault.kind == "extra") {
+    gradient_group.barrier();  // where the other ranks are about to reduce gradients
+    return;
+  }
+  for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+}  // namespace
+
 
 Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
     : model_(std::move(model)), config_(std::move(config)) {
@@ -49,9 +99,28 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
                       "(configure with -DKokkos_ROOT=<its prefix>)");
   }
   backend_name_ = name_of(backend);
-  auto make = [&](MPI_Comm comm) {
-    comms_.push_back(make_communicator(backend, comm));
+  CollectiveChecks defaults;
+  defaults.timeout = std::chrono::milliseconds(
+      static_cast<std::int64_t>(dist.collective_timeout_seconds * 1000.0));
+  defaults.debug = dist.debug_collectives;
+  const CollectiveChecks checks = CollectiveChecks::from_environment(defaults);
+  auto make_named = [&](MPI_Comm comm, const std::string& name, CommBackend kind) {
+    std::unique_ptr<Communicator> inner = make_communicator(kind, comm);
+    if (checks.timeout.count() > 0 || checks.debug) {
+      inner = std::make_unique<CheckedCommunicator>(std::move(inner), comm, name, checks);
+    }
+    comms_.push_back(std::move(inner));
     return comms_.back().get();
+  };
+  fault_from_environment();  // a malformed value is an error before any work
+  world_ = make_named(static_cast<MpiCommunicator&>(mesh_->world()).comm(), "world",
+                      CommBackend::Mpi);
+  auto make = [&](MPI_Comm comm) {
+    std::string name = "self";
+    for (const auto& axis : dist.mesh_axis_names) {
+      if (static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm() == comm) name = axis;
+    }
+    return make_named(comm, name, backend);
   };
   auto mpi_of = [&](const std::string& axis) {
     return static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm();
@@ -151,8 +220,8 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
-  full_plan_ = shard_batch(mesh_->world(), static_cast<int>(std::min(batch, n)), batch_parts_);
-  last_plan_ = shard_batch(mesh_->world(), static_cast<int>(n % batch), batch_parts_);
+  full_plan_ = shard_batch(*world_, static_cast<int>(std::min(batch, n)), batch_parts_);
+  last_plan_ = shard_batch(*world_, static_cast<int>(n % batch), batch_parts_);
   x_ = upload(x, "meshtrain::x");
   y_ = upload(y, "meshtrain::y");
 
@@ -164,7 +233,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   // Every rank starts from rank 0's parameters, whatever each was initialised with.
   Vector params = model_.parameters();
   ExecSpace().fence();
-  mesh_->world().broadcast(params.data(), params.extent(0), DataType::Float32, 0);
+  world_->broadcast(params.data(), params.extent(0), DataType::Float32, 0);
 
   max_rows_ = static_cast<std::size_t>(
       *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
@@ -209,7 +278,7 @@ void Trainer::begin_epoch(int epoch) {
   if (!config_.shuffle) return;
   // Fisher-Yates from the seed and the epoch: the same on every rank, and rank 0's is
   // broadcast so that it is the one every rank follows.
-  if (mesh_->world().rank() == 0) {
+  if (world_->rank() == 0) {
     Random rng(derive_seed(config_.seed, 1000 + static_cast<std::uint64_t>(epoch)));
     std::iota(host_order_.begin(), host_order_.end(), std::int64_t{0});
     for (std::size_t i = host_order_.size(); i > 1; --i) {
@@ -217,7 +286,7 @@ void Trainer::begin_epoch(int epoch) {
       std::swap(host_order_[i - 1], host_order_[std::min(j, i - 1)]);
     }
   }
-  mesh_->world().broadcast(std::span<std::int64_t>(host_order_), 0);
+  world_->broadcast(std::span<std::int64_t>(host_order_), 0);
   Kokkos::deep_copy(order_, Kokkos::View<const std::int64_t*, Kokkos::HostSpace, Unmanaged>(
                                 host_order_.data(), host_order_.size()));
 }
@@ -243,6 +312,10 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch)
 }
 
 bool Trainer::step(std::size_t batch) {
+  static const FaultInjection fault = fault_from_environment();
+  if (!fault.kind.empty()) {
+    inject_fault(fault, world_->rank(), batch_group_ ? *batch_group_ : *shard_group_, run_steps_);
+  }
   const auto [x, y] = batch_rows(batch);
   engine_->compute_gradients(x, y, plan_for_batch(batch).global_batch);
 
@@ -259,7 +332,7 @@ bool Trainer::step(std::size_t batch) {
       },
       bad);
   std::int32_t flags[2] = {bad > 0 ? 1 : 0, stop_flag_ && *stop_flag_ ? 1 : 0};
-  mesh_->world().allreduce(std::span<std::int32_t>(flags), ReduceOp::Max);
+  world_->allreduce(std::span<std::int32_t>(flags), ReduceOp::Max);
 
   auto losses = epoch_batch_losses_;
   if (flags[0]) {
@@ -310,7 +383,7 @@ FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
 FitResult Trainer::fit() {
   if (!engine_) throw std::logic_error("Trainer::fit() called before prepare()");
   TrainingMetrics metrics;
-  mesh_->world().barrier();
+  world_->barrier();
   engine_->reset_timers();
   const double start = MPI_Wtime();
   std::int64_t steps = 0;

@@ -13,6 +13,12 @@ struct DistributedConfig {
   // Gradient collectives: "auto" (NCCL when a GPU is visible and NCCL was built, else
   // MPI), "mpi" or "nccl".
   std::string comm = "auto";
+  // Watchdog: abort the job when a rank has waited this long in one collective (0: off).
+  // MESHTRAIN_COLLECTIVE_TIMEOUT (seconds) overrides it.
+  double collective_timeout_seconds = 600.0;
+  // Compare every collective's kind, type, count and sequence number across ranks before
+  // running it (MESHTRAIN_DEBUG_COLLECTIVES=1 turns it on too). Costs a small all-gather each.
+  bool debug_collectives = false;
 
   // The config with defaults filled in for a job of world_size ranks.
   DistributedConfig resolved(int world_size) const;

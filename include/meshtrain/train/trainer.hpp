@@ -135,6 +135,7 @@ class Trainer {
   // Communicators of the chosen backend: the batch group (data parallel) or the shard and
   // replica groups (fsdp).
   std::vector<std::unique_ptr<Communicator>> comms_;
+  Communicator* world_ = nullptr;  // control collectives (plans, flags, broadcasts)
   Communicator* batch_group_ = nullptr;
   Communicator* shard_group_ = nullptr;
   Communicator* replica_group_ = nullptr;
