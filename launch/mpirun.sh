@@ -10,6 +10,9 @@
 # - a zero SIGKILL delay, and mpirun's boxed reports filtered: a rank that exits with an
 #   error ends the job at once and only meshtrain's own one-line error is printed, while a
 #   rank killed by a signal or an MPI_Abort is still reported, as one line naming the rank;
+# - across hosts, TCP keepalive settings that end the job within about 25 s of a dead link;
+# - signals sent to this script (TERM, INT, HUP, USR1, USR2) passed on to mpirun, which
+#   passes them to the ranks;
 # - --allow-run-as-root only when running as root (containers, CI).
 # Set MESHTRAIN_MPI_DEFAULTS=1 to pass your arguments to plain mpirun and nothing else.
 set -euo pipefail
@@ -27,6 +30,13 @@ for arg in "$@"; do
   prev="$arg"
 done
 if [ "${SLURM_NNODES:-1}" -gt 1 ] 2>/dev/null; then multi_host=1; fi
+if [ "$multi_host" = "1" ]; then
+  # Open MPI's daemons notice a dead host only through TCP keepalive, by default after about
+  # 8 minutes (300 s + 9 x 20 s): a cut link would hang the job that long. Ask for ~25 s.
+  export OMPI_MCA_oob_tcp_keepalive_time=${OMPI_MCA_oob_tcp_keepalive_time:-10}
+  export OMPI_MCA_oob_tcp_keepalive_intvl=${OMPI_MCA_oob_tcp_keepalive_intvl:-5}
+  export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
+fi
 
 flags=(-x OPENBLAS_NUM_THREADS=1 -x OMP_NUM_THREADS=1)
 export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-0}
@@ -62,8 +72,19 @@ filter_reports() {
 }
 exec 3> >(filter_reports >&2)
 filter_pid=$!
+# mpirun runs as a child (its stderr goes through the filter), so pass on every signal a
+# scheduler or a user sends the wrapper: SIGTERM/SIGUSR1 are how Slurm warns of preemption.
+mpirun "${flags[@]}" "$@" 2>&3 &
+mpirun_pid=$!
+for sig in TERM INT HUP USR1 USR2; do
+  trap 'kill -'"$sig"' "$mpirun_pid" 2>/dev/null' "$sig"
+done
 status=0
-mpirun "${flags[@]}" "$@" 2>&3 || status=$?
+while :; do
+  wait "$mpirun_pid" && status=0 || status=$?
+  # wait returns early (status > 128) when a trapped signal arrives; go on waiting for mpirun.
+  kill -0 "$mpirun_pid" 2>/dev/null || break
+done
 exec 3>&-
 wait "$filter_pid" 2>/dev/null || true
 exit "$status"

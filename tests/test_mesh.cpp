@@ -115,3 +115,11 @@ TEST(DeviceBinding, LocalRankToDevice) {
     EXPECT_NE(std::string(e.what()).find("4"), std::string::npos) << e.what();
   }
 }
+
+TEST(DeviceBinding, OneGpuPerTaskFromTheLauncher) {
+  // srun --gpus-per-task=1 shows each rank only its own GPU, through CUDA_VISIBLE_DEVICES.
+  ::setenv("CUDA_VISIBLE_DEVICES", "3", 1);
+  EXPECT_EQ(device_for_local_rank(2, 4, 1), 0);
+  ::unsetenv("CUDA_VISIBLE_DEVICES");
+  EXPECT_THROW(device_for_local_rank(2, 4, 1), ConfigError);  // four ranks sharing one GPU
+}

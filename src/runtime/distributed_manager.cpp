@@ -1,6 +1,7 @@
 #include "meshtrain/runtime/distributed_manager.hpp"
 
 #include <Kokkos_Core.hpp>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +17,9 @@ DistributedManager* g_current = nullptr;
 
 int device_for_local_rank(int local_rank, int local_size, int devices_on_node) {
   if (devices_on_node < 1) return 0;  // host execution: every rank owns one core
+  // A launcher that binds one GPU per task (srun --gpus-per-task=1, or CUDA_VISIBLE_DEVICES
+  // set per rank) leaves each rank exactly one visible device: its own.
+  if (devices_on_node == 1 && std::getenv("CUDA_VISIBLE_DEVICES") != nullptr) return 0;
   if (local_size > devices_on_node) {
     throw ConfigError("ranks per node " + std::to_string(local_size) + ": this node has only " +
                       std::to_string(devices_on_node) +
