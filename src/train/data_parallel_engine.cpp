@@ -13,12 +13,13 @@ void StepEngine::write_parameters(Mlp& model) {
 
 double sum_scalar(Kokkos::View<float, MemSpace, Unmanaged> value,
                   std::initializer_list<Communicator*> groups) {
+  // Reduced where it lives (device memory for NCCL), then read once.
   ExecSpace().fence();
+  for (Communicator* group : groups) {
+    if (group->size() > 1) group->allreduce(value.data(), 1, DataType::Float32, ReduceOp::Sum);
+  }
   float host = 0.0f;
   Kokkos::deep_copy(host, value);
-  for (Communicator* group : groups) {
-    if (group->size() > 1) group->allreduce(&host, 1, DataType::Float32, ReduceOp::Sum);
-  }
   return host;
 }
 

@@ -152,7 +152,6 @@ class TensorParallelEngine final : public StepEngine {
     const Mlp& model = model_;
     auto local = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), local_view);
     const auto m = static_cast<std::size_t>(shards_.size());
-    std::vector<float> gathered;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const LocalLayer& layer = layers_[l];
       float* k = full.data() + model.layer_offset(l);
@@ -163,9 +162,13 @@ class TensorParallelEngine final : public StepEngine {
         std::copy(lk, lk + layer.size(), k);
         continue;
       }
-      // Every rank's local kernel then bias, in rank order.
-      gathered.resize(layer.size() * m);
-      shards_.all_gather(lk, gathered.data(), layer.size(), DataType::Float32);
+      // Every rank's local kernel then bias, in rank order, gathered where the tensors live
+      // (device memory for NCCL) and read once.
+      Vector on_device("meshtrain::tp_gather", layer.size() * m);
+      ExecSpace().fence();
+      shards_.all_gather(local_view.data() + layer.offset, on_device.data(), layer.size(),
+                         DataType::Float32);
+      auto gathered = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), on_device);
       for (std::size_t r = 0; r < m; ++r) {
         const float* rk = gathered.data() + r * layer.size();
         const float* rb = rk + layer.kernel_size();
