@@ -76,9 +76,13 @@ filter_pid=$!
 # scheduler or a user sends the wrapper: SIGTERM/SIGUSR1 are how Slurm warns of preemption.
 mpirun "${flags[@]}" "$@" 2>&3 &
 mpirun_pid=$!
-for sig in TERM INT HUP USR1 USR2; do
+for sig in INT HUP USR1 USR2; do
   trap 'kill -'"$sig"' "$mpirun_pid" 2>/dev/null' "$sig"
 done
+# mpirun answers SIGTERM by killing the ranks at once; hand it on as SIGUSR1, which mpirun
+# forwards, so that meshtrain can finish its step and write a checkpoint (a program that does
+# not catch SIGUSR1 still ends).
+trap 'kill -USR1 "$mpirun_pid" 2>/dev/null' TERM
 status=0
 while :; do
   wait "$mpirun_pid" && status=0 || status=$?

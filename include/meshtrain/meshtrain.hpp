@@ -11,5 +11,7 @@
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/runtime/distributed_manager.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
+#include "meshtrain/train/checkpoint.hpp"
+#include "meshtrain/train/checkpoint_state.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "meshtrain/train/training_config.hpp"

@@ -484,11 +484,18 @@ TrainingState Trainer::state() {
     engine_->gather(opt.second_moment(), st.second_moment);
   }
   st.optimizer_step = opt.steps();
+  st.steps = run_steps_;
   st.epoch = epoch_;
   st.batch = batch_;
   st.epoch_loss_sum = carried_loss_sum_;
   st.epoch_loss_count = carried_loss_count_;
-  if (batch_ > 0) {
+  if (batch_ == num_batches_) {
+    // Called from the epoch callback: the epoch is complete and already in epoch_losses_.
+    st.epoch = epoch_ + 1;
+    st.batch = 0;
+    st.epoch_loss_sum = 0.0;
+    st.epoch_loss_count = 0;
+  } else if (batch_ > 0) {
     auto losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), epoch_batch_losses_);
     for (std::size_t b = 0; b < batch_; ++b) {
       if (std::isfinite(losses(b))) {
@@ -529,6 +536,9 @@ void Trainer::restore(const TrainingState& st) {
   opt.set_steps(st.optimizer_step);
   epoch_ = st.epoch;
   batch_ = st.batch;
+  run_steps_ = st.steps;
+  // The resumed epoch's earlier batches are in the carried sum, not in this buffer.
+  Kokkos::deep_copy(epoch_batch_losses_, std::numeric_limits<float>::quiet_NaN());
   carried_loss_sum_ = st.epoch_loss_sum;
   carried_loss_count_ = st.epoch_loss_count;
   skipped_steps_ = st.skipped_steps;

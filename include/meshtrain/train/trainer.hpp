@@ -61,6 +61,7 @@ struct TrainingState {
   HostVector first_moment;   // empty for plain SGD
   HostVector second_moment;  // empty for SGD
   std::int64_t optimizer_step = 0;
+  std::int64_t steps = 0;   // steps of the whole run so far (skipped ones included)
   int epoch = 0;            // the epoch to continue in
   std::size_t batch = 0;    // its first batch not yet trained
   double epoch_loss_sum = 0.0;  // that epoch's batch losses so far

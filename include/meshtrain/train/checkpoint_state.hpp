@@ -1,0 +1,59 @@
+#pragma once
+// A TrainingState as a safetensors Checkpoint, and back.
+//
+// Tensors (F32, shapes as the model's TensorSpec::shape):
+//   params/<tensor>     e.g. params/layers.0.kernel (in, out), params/layers.0.bias (out)
+//   adam/mu/<tensor>    the optimizer's first moment, when it keeps one (adam, adamw)
+//   adam/nu/<tensor>    the second moment (adam, adamw)
+// Metadata (strings, as safetensors requires):
+//   meshtrain.format = "training_state", meshtrain.format_version = "1"
+//   optimizer_step, epoch, batch, epoch_loss_count, skipped_steps: decimal integers
+//   epoch_loss_sum: "%.17g"; epoch_losses, validation_losses: "[a, b, ...]" with "%.17g"
+//     (NaN, where an epoch had no validation, as "nan")
+//   fingerprint: 16 hex digits of FNV-1a 64 over `run`, the canonical run signature
+//   run: "widths=4,64,1;activation=relu;optimizer=adam;..." (see run_signature)
+//   model_widths, activation, optimizer, strategy, mesh_shape, world_size, created (UTC,
+//     ISO 8601): for people; never read back.
+#include <cstddef>
+#include <string>
+
+#include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/train/checkpoint.hpp"
+#include "meshtrain/train/trainer.hpp"
+#include "meshtrain/train/training_config.hpp"
+
+namespace meshtrain {
+
+inline constexpr int kTrainingStateFormatVersion = 1;
+
+// What determines a run's numbers, so that a checkpoint is only resumed by the run that made
+// it: the model's widths and activation, optimizer, learning rate, global batch, seed,
+// shuffle and the number of training samples. Not the mesh, the rank count or num_epochs:
+// a data-parallel run may resume on another rank count, or continue for more epochs.
+// Format: "key=value;key=value;..." in a fixed order, doubles as "%.17g".
+std::string run_signature(const Mlp& model, const TrainingConfig& config, std::size_t samples);
+
+// 16 lowercase hex digits of the 64-bit FNV-1a hash of text.
+std::string fingerprint_of(const std::string& text);
+
+// The state with its position moved past a finished epoch: Trainer::state() called from
+// the epoch callback reports (epoch E, batch = batches_per_epoch); the same point of the run
+// is (E + 1, 0) with nothing carried, which is what restore() must be given so that it does
+// not finish epoch E a second time. Any other state is returned unchanged.
+TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epoch);
+
+// The checkpoint of state for a run of model under config on `samples` training samples.
+// The human-readable metadata comes from config (its distributed_config as resolved by the
+// Trainer).
+Checkpoint to_checkpoint(const TrainingState& state, const Mlp& model, const TrainingConfig& config,
+                         std::size_t samples);
+
+// The state stored in checkpoint, checked against the run about to resume it. Throws
+// ConfigError starting with "checkpoint SOURCE: " (source: the file's path) when the format
+// or its version is unknown, metadata is missing or malformed, the fingerprint differs
+// ("made for a different run (fingerprint X, this run Y); differs in: ..."), or a tensor is
+// missing, unexpected or of the wrong shape.
+TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
+                              const Mlp& model, const TrainingConfig& config, std::size_t samples);
+
+}  // namespace meshtrain

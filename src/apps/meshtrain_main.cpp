@@ -1,0 +1,323 @@
+// meshtrain: the command line.
+//   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume latest|PATH]
+//   meshtrain plot metrics.csv [-o loss.png]
+// Launch `train` with mpirun (or launch/mpirun.sh); every rank runs the same command.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "meshtrain/cli/parse.hpp"
+#include "meshtrain/meshtrain.hpp"
+#include "meshtrain/train/checkpoint_state.hpp"
+#include "plot_metrics.hpp"
+#include "root_io.hpp"
+#include "run_checkpoints.hpp"
+#include "run_config.hpp"
+#include "run_report.hpp"
+#include "training_data.hpp"
+
+namespace {
+
+using namespace meshtrain;
+using namespace meshtrain::app;
+
+// EX_TEMPFAIL from sysexits.h: the run was stopped by a signal after writing a checkpoint;
+// a scheduler or wrapper script resubmits it with --resume latest.
+constexpr int kExitPreempted = 75;
+
+constexpr const char* kExitCodes =
+    "EXIT CODES\n"
+    "  0   trained to the end\n"
+    "  1   internal error (the failing rank reports it and the job is aborted)\n"
+    "  2   bad input: command line, config, data or checkpoint (one line from rank 0)\n"
+    "  3   the training diverged (NaN/Inf loss with training.nonfinite = \"abort\")\n"
+    "  75  preempted by SIGTERM or SIGUSR1: a checkpoint was written; resubmit with\n"
+    "      --resume latest (EX_TEMPFAIL)\n";
+
+// Raised by SIGTERM or SIGUSR1 (a scheduler's warning before the end of an allocation);
+// the trainer polls it at every step and stops every rank after the same one.
+volatile std::sig_atomic_t g_stop_requested = 0;
+
+extern "C" void request_stop(int) { g_stop_requested = 1; }
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = request_stop;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // file writes in progress carry on
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGUSR1, &action, nullptr);
+}
+
+struct TrainOptions {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string resume;
+  std::string progress = "auto";
+};
+
+struct PlotOptions {
+  std::string metrics;
+  std::string output;
+  std::string title = "meshtrain: loss";
+};
+
+struct CommandLine {
+  CLI::App app{
+      "meshtrain: distributed training of MLPs with MPI and Kokkos.\n"
+      "Run `train` under mpirun (or launch/mpirun.sh) -np N: every rank runs the same "
+      "command.",
+      "meshtrain"};
+  CLI::App* train = nullptr;
+  CLI::App* plot = nullptr;
+  TrainOptions train_options;
+  PlotOptions plot_options;
+
+  CommandLine() {
+    app.require_subcommand(1);
+    app.footer(kExitCodes);
+    train = app.add_subcommand("train", "Train from a TOML run description");
+    TrainOptions& t = train_options;
+    train->add_option("-c,--config", t.config, "The run description (TOML; see below)")
+        ->required()
+        ->type_name("PATH");
+    train
+        ->add_option("--set", t.sets,
+                     "Override one setting, e.g. --set training.batch_size=64 (repeatable)")
+        ->type_name("SECTION.KEY=VALUE")
+        ->expected(1)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    train
+        ->add_option("--resume", t.resume,
+                     "Continue from a checkpoint: 'latest' (the newest in checkpoint.dir) or a "
+                     "file; the run's settings must match those that wrote it")
+        ->type_name("latest|PATH");
+    train
+        ->add_option("--progress", t.progress,
+                     "auto: a progress bar redrawn in place when stdout is a terminal (under "
+                     "mpirun, whose ranks always see one, only when MESHTRAIN_STDOUT_IS_TTY=1); "
+                     "bar; lines: one line per epoch only")
+        ->check(CLI::IsMember({"auto", "bar", "lines"}))
+        ->default_str("auto");
+    train->footer(config_reference() + "\n" + kExitCodes);
+
+    plot = app.add_subcommand("plot", "Draw train and validation loss against epoch (gnuplot)");
+    PlotOptions& p = plot_options;
+    plot->add_option("metrics", p.metrics, "A run's metrics.csv (in output.dir)")
+        ->required()
+        ->type_name("METRICS.csv");
+    plot->add_option("-o,--output", p.output, "The PNG to write (default: METRICS with .png)")
+        ->type_name("PNG");
+    plot->add_option("--title", p.title, "Title of the plot")->default_str(p.title);
+  }
+};
+
+bool stdout_is_terminal() {
+  if (const char* forced = std::getenv("MESHTRAIN_STDOUT_IS_TTY"))
+    return std::string(forced) == "1";
+  // Open MPI gives its ranks a pseudo-terminal even when mpirun's own output is a file.
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK")) return false;
+  return ::isatty(STDOUT_FILENO) != 0;
+}
+
+// Library ConfigErrors name a field ("batch_size 1: ..."); say where the run set it.
+template <class F>
+auto locating_errors(const RunConfig& config, F&& work) {
+  try {
+    return work();
+  } catch (const ConfigError& e) {
+    throw ConfigError(locate_library_error(config, e.what()));
+  }
+}
+
+std::string widths_text(const std::vector<int>& widths) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < widths.size(); ++i)
+    out += (i ? ", " : "") + std::to_string(widths[i]);
+  return out + "]";
+}
+
+void print_header(const RunConfig& config, const Trainer& trainer, const DistributedManager& dm,
+                  const TrainingData& data, const std::optional<ResumePoint>& resumed) {
+  const TrainingConfig& t = trainer.config();
+  const DistributedConfig& d = t.distributed_config;
+  const Mlp& model = trainer.model();
+  std::printf("meshtrain: %s\n", config.source.c_str());
+  std::printf("Ranks:       %d (%s, gradient collectives over %s)\n", dm.size(),
+              dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());
+  std::printf("Mesh:        shape %s, axes %s, strategy %s\n", format_shape(d.mesh_shape).c_str(),
+              format_axis_names(d.mesh_axis_names).c_str(), d.strategy.c_str());
+  std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(model.widths()).c_str(),
+              name_of(config.model.activation).c_str(), model.num_parameters());
+  std::printf("Data:        %s\n", data.description.c_str());
+  std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g, shuffle %s\n",
+              t.num_epochs, trainer.batches_per_epoch(), t.batch_size, t.optimizer.c_str(),
+              t.learning_rate, t.shuffle ? "on" : "off");
+  const CheckpointSettings& c = config.checkpoint;
+  if (c.dir.empty()) {
+    std::printf("Checkpoints: off (set checkpoint.dir)\n");
+  } else {
+    const std::string when = c.every_epochs > 0
+                                 ? "every " + std::to_string(c.every_epochs) + " epoch(s)"
+                                 : std::string("at the end and on preemption");
+    const std::string keep =
+        c.keep_last > 0 ? "the newest " + std::to_string(c.keep_last) : std::string("all");
+    std::printf("Checkpoints: %s/%s-<step>.safetensors, %s, keep %s\n", c.dir.c_str(),
+                c.prefix.c_str(), when.c_str(), keep.c_str());
+  }
+  if (resumed) {
+    std::printf("Resumed:     %s at epoch %d, batch %zu\n", resumed->path.c_str(),
+                resumed->state.epoch + 1, resumed->state.batch);
+  }
+  std::fflush(stdout);
+}
+
+void print_results(const TrainingMetrics& m, const std::string& checkpoint,
+                   const std::optional<MetricsFiles>& metrics) {
+  std::printf("Initial loss: %.6f\n", m.initial_loss);
+  std::printf("Final loss:   %.6f\n", m.final_loss);
+  std::printf("Training time: %.4f s (%lld steps, %.0f steps/s, %.0f samples/s)\n", m.wall_seconds,
+              static_cast<long long>(m.steps), m.steps_per_second, m.samples_per_second);
+  if (!checkpoint.empty()) std::printf("Checkpoint:   %s\n", checkpoint.c_str());
+  if (metrics) std::printf("Metrics:      %s\n", metrics->csv_path().c_str());
+  std::fflush(stdout);
+}
+
+// Collective: rank 0 reads the file; every rank parses the same text, so that all of them
+// agree on any error.
+RunConfig read_run_config(MpiCommunicator& world, const TrainOptions& options) {
+  std::string text;
+  on_root_sharing_errors(world, [&] { text = read_config_file(options.config); });
+  broadcast_string(world, text);
+  return parse_run_config(options.config, text, options.sets);
+}
+
+int train(DistributedManager& dm, const TrainOptions& options) {
+  install_stop_handlers();  // before anything slow: a signal during loading stops at step 1
+  MpiCommunicator world(dm.base_comm());
+  const bool root = dm.rank() == 0;
+  const RunConfig config = read_run_config(world, options);
+
+  locating_errors(config, [&] { config.training.distributed_config.validate(dm.size()); });
+  Mlp model(config.model.widths, config.model.activation, config.training.seed);
+  Trainer trainer = locating_errors(
+      config, [&] { return Trainer(std::move(model), config.training, dm.base_comm()); });
+  const TrainingData data = load_training_data(config, world);
+  RunCheckpoints checkpoints(config, world);
+  const std::size_t samples = data.x.extent(0);
+  locating_errors(config, [&] {
+    trainer.prepare(data.x, data.y);
+    if (data.has_validation()) trainer.set_validation_data(data.val_x, data.val_y);
+  });
+
+  std::optional<ResumePoint> resumed;
+  if (!options.resume.empty()) {
+    resumed = checkpoints.load(options.resume, trainer, samples);
+    trainer.restore(resumed->state);
+  }
+  std::optional<MetricsFiles> metrics;
+  if (!config.output.dir.empty()) {
+    on_root_sharing_errors(
+        world, [&] { metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0); });
+  }
+  if (root) print_header(config, trainer, dm, data, resumed);
+
+  const bool bar =
+      options.progress == "bar" || (options.progress == "auto" && stdout_is_terminal());
+  ProgressPrinter progress(bar, resumed ? resumed->state.epoch : 0);
+  const std::size_t batches = trainer.batches_per_epoch();
+  const int every = config.checkpoint.every_epochs;
+  trainer.set_epoch_callback([&](const EpochReport& report) {
+    EpochReport r = report;
+    // The run's step (the trainer counts those of this process only).
+    r.step = static_cast<std::int64_t>((static_cast<std::size_t>(r.epoch) + 1) * batches);
+    if (root) {
+      progress.epoch(r);
+      if (metrics) metrics->append(r);
+    }
+    if (checkpoints.enabled() && every > 0 && (r.epoch + 1) % every == 0) {
+      checkpoints.save(trainer.state(), trainer, samples);  // state() is collective
+    }
+  });
+  trainer.set_stop_flag(&g_stop_requested);
+
+  const FitResult result = trainer.fit();
+  if (root) progress.finish();
+  const TrainingMetrics& m = result.metrics;
+  const bool finished =
+      m.epoch_losses.size() >= static_cast<std::size_t>(config.training.num_epochs);
+  const TrainingState state = at_epoch_boundary(trainer.state(), batches);
+  const std::string checkpoint = checkpoints.save(state, trainer, samples);
+
+  if (m.stopped && !finished) {
+    if (root) {
+      std::printf("meshtrain: preempted at epoch %d batch %zu; %s; resubmit with --resume latest\n",
+                  state.epoch + 1, state.batch,
+                  checkpoint.empty() ? "no checkpoint (checkpoint.dir is not set)"
+                                     : ("checkpoint " + checkpoint).c_str());
+      std::fflush(stdout);
+    }
+    // Every rank leaves only once rank 0 has written and said so: the launcher may end the
+    // job as soon as one rank exits with a non-zero code.
+    world.barrier();
+    return kExitPreempted;
+  }
+  if (root) print_results(m, checkpoint, metrics);
+  world.barrier();
+  return 0;
+}
+
+int plot(const PlotOptions& options) {
+  std::string output = options.output;
+  if (output.empty()) {
+    const auto dot = options.metrics.rfind('.');
+    const auto slash = options.metrics.rfind('/');
+    const bool has_suffix = dot != std::string::npos && (slash == std::string::npos || dot > slash);
+    output = (has_suffix ? options.metrics.substr(0, dot) : options.metrics) + ".png";
+  }
+  plot_metrics(options.metrics, output, options.title);
+  std::printf("meshtrain: wrote %s\n", output.c_str());
+  return 0;
+}
+
+// Parses argv; true when help was printed (by the caller's choice of rank).
+bool parse(CommandLine& cli, int argc, char** argv, bool print_help) {
+  try {
+    cli.app.parse(argc, argv);
+    return false;
+  } catch (const CLI::CallForHelp&) {
+    if (print_help) std::printf("%s", cli.app.help().c_str());
+    return true;
+  } catch (const CLI::ParseError& e) {
+    throw ConfigError(std::string(e.what()) + " (see meshtrain --help)");
+  }
+}
+
+// `plot` is a single process: no MPI.
+int plot_main(int argc, char** argv) {
+  try {
+    CommandLine cli;
+    if (parse(cli, argc, argv, true)) return 0;
+    return plot(cli.plot_options);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "meshtrain: error: %s\n", e.what());
+    return 2;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "plot") return plot_main(argc, argv);
+  return meshtrain::cli::run_main("meshtrain", argc, argv, [&](DistributedManager& dm) {
+    CommandLine cli;
+    if (parse(cli, argc, argv, dm.rank() == 0)) return 0;
+    return train(dm, cli.train_options);
+  });
+}

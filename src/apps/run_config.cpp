@@ -1,0 +1,604 @@
+#include "run_config.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string_view>
+
+#include "meshtrain/error.hpp"
+
+namespace meshtrain::app {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct KeySpec {
+  std::string_view key;
+  std::string_view type;
+  std::string_view default_value;
+  std::string_view meaning;
+};
+
+struct SectionSpec {
+  std::string_view name;
+  std::vector<KeySpec> keys;
+};
+
+// The one list of settings: the unknown-key check and --help both read it.
+const std::vector<SectionSpec>& schema() {
+  static const std::vector<SectionSpec> sections = {
+      {"training",
+       {{"num_epochs", "integer >= 1", "20", "epochs to train"},
+        {"learning_rate", "number > 0", "0.001", "learning rate"},
+        {"batch_size", "integer >= 1", "32", "global batch, split over the 'data' axis"},
+        {"seed", "integer >= 0", "0", "parameter initialisation, shuffle and synthetic data"},
+        {"optimizer", "\"adam\" | \"adamw\" | \"sgd\"", "\"adam\"", "optax defaults"},
+        {"shuffle", "boolean", "false", "a seeded permutation of the samples every epoch"},
+        {"validation_every", "integer >= 0", "1",
+         "validation loss every N epochs and after the last; 0: never"},
+        {"nonfinite", "\"abort\" | \"skip\"", "\"abort\"",
+         "a step with a NaN/Inf loss or gradient ends the run (exit 3) or is skipped"},
+        {"bucket_mb", "number in (0, 1024]", "4", "gradient all-reduce bucket size in MiB"},
+        {"bucket_bytes", "integer >= 4", "4194304", "the same in bytes (give one of the two)"},
+        {"overlap_communication", "boolean", "true",
+         "start each bucket's all-reduce during backward"}}},
+      {"distributed",
+       {{"mesh_shape", "array of integers >= 1", "[RANKS]",
+         "device mesh; its product must equal the rank count"},
+        {"mesh_axis_names", "array of strings", "[\"data\"]",
+         "one per axis: 'data' splits the batch, 'fsdp' shards, 'model' is tensor parallel"},
+        {"strategy", "\"data\" | \"fsdp\"", "\"data\"", "data parallel, or fully sharded"},
+        {"comm", "\"auto\" | \"mpi\" | \"nccl\"", "\"auto\"",
+         "gradient collectives (auto: NCCL when a GPU is visible and built)"},
+        {"collective_timeout", "number >= 0", "600",
+         "seconds a rank may wait in one collective before the watchdog aborts the job; 0: off"},
+        {"debug_collectives", "boolean", "false",
+         "compare every collective across ranks before running it (slower)"}}},
+      {"model",
+       {{"widths", "array of integers >= 1", "[4, 64, 1]",
+         "{in, hidden..., out}; or give input/hidden/layers/output"},
+        {"input", "integer >= 1", "4", "input features"},
+        {"hidden", "integer >= 1", "64", "width of each hidden layer"},
+        {"layers", "integer >= 0", "1", "number of hidden layers"},
+        {"output", "integer >= 1", "1", "outputs"},
+        {"activation", "\"relu\" | \"tanh\" | \"identity\"", "\"relu\"",
+         "after each hidden layer; the output layer is linear"}}},
+      {"data",
+       {{"train_x", "path", "-", ".npy (samples, inputs), float32/float64, C order"},
+        {"train_y", "path", "-", ".npy (samples, outputs), or (samples,) for one output"},
+        {"val_x", "path", "-", "validation inputs (optional, with val_y)"},
+        {"val_y", "path", "-", "validation targets"},
+        {"synthetic", "\"reference\"", "-",
+         "instead of files: the tutorial's x ~ N(0, 1), y = sum(x^2), from training.seed"},
+        {"samples", "integer >= 1", "256", "synthetic samples"},
+        {"dim", "integer >= 1", "4", "synthetic input features"}}},
+      {"checkpoint",
+       {{"dir", "path", "-", "where checkpoints go; unset: no checkpoints"},
+        {"every_epochs", "integer >= 0", "1",
+         "write one every N epochs (0: only at the end and on preemption)"},
+        {"keep_last", "integer >= 0", "3", "delete all but the newest N (0: keep all)"},
+        {"prefix", "string of [A-Za-z0-9_.-]", "\"ckpt\"",
+         "files are DIR/PREFIX-STEP.safetensors"}}},
+      {"output",
+       {{"dir", "path", "-", "metrics.jsonl and metrics.csv, one record per epoch; unset: none"}}},
+  };
+  return sections;
+}
+
+const SectionSpec* find_section(std::string_view name) {
+  for (const auto& s : schema()) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+bool known_key(const SectionSpec& section, std::string_view key) {
+  return std::any_of(section.keys.begin(), section.keys.end(),
+                     [&](const KeySpec& k) { return k.key == key; });
+}
+
+std::string names_of(const SectionSpec& section) {
+  std::string out;
+  for (const auto& k : section.keys) out += (out.empty() ? "" : ", ") + std::string(k.key);
+  return out;
+}
+
+std::string section_names() {
+  std::string out;
+  for (const auto& s : schema()) out += (out.empty() ? "" : ", ") + std::string(s.name);
+  return out;
+}
+
+std::string type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+    default:
+      return "nothing";
+  }
+}
+
+std::string format_number(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+// A --set override: its own parsed document, so that the value keeps a node to point at.
+struct Override {
+  std::string section;
+  std::string key;
+  std::unique_ptr<toml::table> document;  // holds the value under "v"
+};
+
+Override parse_override(const std::string& text) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw ConfigError("--set '" + text +
+                      "': expected SECTION.KEY=VALUE, e.g. training.batch_size=64");
+  }
+  const std::string path = text.substr(0, eq);
+  const std::string value = text.substr(eq + 1);
+  const auto dot = path.find('.');
+  if (dot == std::string::npos || path.find('.', dot + 1) != std::string::npos) {
+    throw ConfigError("--set " + path + ": expected SECTION.KEY, e.g. training.batch_size");
+  }
+  Override o{path.substr(0, dot), path.substr(dot + 1), nullptr};
+  const SectionSpec* section = find_section(o.section);
+  if (!section) {
+    throw ConfigError("--set: " + path + ": unknown section '" + o.section +
+                      "' (known: " + section_names() + ")");
+  }
+  if (!known_key(*section, o.key)) {
+    throw ConfigError("--set: " + path + ": unknown key (" + o.section + " has " +
+                      names_of(*section) + ")");
+  }
+  // TOML first (numbers, booleans, arrays, quoted strings); anything else is a plain string,
+  // so that optimizer=sgd needs no quotes.
+  try {
+    const std::string document = "v = " + value;
+    o.document = std::make_unique<toml::table>(
+        toml::parse(std::string_view(document), std::string_view("--set")));
+  } catch (const toml::parse_error&) {
+    o.document = std::make_unique<toml::table>();
+    o.document->insert("v", value);
+  }
+  if (!o.document->get("v")) {
+    throw ConfigError("--set: " + path + ": expected one value after '='");
+  }
+  return o;
+}
+
+// Typed access to the settings, an override winning over the file.
+class SettingsReader {
+ public:
+  SettingsReader(std::string file, toml::table table, std::vector<Override> overrides)
+      : file_(std::move(file)), table_(std::move(table)), overrides_(std::move(overrides)) {}
+
+  struct Found {
+    const toml::node* node;
+    std::string location;  // "run.toml:12" or "--set"
+  };
+
+  // Unknown sections and keys of the file, the first by line.
+  void check_known_keys() const {
+    std::optional<std::pair<std::uint32_t, std::string>> first;
+    auto note = [&](const toml::source_region& where, const std::string& message) {
+      const std::uint32_t line = where.begin.line;
+      if (!first || line < first->first) first = {line, message};
+    };
+    for (auto&& [name, node] : table_) {
+      const std::string s(name.str());
+      const SectionSpec* section = find_section(s);
+      const std::string at = file_ + ":" + std::to_string(name.source().begin.line) + ": ";
+      if (!section) {
+        note(name.source(), at + s + ": unknown section (known: " + section_names() + ")");
+        continue;
+      }
+      const toml::table* t = node.as_table();
+      if (!t) {
+        note(name.source(), at + s + ": expected a table, got " + type_name(node));
+        continue;
+      }
+      for (auto&& [key, value] : *t) {
+        if (known_key(*section, key.str())) continue;
+        note(key.source(), file_ + ":" + std::to_string(key.source().begin.line) + ": " + s + "." +
+                               std::string(key.str()) + ": unknown key (" + s + " has " +
+                               names_of(*section) + ")");
+      }
+    }
+    if (first) throw ConfigError(first->second);
+  }
+
+  std::optional<Found> find(const std::string& section, const std::string& key) {
+    for (auto it = overrides_.rbegin(); it != overrides_.rend(); ++it) {  // the last --set wins
+      if (it->section == section && it->key == key)
+        return remember(section, key, {it->document->get("v"), "--set"});
+    }
+    const toml::table* t = table_[section].as_table();
+    const toml::node* node = t ? t->get(key) : nullptr;
+    if (!node) return std::nullopt;
+    return remember(section, key, {node, file_ + ":" + std::to_string(node->source().begin.line)});
+  }
+
+  bool has(const std::string& section, const std::string& key) {
+    return find(section, key).has_value();
+  }
+
+  [[noreturn]] void fail(const Found& f, const std::string& name, const std::string& why) const {
+    throw ConfigError(f.location + ": " + name + ": " + why);
+  }
+  [[noreturn]] void wrong_type(const Found& f, const std::string& name, const std::string& expected,
+                               const toml::node& got) const {
+    fail(f, name, "expected " + expected + ", got " + type_name(got));
+  }
+
+  std::optional<std::int64_t> integer(const std::string& section, const std::string& key,
+                                      std::int64_t min,
+                                      std::int64_t max = std::numeric_limits<int>::max()) {
+    const auto f = find(section, key);
+    if (!f) return std::nullopt;
+    return checked_integer(*f, *f->node, section + "." + key, min, max);
+  }
+
+  enum class Bound { Exclusive, Inclusive };
+  // A number (an integer is accepted too) in (min, max] or [min, max].
+  std::optional<double> number(const std::string& section, const std::string& key, double min,
+                               Bound min_bound, double max) {
+    const auto f = find(section, key);
+    if (!f) return std::nullopt;
+    const std::string name = section + "." + key;
+    double v = 0.0;
+    if (const auto* i = f->node->as_integer()) {
+      v = static_cast<double>(i->get());
+    } else if (const auto* d = f->node->as_floating_point()) {
+      v = d->get();
+    } else {
+      wrong_type(*f, name, "a number", *f->node);
+    }
+    if (!std::isfinite(v)) fail(*f, name, format_number(v) + " is not a finite number");
+    const bool low = min_bound == Bound::Exclusive ? !(v > min) : v < min;
+    if (low || v > max) {
+      fail(*f, name,
+           format_number(v) + " is out of range (" +
+               (min_bound == Bound::Exclusive ? "greater than " : "at least ") +
+               format_number(min) +
+               (max < std::numeric_limits<double>::max() ? ", at most " + format_number(max) : "") +
+               ")");
+    }
+    return v;
+  }
+
+  std::optional<bool> boolean(const std::string& section, const std::string& key) {
+    const auto f = find(section, key);
+    if (!f) return std::nullopt;
+    const auto* b = f->node->as_boolean();
+    if (!b) wrong_type(*f, section + "." + key, "a boolean (true or false)", *f->node);
+    return b->get();
+  }
+
+  std::optional<std::string> text(const std::string& section, const std::string& key) {
+    const auto f = find(section, key);
+    if (!f) return std::nullopt;
+    const auto* s = f->node->as_string();
+    if (!s) wrong_type(*f, section + "." + key, "a string", *f->node);
+    if (s->get().empty()) fail(*f, section + "." + key, "must not be empty");
+    return s->get();
+  }
+
+  std::optional<std::string> choice(const std::string& section, const std::string& key,
+                                    const std::vector<std::string>& choices) {
+    const auto value = text(section, key);
+    if (!value) return value;
+    if (std::find(choices.begin(), choices.end(), *value) == choices.end()) {
+      std::string list;
+      for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
+      fail(*find(section, key), section + "." + key, "'" + *value + "' is not one of " + list);
+    }
+    return value;
+  }
+
+  // A path from the file is relative to the file's directory; from --set, to the working
+  // directory.
+  std::optional<std::string> path(const std::string& section, const std::string& key) {
+    const auto value = text(section, key);
+    if (!value) return value;
+    const fs::path p(*value);
+    if (p.is_absolute() || find(section, key)->location == "--set")
+      return p.lexically_normal().string();
+    return (fs::path(file_).parent_path() / p).lexically_normal().string();
+  }
+
+  std::optional<std::vector<int>> integer_list(const std::string& section, const std::string& key,
+                                               int min) {
+    const auto f = find(section, key);
+    if (!f) return std::nullopt;
+    const std::string name = section + "." + key;
+    const auto* a = f->node->as_array();
+    if (!a) wrong_type(*f, name, "an array of integers", *f->node);
+    if (a->empty()) fail(*f, name, "must not be empty");
+    std::vector<int> out;
+    for (std::size_t i = 0; i < a->size(); ++i) {
+      out.push_back(
+          static_cast<int>(checked_integer(*f, *a->get(i), name + "[" + std::to_string(i) + "]",
+                                           min, std::numeric_limits<int>::max())));
+    }
+    return out;
+  }
+
+  std::optional<std::vector<std::string>> string_list(const std::string& section,
+                                                      const std::string& key) {
+    const auto f = find(section, key);
+    if (!f) return std::nullopt;
+    const std::string name = section + "." + key;
+    const auto* a = f->node->as_array();
+    if (!a) wrong_type(*f, name, "an array of strings", *f->node);
+    if (a->empty()) fail(*f, name, "must not be empty");
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < a->size(); ++i) {
+      const auto* s = a->get(i)->as_string();
+      if (!s) wrong_type(*f, name + "[" + std::to_string(i) + "]", "a string", *a->get(i));
+      out.push_back(s->get());
+    }
+    return out;
+  }
+
+  // "section.key" -> where it was given, for every key looked up and found.
+  const std::map<std::string, std::string>& origins() const { return origins_; }
+
+ private:
+  Found remember(const std::string& section, const std::string& key, Found f) {
+    origins_[section + "." + key] = f.location;
+    return f;
+  }
+
+  std::int64_t checked_integer(const Found& f, const toml::node& node, const std::string& name,
+                               std::int64_t min, std::int64_t max) const {
+    const auto* i = node.as_integer();
+    if (!i) wrong_type(f, name, "an integer", node);
+    const std::int64_t v = i->get();
+    if (v < min)
+      fail(f, name, std::to_string(v) + " is out of range (at least " + std::to_string(min) + ")");
+    if (v > max)
+      fail(f, name, std::to_string(v) + " is out of range (at most " + std::to_string(max) + ")");
+    return v;
+  }
+
+  std::string file_;
+  toml::table table_;
+  std::vector<Override> overrides_;
+  std::map<std::string, std::string> origins_;
+};
+
+toml::table parse_toml(const std::string& path, const std::string& text) {
+  try {
+    return toml::parse(std::string_view(text), std::string_view(path));
+  } catch (const toml::parse_error& e) {
+    throw ConfigError(path + ":" + std::to_string(e.source().begin.line) +
+                      ": invalid TOML: " + std::string(e.description()));
+  }
+}
+
+using Bound = SettingsReader::Bound;
+
+void read_training(SettingsReader& r, TrainingConfig& t) {
+  const std::string s = "training";
+  if (auto v = r.integer(s, "num_epochs", 1)) t.num_epochs = static_cast<int>(*v);
+  if (auto v =
+          r.number(s, "learning_rate", 0.0, Bound::Exclusive, std::numeric_limits<double>::max()))
+    t.learning_rate = *v;
+  if (auto v = r.integer(s, "batch_size", 1)) t.batch_size = static_cast<int>(*v);
+  if (auto v = r.integer(s, "seed", 0, std::numeric_limits<std::int64_t>::max())) {
+    t.seed = static_cast<std::uint64_t>(*v);
+  }
+  if (auto v = r.choice(s, "optimizer", {"adam", "adamw", "sgd"})) t.optimizer = *v;
+  if (auto v = r.boolean(s, "shuffle")) t.shuffle = *v;
+  if (auto v = r.integer(s, "validation_every", 0)) t.validation_every = static_cast<int>(*v);
+  if (auto v = r.choice(s, "nonfinite", {"abort", "skip"})) t.nonfinite = *v;
+  if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
+  const bool mb = r.has(s, "bucket_mb");
+  if (mb && r.has(s, "bucket_bytes")) {
+    r.fail(*r.find(s, "bucket_bytes"), "training.bucket_bytes",
+           "give bucket_bytes or bucket_mb, not both");
+  }
+  if (auto v = r.number(s, "bucket_mb", 0.0, Bound::Exclusive, 1024.0)) {
+    t.bucket_bytes = std::max<std::size_t>(4, static_cast<std::size_t>(*v * 1024 * 1024));
+  }
+  if (auto v = r.integer(s, "bucket_bytes", 4, std::int64_t{1} << 40)) {
+    t.bucket_bytes = static_cast<std::size_t>(*v);
+  }
+}
+
+void read_distributed(SettingsReader& r, DistributedConfig& d) {
+  const std::string s = "distributed";
+  if (auto v = r.integer_list(s, "mesh_shape", 1)) d.mesh_shape = *v;
+  if (auto v = r.string_list(s, "mesh_axis_names")) d.mesh_axis_names = *v;
+  if (auto v = r.choice(s, "strategy", {"data", "fsdp"})) d.strategy = *v;
+  if (auto v = r.choice(s, "comm", {"auto", "mpi", "nccl"})) d.comm = *v;
+  if (auto v = r.number(s, "collective_timeout", 0.0, Bound::Inclusive, 1e7)) {
+    d.collective_timeout_seconds = *v;
+  }
+  if (auto v = r.boolean(s, "debug_collectives")) d.debug_collectives = *v;
+}
+
+void read_model(SettingsReader& r, ModelSettings& m) {
+  const std::string s = "model";
+  const bool parts =
+      r.has(s, "input") || r.has(s, "hidden") || r.has(s, "layers") || r.has(s, "output");
+  if (auto widths = r.integer_list(s, "widths", 1)) {
+    if (parts) {
+      r.fail(*r.find(s, "widths"), "model.widths",
+             "give widths or input/hidden/layers/output, not both");
+    }
+    if (widths->size() < 2) {
+      r.fail(*r.find(s, "widths"), "model.widths", "needs at least two entries, {in, ..., out}");
+    }
+    m.widths = *widths;
+  } else {
+    const int input = static_cast<int>(r.integer(s, "input", 1).value_or(4));
+    const int hidden = static_cast<int>(r.integer(s, "hidden", 1).value_or(64));
+    const int layers = static_cast<int>(r.integer(s, "layers", 0, 1000).value_or(1));
+    const int output = static_cast<int>(r.integer(s, "output", 1).value_or(1));
+    m.widths = {input};
+    for (int l = 0; l < layers; ++l) m.widths.push_back(hidden);
+    m.widths.push_back(output);
+  }
+  if (auto v = r.choice(s, "activation", {"relu", "tanh", "identity"})) {
+    m.activation = parse_activation(*v);
+  }
+}
+
+void read_data(SettingsReader& r, DataSettings& d, const std::string& file) {
+  const std::string s = "data";
+  if (auto v = r.choice(s, "synthetic", {"reference"})) d.synthetic = *v;
+  for (const char* key : {"train_x", "train_y", "val_x", "val_y"}) {
+    if (!d.synthetic.empty() && r.has(s, key)) {
+      r.fail(*r.find(s, key), std::string("data.") + key, "give synthetic or data files, not both");
+    }
+  }
+  for (const char* key : {"samples", "dim"}) {
+    if (d.synthetic.empty() && r.has(s, key)) {
+      r.fail(*r.find(s, key), std::string("data.") + key, "only with synthetic = \"reference\"");
+    }
+  }
+  if (!d.synthetic.empty()) {
+    if (auto v = r.integer(s, "samples", 1)) d.samples = static_cast<int>(*v);
+    if (auto v = r.integer(s, "dim", 1)) d.dim = static_cast<int>(*v);
+    return;
+  }
+  d.train_x = r.path(s, "train_x").value_or("");
+  d.train_y = r.path(s, "train_y").value_or("");
+  d.val_x = r.path(s, "val_x").value_or("");
+  d.val_y = r.path(s, "val_y").value_or("");
+  if (d.train_x.empty() || d.train_y.empty()) {
+    throw ConfigError(
+        file + ": data: give train_x and train_y (.npy files), or synthetic = \"reference\"");
+  }
+  if (d.val_x.empty() != d.val_y.empty()) {
+    const char* given = d.val_x.empty() ? "val_y" : "val_x";
+    r.fail(*r.find(s, given), std::string("data.") + given, "give val_x and val_y together");
+  }
+}
+
+void read_checkpoint(SettingsReader& r, CheckpointSettings& c) {
+  const std::string s = "checkpoint";
+  c.dir = r.path(s, "dir").value_or("");
+  if (auto v = r.integer(s, "every_epochs", 0)) c.every_epochs = static_cast<int>(*v);
+  if (auto v = r.integer(s, "keep_last", 0)) c.keep_last = static_cast<int>(*v);
+  if (auto v = r.text(s, "prefix")) {
+    const bool ok = std::all_of(v->begin(), v->end(), [](char ch) {
+      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-';
+    });
+    if (!ok)
+      r.fail(*r.find(s, "prefix"), "checkpoint.prefix",
+             "'" + *v + "': use letters, digits, '_', '.' and '-'");
+    c.prefix = *v;
+  }
+}
+
+// Library field names (as ConfigError messages start) and the keys that set them.
+const std::map<std::string, std::string>& library_fields() {
+  static const std::map<std::string, std::string> fields = {
+      {"num_epochs", "training.num_epochs"},
+      {"learning_rate", "training.learning_rate"},
+      {"batch_size", "training.batch_size"},
+      {"bucket_bytes", "training.bucket_bytes"},
+      {"validation_every", "training.validation_every"},
+      {"nonfinite", "training.nonfinite"},
+      {"optimizer", "training.optimizer"},
+      {"mesh_shape", "distributed.mesh_shape"},
+      {"mesh_axis_names", "distributed.mesh_axis_names"},
+      {"strategy", "distributed.strategy"},
+      {"comm", "distributed.comm"},
+      {"collective_timeout", "distributed.collective_timeout"},
+  };
+  return fields;
+}
+
+}  // namespace
+
+std::string RunConfig::where(const std::string& key) const {
+  const auto it = origins.find(key);
+  return (it == origins.end() ? source : it->second) + ": " + key;
+}
+
+std::string read_config_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open the config file: " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+RunConfig parse_run_config(const std::string& path, const std::string& text,
+                           const std::vector<std::string>& overrides) {
+  std::vector<Override> parsed;
+  for (const auto& item : overrides) parsed.push_back(parse_override(item));
+  SettingsReader reader(path, parse_toml(path, text), std::move(parsed));
+  reader.check_known_keys();
+
+  RunConfig config;
+  config.source = path;
+  read_training(reader, config.training);
+  read_distributed(reader, config.training.distributed_config);
+  read_model(reader, config.model);
+  read_data(reader, config.data, path);
+  read_checkpoint(reader, config.checkpoint);
+  config.output.dir = reader.path("output", "dir").value_or("");
+  config.origins = reader.origins();
+  return config;
+}
+
+std::string locate_library_error(const RunConfig& config, const std::string& message) {
+  for (const auto& [field, key] : library_fields()) {
+    if (message.starts_with(field + " ")) return config.where(key) + message.substr(field.size());
+  }
+  return message;
+}
+
+std::string config_reference() {
+  std::string out =
+      "CONFIG FILE (TOML): the sections and keys below, all optional except the data.\n"
+      "Relative paths in the file resolve against the file's directory; in --set, against the\n"
+      "working directory. --set SECTION.KEY=VALUE takes the same keys and checks (VALUE is\n"
+      "TOML; text that is not TOML is a string: --set training.optimizer=sgd).\n";
+  for (const auto& section : schema()) {
+    out += "\n[" + std::string(section.name) + "]\n";
+    for (const auto& k : section.keys) {
+      std::string line = "  " + std::string(k.key) + " = " + std::string(k.default_value);
+      line.resize(std::max<std::size_t>(line.size() + 1, 34), ' ');
+      out += line + std::string(k.type) + ": " + std::string(k.meaning) + "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace meshtrain::app

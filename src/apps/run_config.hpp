@@ -1,0 +1,72 @@
+#pragma once
+// The `meshtrain train` run description: a TOML file plus --set overrides, validated into
+// the library's configs. Every error names where the value came from:
+//   run.toml:12: training.batch_size: expected an integer, got string
+//   --set: training.learning_rate: -1 must be greater than 0
+#include <map>
+#include <string>
+#include <vector>
+
+#include "meshtrain/nn/kernels.hpp"
+#include "meshtrain/train/training_config.hpp"
+
+namespace meshtrain::app {
+
+struct ModelSettings {
+  std::vector<int> widths{4, 64, 1};  // {in, hidden..., out}
+  Activation activation = Activation::ReLU;
+};
+
+struct DataSettings {
+  std::string synthetic;                       // "reference", or empty for .npy files
+  int samples = 256;                           // synthetic only
+  int dim = 4;                                 // synthetic only
+  std::string train_x, train_y, val_x, val_y;  // resolved paths; val_* may be empty
+};
+
+struct CheckpointSettings {
+  std::string dir;       // empty: no checkpoints
+  int every_epochs = 1;  // 0: only at the end and on preemption
+  int keep_last = 3;     // 0: keep every checkpoint
+  std::string prefix = "ckpt";
+};
+
+struct OutputSettings {
+  std::string dir;  // empty: no metrics files
+};
+
+struct RunConfig {
+  std::string source;  // the config file, as given on the command line
+  TrainingConfig training;
+  ModelSettings model;
+  DataSettings data;
+  CheckpointSettings checkpoint;
+  OutputSettings output;
+  // "section.key" -> "run.toml:12" or "--set", for every key given.
+  std::map<std::string, std::string> origins;
+
+  // "run.toml:12: training.batch_size" where the key was given, else "run.toml:
+  // training.batch_size".
+  std::string where(const std::string& key) const;
+};
+
+// The text of the config file at path; ConfigError when it cannot be read.
+std::string read_config_file(const std::string& path);
+
+// Parses text (read from path, which errors name and relative paths resolve against) and
+// applies overrides ("section.key=VALUE", VALUE parsed as TOML, or taken as a string when it
+// is not valid TOML). Throws ConfigError for malformed TOML, unknown sections or keys, wrong
+// types, out-of-range values and conflicting keys. Deterministic: every rank that parses the
+// same text raises the same error.
+RunConfig parse_run_config(const std::string& path, const std::string& text,
+                           const std::vector<std::string>& overrides);
+
+// The library validates a config against the job (mesh against the rank count, batch size
+// against the data axis) and reports "FIELD VALUE: why"; this rewrites such a message as
+// "run.toml:12: training.batch_size VALUE: why". Other messages are returned unchanged.
+std::string locate_library_error(const RunConfig& config, const std::string& message);
+
+// Every section and key with its type, default and meaning, for `meshtrain train --help`.
+std::string config_reference();
+
+}  // namespace meshtrain::app

@@ -1,0 +1,27 @@
+#pragma once
+// The run's data on every rank. Trainer::fit takes the full dataset on every rank (each rank
+// trains on its shard of every global batch, picked by rank 0's plan), so files are read once,
+// on rank 0, checked there and broadcast.
+#include <string>
+
+#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/nn/types.hpp"
+#include "run_config.hpp"
+
+namespace meshtrain::app {
+
+struct TrainingData {
+  HostMatrix x, y;          // (samples, inputs), (samples, outputs)
+  HostMatrix val_x, val_y;  // zero rows when there is no validation set
+  std::string description;  // for the run's header
+
+  bool has_validation() const { return val_x.extent(0) > 0; }
+};
+
+// Collective. Synthetic data is generated on every rank (deterministic in the seed); files
+// are read by rank 0, checked against each other and the model's widths, and broadcast.
+// Throws the same ConfigError on every rank for any problem, naming the config key and the
+// file.
+TrainingData load_training_data(const RunConfig& config, MpiCommunicator& comm);
+
+}  // namespace meshtrain::app

@@ -1,0 +1,340 @@
+#include "meshtrain/train/checkpoint_state.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <map>
+#include <set>
+#include <string_view>
+#include <vector>
+
+#include "meshtrain/error.hpp"
+#include "meshtrain/optim/optimizer.hpp"
+
+namespace meshtrain {
+
+namespace {
+
+constexpr const char* kFormatKey = "meshtrain.format";
+constexpr const char* kFormatName = "training_state";
+constexpr const char* kVersionKey = "meshtrain.format_version";
+
+std::string format_g17(double value) {
+  if (std::isnan(value)) return "nan";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.17g", value);
+  return buffer;
+}
+
+std::string join_ints(const std::vector<int>& values, const char* separator) {
+  std::string out;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out += separator;
+    out += std::to_string(values[i]);
+  }
+  return out;
+}
+
+std::string format_list(const std::vector<double>& values) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += format_g17(values[i]);
+  }
+  return out + "]";
+}
+
+std::string format_shape_list(const std::vector<std::size_t>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+// Which moments the optimizer keeps; mirrors the allocation in Optimizer's constructor.
+struct MomentKinds {
+  bool first = false;
+  bool second = false;
+};
+MomentKinds moment_kinds(const std::string& optimizer) {
+  const OptimizerConfig c = OptimizerConfig::from_name(optimizer);
+  return {c.name != "sgd" || c.momentum != 0.0, c.name != "sgd"};
+}
+
+// "key=value;..." as a map, for telling which settings differ.
+std::map<std::string, std::string> signature_fields(const std::string& signature) {
+  std::map<std::string, std::string> fields;
+  std::size_t start = 0;
+  while (start <= signature.size()) {
+    const std::size_t end = std::min(signature.find(';', start), signature.size());
+    const std::string item = signature.substr(start, end - start);
+    const std::size_t eq = item.find('=');
+    if (eq != std::string::npos) fields[item.substr(0, eq)] = item.substr(eq + 1);
+    start = end + 1;
+  }
+  return fields;
+}
+
+std::string describe_differences(const std::string& stored, const std::string& current) {
+  const auto a = signature_fields(stored);
+  const auto b = signature_fields(current);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : a) keys.insert(k);
+  for (const auto& [k, v] : b) keys.insert(k);
+  std::string out;
+  for (const auto& key : keys) {
+    const auto ia = a.find(key);
+    const auto ib = b.find(key);
+    const std::string va = ia == a.end() ? "-" : ia->second;
+    const std::string vb = ib == b.end() ? "-" : ib->second;
+    if (va == vb) continue;
+    if (!out.empty()) out += ", ";
+    out += key + " (checkpoint " + va + ", this run " + vb + ")";
+  }
+  return out;
+}
+
+// Reads a checkpoint's metadata, every error naming the checkpoint and the key.
+class MetadataReader {
+ public:
+  MetadataReader(const Checkpoint& checkpoint, std::string source)
+      : metadata_(checkpoint.metadata), source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const std::string& why) const {
+    throw ConfigError("checkpoint " + source_ + ": " + why);
+  }
+
+  const std::string& text(const std::string& key) const {
+    const auto it = metadata_.find(key);
+    if (it == metadata_.end()) fail("metadata " + key + " is missing");
+    return it->second;
+  }
+
+  std::int64_t integer(const std::string& key, std::int64_t min) const {
+    const std::string& t = text(key);
+    std::int64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), value);
+    if (t.empty() || ec != std::errc() || ptr != t.data() + t.size() || value < min) {
+      fail("metadata " + key + " '" + t + "': expected an integer of at least " +
+           std::to_string(min));
+    }
+    return value;
+  }
+
+  double real(const std::string& key) const { return parse_real(key, text(key)); }
+
+  // "[a, b, ...]"; NaN allowed (an epoch without validation).
+  std::vector<double> list(const std::string& key) const {
+    const std::string& t = text(key);
+    if (t.size() < 2 || t.front() != '[' || t.back() != ']') {
+      fail("metadata " + key + " '" + t + "': expected a list [a, b, ...]");
+    }
+    std::vector<double> values;
+    const std::string body = t.substr(1, t.size() - 2);
+    if (body.find_first_not_of(' ') == std::string::npos) return values;
+    std::size_t start = 0;
+    while (start <= body.size()) {
+      const std::size_t end = std::min(body.find(',', start), body.size());
+      values.push_back(parse_real(key, body.substr(start, end - start)));
+      start = end + 1;
+    }
+    return values;
+  }
+
+ private:
+  double parse_real(const std::string& key, const std::string& item) const {
+    const std::size_t b = item.find_first_not_of(' ');
+    const std::size_t e = item.find_last_not_of(' ');
+    const std::string t = b == std::string::npos ? "" : item.substr(b, e - b + 1);
+    char* end = nullptr;
+    const double value = t.empty() ? 0.0 : std::strtod(t.c_str(), &end);
+    if (t.empty() || end != t.c_str() + t.size() || std::isinf(value)) {
+      fail("metadata " + key + ": '" + t + "' is not a finite number");
+    }
+    return value;
+  }
+
+  const std::map<std::string, std::string>& metadata_;
+  std::string source_;
+};
+
+std::size_t batches_per_epoch(const TrainingConfig& config, std::size_t samples) {
+  const auto batch = static_cast<std::size_t>(std::max(config.batch_size, 1));
+  return (samples + batch - 1) / batch;
+}
+
+}  // namespace
+
+std::string run_signature(const Mlp& model, const TrainingConfig& config, std::size_t samples) {
+  std::string activations;
+  for (std::size_t l = 0; l < model.layers().size(); ++l) {
+    if (l > 0) activations += ",";
+    activations += name_of(model.layers()[l].activation);
+  }
+  return "widths=" + join_ints(model.widths(), ",") + ";activations=" + activations +
+         ";optimizer=" + config.optimizer + ";learning_rate=" + format_g17(config.learning_rate) +
+         ";batch_size=" + std::to_string(config.batch_size) +
+         ";seed=" + std::to_string(config.seed) +
+         ";shuffle=" + (config.shuffle ? "true" : "false") + ";samples=" + std::to_string(samples);
+}
+
+std::string fingerprint_of(const std::string& text) {
+  std::uint64_t hash = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  char buffer[17];
+  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(hash));
+  return buffer;
+}
+
+TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epoch) {
+  if (batches_per_epoch == 0 || state.batch < batches_per_epoch) return state;
+  state.epoch += 1;
+  state.batch = 0;
+  state.epoch_loss_sum = 0.0;
+  state.epoch_loss_count = 0;
+  return state;
+}
+
+Checkpoint to_checkpoint(const TrainingState& raw_state, const Mlp& model,
+                         const TrainingConfig& config, std::size_t samples) {
+  const TrainingState state = at_epoch_boundary(raw_state, batches_per_epoch(config, samples));
+  const std::size_t p = model.num_parameters();
+  if (state.parameters.extent(0) != p) {
+    throw std::invalid_argument("to_checkpoint: " + std::to_string(state.parameters.extent(0)) +
+                                " parameters for a model of " + std::to_string(p));
+  }
+  Checkpoint checkpoint;
+  auto add = [&](const std::string& group, const HostVector& flat) {
+    for (const TensorSpec& t : model.tensors()) {
+      const float* begin = flat.data() + t.offset;
+      checkpoint.tensors.push_back(
+          {group + t.name, t.shape, std::vector<float>(begin, begin + t.size)});
+    }
+  };
+  add("params/", state.parameters);
+  if (state.first_moment.extent(0) == p) add("adam/mu/", state.first_moment);
+  if (state.second_moment.extent(0) == p) add("adam/nu/", state.second_moment);
+
+  const std::string signature = run_signature(model, config, samples);
+  const DistributedConfig& dist = config.distributed_config;
+  auto& m = checkpoint.metadata;
+  m[kFormatKey] = kFormatName;
+  m[kVersionKey] = std::to_string(kTrainingStateFormatVersion);
+  m["optimizer_step"] = std::to_string(state.optimizer_step);
+  m["steps"] = std::to_string(state.steps);
+  m["epoch"] = std::to_string(state.epoch);
+  m["batch"] = std::to_string(state.batch);
+  m["epoch_loss_sum"] = format_g17(state.epoch_loss_sum);
+  m["epoch_loss_count"] = std::to_string(state.epoch_loss_count);
+  m["skipped_steps"] = std::to_string(state.skipped_steps);
+  m["epoch_losses"] = format_list(state.epoch_losses);
+  m["validation_losses"] = format_list(state.validation_losses);
+  m["fingerprint"] = fingerprint_of(signature);
+  m["run"] = signature;
+  m["model_widths"] = "[" + join_ints(model.widths(), ", ") + "]";
+  m["activation"] = model.layers().size() > 1 ? name_of(model.layers().front().activation) : "none";
+  m["optimizer"] = config.optimizer;
+  m["strategy"] = dist.strategy;
+  m["mesh_shape"] = format_shape(dist.mesh_shape);
+  m["world_size"] = dist.mesh_shape.empty() ? "unknown" : std::to_string(dist.num_devices());
+  m["created"] = utc_now();
+  return checkpoint;
+}
+
+TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
+                              const Mlp& model, const TrainingConfig& config, std::size_t samples) {
+  const MetadataReader meta(checkpoint, source);
+  const auto format = checkpoint.metadata.find(kFormatKey);
+  if (format == checkpoint.metadata.end() || format->second != kFormatName) {
+    meta.fail("not a meshtrain training-state checkpoint (metadata " + std::string(kFormatKey) +
+              " is not '" + kFormatName + "')");
+  }
+  const std::int64_t version = meta.integer(kVersionKey, 1);
+  if (version != kTrainingStateFormatVersion) {
+    meta.fail("format version " + std::to_string(version) + "; this meshtrain reads version " +
+              std::to_string(kTrainingStateFormatVersion));
+  }
+
+  const std::string signature = run_signature(model, config, samples);
+  const std::string expected = fingerprint_of(signature);
+  const std::string& stored = meta.text("fingerprint");
+  if (stored != expected) {
+    const auto run = checkpoint.metadata.find("run");
+    const std::string differences =
+        run == checkpoint.metadata.end() ? "" : describe_differences(run->second, signature);
+    meta.fail("made for a different run (fingerprint " + stored + ", this run " + expected + ")" +
+              (differences.empty() ? std::string("") : "; differs in " + differences));
+  }
+
+  // Every expected tensor with the model's shape, and nothing else.
+  const MomentKinds moments = moment_kinds(config.optimizer);
+  std::vector<std::string> groups{"params/"};
+  if (moments.first) groups.push_back("adam/mu/");
+  if (moments.second) groups.push_back("adam/nu/");
+  const std::size_t p = model.num_parameters();
+  TrainingState state;
+  std::set<std::string> expected_names;
+  for (const std::string& group : groups) {
+    HostVector flat(group + "values", p);
+    for (const TensorSpec& spec : model.tensors()) {
+      const std::string name = group + spec.name;
+      expected_names.insert(name);
+      const CheckpointTensor* tensor = checkpoint.find(name);
+      if (!tensor) meta.fail("tensor " + name + " is missing");
+      if (tensor->shape != spec.shape) {
+        meta.fail("tensor " + name + " has shape " + format_shape_list(tensor->shape) +
+                  ", this model's is " + format_shape_list(spec.shape));
+      }
+      std::copy(tensor->values.begin(), tensor->values.end(), flat.data() + spec.offset);
+    }
+    if (group == "params/") state.parameters = flat;
+    if (group == "adam/mu/") state.first_moment = flat;
+    if (group == "adam/nu/") state.second_moment = flat;
+  }
+  for (const CheckpointTensor& tensor : checkpoint.tensors) {
+    if (!expected_names.count(tensor.name)) {
+      meta.fail("unexpected tensor " + tensor.name + " for this model and optimizer (" +
+                config.optimizer + ")");
+    }
+  }
+
+  state.optimizer_step = meta.integer("optimizer_step", 0);
+  state.steps = meta.integer("steps", 0);
+  state.epoch = static_cast<int>(meta.integer("epoch", 0));
+  state.batch = static_cast<std::size_t>(meta.integer("batch", 0));
+  state.epoch_loss_sum = meta.real("epoch_loss_sum");
+  state.epoch_loss_count = meta.integer("epoch_loss_count", 0);
+  state.skipped_steps = meta.integer("skipped_steps", 0);
+  state.epoch_losses = meta.list("epoch_losses");
+  state.validation_losses = meta.list("validation_losses");
+  const auto epochs = static_cast<std::size_t>(state.epoch);
+  if (state.epoch_losses.size() != epochs || state.validation_losses.size() != epochs) {
+    meta.fail("metadata epoch " + std::to_string(state.epoch) + " with " +
+              std::to_string(state.epoch_losses.size()) + " epoch_losses and " +
+              std::to_string(state.validation_losses.size()) + " validation_losses");
+  }
+  if (state.batch >= batches_per_epoch(config, samples)) {
+    meta.fail("metadata batch " + std::to_string(state.batch) + ": an epoch of this run has " +
+              std::to_string(batches_per_epoch(config, samples)) + " batches");
+  }
+  return state;
+}
+
+}  // namespace meshtrain

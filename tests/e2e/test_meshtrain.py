@@ -1,0 +1,569 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the meshtrain program, launched through launch/mpirun.sh.
+
+Usage: test_meshtrain.py --binary PATH [--distributed-pde PATH] [unittest args]
+
+Python standard library only: .npy files come from make_npy.py, checkpoints are read as
+safetensors (8-byte header length, JSON header, raw bytes) by hand.
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+LAUNCH = os.path.join(ROOT, "launch", "mpirun.sh")
+sys.path.insert(0, HERE)
+import make_npy  # noqa: E402
+
+BINARY = None
+DISTRIBUTED_PDE = None
+WORK = None  # temporary directory of the whole module
+STRAIGHT = None  # run.toml of the straight run, made by setUpModule
+STRAIGHT_RESULT = None
+
+PREEMPTED = 75
+CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "step", "skipped_steps", "epoch_seconds",
+               "elapsed_seconds", "samples_per_second"]
+
+# 96 training samples in batches of 16: 6 steps per epoch.
+BASE_CONFIG = """\
+[training]
+num_epochs = 4
+batch_size = 16
+learning_rate = 0.01
+shuffle = true
+seed = 3
+
+[model]
+widths = [4, 16, 1]
+activation = "tanh"
+
+[data]
+train_x = "../data/train_x.npy"
+train_y = "../data/train_y.npy"
+val_x = "../data/val_x.npy"
+val_y = "../data/val_y.npy"
+
+[checkpoint]
+dir = "ckpt"
+every_epochs = 1
+keep_last = 2
+
+[output]
+dir = "out"
+"""
+
+# Slow enough (64 steps and a checkpoint per epoch) to be signalled mid-run.
+SLOW_CONFIG = """\
+[training]
+num_epochs = 400
+batch_size = 32
+shuffle = true
+
+[model]
+widths = [4, 64, 64, 1]
+
+[data]
+train_x = "../data/big_x.npy"
+train_y = "../data/big_y.npy"
+
+[checkpoint]
+dir = "ckpt"
+every_epochs = 1
+keep_last = 2
+
+[output]
+dir = "out"
+"""
+
+
+def launch(np_, *args, cwd=None, timeout=60):
+    cmd = [LAUNCH, "-np", str(np_), BINARY, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or WORK)
+
+
+def make_run(name, config=BASE_CONFIG):
+    """A run directory WORK/name holding run.toml; returns the config's path."""
+    run_dir = os.path.join(WORK, name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    path = os.path.join(run_dir, "run.toml")
+    with open(path, "w") as f:
+        f.write(config)
+    return path
+
+
+def run_dir(config_path, *parts):
+    return os.path.join(os.path.dirname(config_path), *parts)
+
+
+def read_safetensors(path):
+    """(metadata, {name: raw bytes})."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    data = blob[8 + n:]
+    metadata = header.pop("__metadata__", {})
+    tensors = {name: data[t["data_offsets"][0]:t["data_offsets"][1]] for name, t in header.items()}
+    return metadata, tensors
+
+
+def params_of(path):
+    _, tensors = read_safetensors(path)
+    params = {k: v for k, v in tensors.items() if k.startswith("params/")}
+    assert params, f"no params/ tensors in {path}"
+    return params
+
+
+def floats(raw):
+    return struct.unpack("<%df" % (len(raw) // 4), raw)
+
+
+def checkpoints_in(directory):
+    names = [n for n in os.listdir(directory) if re.fullmatch(r"ckpt-\d+\.safetensors", n)]
+    return sorted(names, key=lambda n: int(n[5:-12]))
+
+
+def one_error_line(test, result, expected):
+    test.assertNotEqual(result.returncode, 0, result.stdout)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    test.assertEqual(len(lines), 1, f"stderr: {result.stderr!r}")
+    test.assertTrue(lines[0].startswith("meshtrain: error: "), lines[0])
+    test.assertIn(expected, lines[0])
+    for bad in ("Traceback", "core dumped", "terminate called", "Abort"):
+        test.assertNotIn(bad, result.stderr)
+
+
+def field(text, name):
+    m = re.search(rf"^{re.escape(name)}\s*(.+)$", text, re.M)
+    if not m:
+        raise AssertionError(f"no line '{name}' in output:\n{text}")
+    return m.group(1).strip()
+
+
+def descendants(pid):
+    """Pids of every process below pid (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def exe_of(pid):
+    try:
+        return os.path.realpath(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def wait_for_lines(path, count, process, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {count} epochs: {process.communicate()}")
+        try:
+            with open(path) as f:
+                if sum(1 for _ in f) >= count:
+                    return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{path}: fewer than {count} lines after {timeout} s")
+
+
+def preempt(config, how, np_=2):
+    """Starts the slow run, signals it once two epochs are done, returns its CompletedProcess.
+    how: 'ranks-term' (SIGTERM to every rank, as Slurm signals the tasks of a step) or
+    'launcher-usr1' (SIGUSR1 to launch/mpirun.sh, which passes it to mpirun, which forwards
+    it to the ranks)."""
+    cmd = [LAUNCH, "-np", str(np_), BINARY, "train", "--config", config]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=WORK)
+    try:
+        wait_for_lines(run_dir(config, "out", "metrics.jsonl"), 2, process)
+        if how == "ranks-term":
+            ranks = [p for p in descendants(process.pid) if exe_of(p) == BINARY]
+            assert len(ranks) == np_, f"found ranks {ranks}"
+            for pid in ranks:
+                os.kill(pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGUSR1)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            for pid in descendants(process.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
+
+def setUpModule():
+    global WORK
+    WORK = tempfile.mkdtemp(prefix="meshtrain-e2e-")
+    data = os.path.join(WORK, "data")
+    os.makedirs(data)
+    make_npy.write_regression(os.path.join(data, "train_x.npy"), os.path.join(data, "train_y.npy"), 96, 4, 1)
+    make_npy.write_regression(os.path.join(data, "val_x.npy"), os.path.join(data, "val_y.npy"), 32, 4, 2)
+    make_npy.write_regression(os.path.join(data, "big_x.npy"), os.path.join(data, "big_y.npy"), 2048, 4, 5)
+    make_npy.write_regression(os.path.join(data, "short_x.npy"), os.path.join(data, "short_y.npy"), 50, 4, 1)
+    for kind in make_npy.BAD_KINDS:
+        make_npy.write_bad(kind, os.path.join(data, f"bad-{kind}.npy"))
+    # The uninterrupted run the resume tests compare with, launched from another directory:
+    # relative paths in the file follow the file.
+    global STRAIGHT, STRAIGHT_RESULT
+    STRAIGHT = make_run("straight")
+    STRAIGHT_RESULT = launch(2, "train", "--config", STRAIGHT, cwd="/")
+
+
+def tearDownModule():
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+class StraightRun(unittest.TestCase):
+    """4 epochs on 2 ranks, a checkpoint every epoch, the newest 2 kept."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.config = STRAIGHT
+        cls.result = STRAIGHT_RESULT
+
+    def test_finishes_with_one_line_per_epoch(self):
+        r = self.result
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr.strip(), "")
+        epochs = re.findall(r"^epoch (\d+)/4: train loss [0-9.]+, val loss [0-9.]+, \d+ samples/s, "
+                            r"elapsed \S+ s, ETA \S+ s$", r.stdout, re.M)
+        self.assertEqual(epochs, ["1", "2", "3", "4"])
+        self.assertEqual(r.stdout.count("Final loss:"), 1)  # rank 0 only
+        self.assertNotIn("\r", r.stdout)  # no progress bar when not on a terminal
+
+    def test_keeps_the_newest_two_checkpoints(self):
+        self.assertEqual(checkpoints_in(run_dir(self.config, "ckpt")),
+                         ["ckpt-18.safetensors", "ckpt-24.safetensors"])
+
+    def test_checkpoint_metadata(self):
+        meta, tensors = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
+        self.assertEqual(meta["meshtrain.format"], "training_state")
+        self.assertEqual(meta["meshtrain.format_version"], "1")
+        self.assertEqual(meta["epoch"], "4")
+        self.assertEqual(meta["batch"], "0")
+        self.assertEqual(meta["optimizer_step"], "24")
+        self.assertEqual(meta["model_widths"], "[4, 16, 1]")
+        self.assertEqual(meta["world_size"], "2")
+        self.assertRegex(meta["fingerprint"], r"^[0-9a-f]{16}$")
+        self.assertEqual(len(json.loads(meta["epoch_losses"])), 4)
+        expected = {"params/layers.0.kernel", "params/layers.0.bias", "params/layers.1.kernel",
+                    "params/layers.1.bias"}
+        self.assertEqual({k for k in tensors if k.startswith("params/")}, expected)
+        self.assertEqual(len(tensors["params/layers.0.kernel"]), 4 * 16 * 4)
+        self.assertEqual({k for k in tensors if k.startswith("adam/")},
+                         {k.replace("params/", "adam/mu/") for k in expected} |
+                         {k.replace("params/", "adam/nu/") for k in expected})
+
+    def test_metrics_files(self):
+        with open(run_dir(self.config, "out", "metrics.csv")) as f:
+            rows = list(csv.reader(f))
+        self.assertEqual(rows[0], CSV_COLUMNS)
+        self.assertEqual([r[0] for r in rows[1:]], ["1", "2", "3", "4"])
+        self.assertEqual([r[3] for r in rows[1:]], ["6", "12", "18", "24"])
+        with open(run_dir(self.config, "out", "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual([r["epoch"] for r in records], [1, 2, 3, 4])
+        for record, row in zip(records, rows[1:]):
+            self.assertEqual(sorted(record), sorted(CSV_COLUMNS))
+            self.assertEqual(record["train_loss"], float(row[1]))
+            self.assertEqual(record["val_loss"], float(row[2]))
+            self.assertGreater(record["val_loss"], 0)
+        # The losses in the checkpoint are the ones in the metrics.
+        meta, _ = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
+        self.assertEqual(json.loads(meta["epoch_losses"]), [r["train_loss"] for r in records])
+
+    def test_plot_draws_a_png(self):
+        png = os.path.join(WORK, "loss.png")
+        r = subprocess.run([BINARY, "plot", run_dir(self.config, "out", "metrics.csv"), "-o", png],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(os.path.getsize(png), 2000)
+
+    def test_plot_refuses_a_foreign_csv(self):
+        bogus = os.path.join(WORK, "bogus.csv")
+        with open(bogus, "w") as f:
+            f.write("a,b\n1,2\n")
+        r = subprocess.run([BINARY, "plot", bogus], capture_output=True, text=True, timeout=60)
+        one_error_line(self, r, "not a meshtrain metrics.csv")
+
+
+class Resume(unittest.TestCase):
+    def setUp(self):
+        self.straight = STRAIGHT
+        if not os.path.exists(run_dir(self.straight, "ckpt", "ckpt-24.safetensors")):
+            self.skipTest("the straight run failed")
+        self.middle = run_dir(self.straight, "ckpt", "ckpt-18.safetensors")  # after epoch 3
+
+    def test_from_a_middle_checkpoint_is_bit_identical(self):
+        config = make_run("resume-path")
+        r = launch(2, "train", "--config", config, "--resume", self.middle)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Resumed:", r.stdout)
+        self.assertEqual(re.findall(r"^epoch (\d+)/4", r.stdout, re.M), ["4"])
+        final = run_dir(config, "ckpt", "ckpt-24.safetensors")
+        self.assertEqual(params_of(final), params_of(run_dir(self.straight, "ckpt", "ckpt-24.safetensors")))
+        a, _ = read_safetensors(final)
+        b, _ = read_safetensors(run_dir(self.straight, "ckpt", "ckpt-24.safetensors"))
+        self.assertEqual(a["epoch_losses"], b["epoch_losses"])
+        self.assertEqual(a["validation_losses"], b["validation_losses"])
+
+    def test_on_another_rank_count(self):
+        config = make_run("resume-np3")
+        r = launch(3, "train", "--config", config, "--resume", self.middle)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Ranks:       3", r.stdout)
+        resumed = params_of(run_dir(config, "ckpt", "ckpt-24.safetensors"))
+        straight = params_of(run_dir(self.straight, "ckpt", "ckpt-24.safetensors"))
+        self.assertEqual(sorted(resumed), sorted(straight))
+        for name in straight:  # the sums run in another order: equal to float precision
+            for a, b in zip(floats(resumed[name]), floats(straight[name])):
+                self.assertLessEqual(abs(a - b), 1e-4 * max(1.0, abs(b)), name)
+
+    def test_latest_picks_the_highest_step(self):
+        config = make_run("resume-latest")
+        shutil.copytree(run_dir(self.straight, "ckpt"), run_dir(config, "ckpt"))
+        os.remove(run_dir(config, "ckpt", "ckpt-24.safetensors"))
+        shutil.copy(self.middle, run_dir(config, "ckpt", "ckpt-6.safetensors"))  # lower step
+        r = launch(2, "train", "--config", config, "--resume", "latest")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("ckpt-18.safetensors at epoch 4, batch 0", r.stdout)
+
+
+class Preemption(unittest.TestCase):
+    """The slow run stopped by SIGTERM, resubmitted with --resume latest (and cut to 6
+    epochs, which the fingerprint allows), against a 6-epoch run that was never stopped."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.config = make_run("preempted", SLOW_CONFIG)
+        cls.stopped = preempt(cls.config, "ranks-term")
+        cls.after_stop = checkpoints_in(run_dir(cls.config, "ckpt"))
+        cls.finish = launch(2, "train", "--config", cls.config, "--resume", "latest",
+                            "--set", "training.num_epochs=6")
+        cls.straight = make_run("preempted-straight", SLOW_CONFIG)
+        cls.ref = launch(2, "train", "--config", cls.straight, "--set", "training.num_epochs=6")
+        m = re.search(r"^meshtrain: preempted at epoch (\d+) batch (\d+); checkpoint (\S+); "
+                      r"resubmit with --resume latest$", cls.stopped.stdout, re.M)
+        cls.stopped_epoch, cls.checkpoint = (int(m.group(1)), m.group(3)) if m else (None, None)
+
+    def metrics_rows(self, config):
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            rows = list(csv.reader(f))
+        self.assertEqual(rows[0], CSV_COLUMNS)
+        return rows[1:]
+
+    def test_sigterm_checkpoints_and_exits_75(self):
+        r = self.stopped
+        self.assertEqual(r.returncode, PREEMPTED, r.stdout + r.stderr)
+        self.assertIsNotNone(self.stopped_epoch, r.stdout)
+        self.assertLess(self.stopped_epoch, 6, "stopped too late for the comparison")
+        self.assertEqual(os.path.dirname(self.checkpoint), run_dir(self.config, "ckpt"))
+        self.assertIn(os.path.basename(self.checkpoint), self.after_stop)
+        self.assertEqual(self.after_stop[-1], os.path.basename(self.checkpoint))  # the newest
+
+    def test_resubmitted_run_matches_the_uninterrupted_one_exactly(self):
+        self.assertEqual(self.finish.returncode, 0, self.finish.stderr)
+        self.assertEqual(self.ref.returncode, 0, self.ref.stderr)
+        final = "ckpt-384.safetensors"  # 6 epochs of 64 steps
+        self.assertEqual(params_of(run_dir(self.config, "ckpt", final)),
+                         params_of(run_dir(self.straight, "ckpt", final)))
+        self.assertEqual(field(self.finish.stdout, "Final loss:"), field(self.ref.stdout, "Final loss:"))
+        self.assertEqual(checkpoints_in(run_dir(self.config, "ckpt")),
+                         ["ckpt-320.safetensors", "ckpt-384.safetensors"])
+
+    def test_metrics_hold_one_row_per_epoch_of_the_run(self):
+        rows = self.metrics_rows(self.config)
+        ref_rows = self.metrics_rows(self.straight)
+        self.assertEqual([r[0] for r in rows], [str(e) for e in range(1, 7)])
+        for got, want in zip(rows, ref_rows):
+            self.assertEqual(got[3], want[3], f"step of epoch {got[0]}")
+            self.assertEqual(got[1], want[1], f"train loss of epoch {got[0]}")
+
+    def test_resumed_epoch_loss_is_exact(self):
+        # The interrupted epoch's loss combines the batches before and after the resume.
+        if self.finish.returncode != 0 or self.ref.returncode != 0:
+            self.skipTest("the runs failed; see the other tests")
+        rows = self.metrics_rows(self.config)
+        ref_rows = self.metrics_rows(self.straight)
+        self.assertEqual([r[1] for r in rows], [r[1] for r in ref_rows])
+
+    def test_sigusr1_to_the_launcher_is_forwarded(self):
+        config = make_run("preempted-usr1", SLOW_CONFIG)
+        r = preempt(config, "launcher-usr1")
+        self.assertEqual(r.returncode, PREEMPTED, r.stdout + r.stderr)
+        self.assertIn("meshtrain: preempted at epoch", r.stdout)
+        self.assertTrue(checkpoints_in(run_dir(config, "ckpt")))
+
+
+class ReferenceExample(unittest.TestCase):
+    def test_same_losses_as_distributed_pde(self):
+        if not DISTRIBUTED_PDE:
+            self.skipTest("--distributed-pde not given")
+        out = os.path.join(WORK, "reference")
+        r = launch(2, "train", "--config", os.path.join(ROOT, "examples", "reference.toml"),
+                   "--set", f"checkpoint.dir={out}/ckpt", "--set", f"output.dir={out}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ref = subprocess.run([LAUNCH, "-np", "2", DISTRIBUTED_PDE], capture_output=True, text=True,
+                             timeout=60)
+        self.assertEqual(ref.returncode, 0, ref.stderr)
+        for name in ("Initial loss:", "Final loss:"):
+            self.assertEqual(field(r.stdout, name), field(ref.stdout, name))
+        self.assertEqual(len(re.findall(r"^epoch \d+/20:", r.stdout, re.M)), 20)
+        self.assertIn("Model:       widths [4, 64, 1], relu, 385 parameters", r.stdout)
+
+
+class Help(unittest.TestCase):
+    def test_help_documents_subcommands_keys_and_exit_codes(self):
+        top = launch(2, "--help")
+        self.assertEqual(top.returncode, 0, top.stderr)
+        for word in ("train", "plot", "75"):
+            self.assertIn(word, top.stdout)
+        r = launch(2, "train", "--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.count("--config"), 1)  # rank 0 only
+        for word in ("--set", "--resume", "[training]", "[distributed]", "[model]", "[data]",
+                     "[checkpoint]", "[output]", "num_epochs", "learning_rate", "batch_size",
+                     "seed", "optimizer", "bucket_mb", "bucket_bytes", "overlap_communication",
+                     "shuffle", "validation_every", "nonfinite", "mesh_shape", "mesh_axis_names",
+                     "strategy", "comm", "widths", "activation", "train_x", "val_y", "synthetic",
+                     "every_epochs", "keep_last", "prefix", "EXIT CODES"):
+            self.assertIn(word, r.stdout)
+
+
+class BadInput(unittest.TestCase):
+    """One line on stderr from rank 0 naming the file, line and key (or the .npy problem),
+    and a non-zero exit, before any training."""
+
+    def check(self, expected, *args, config_text=BASE_CONFIG, code=2):
+        config = make_run("bad", config_text)
+        r = launch(2, "train", "--config", config, *args, timeout=30)
+        one_error_line(self, r, expected.replace("CONFIG", config))
+        self.assertEqual(r.returncode, code)
+        self.assertNotIn("epoch 1/", r.stdout)
+
+    def data(self, name):
+        return os.path.join(WORK, "data", name)
+
+    def test_config_errors_name_file_line_and_key(self):
+        cases = [
+            ("batch_size = 16\n", "batch_size = 16\nbatchsize = 3\n",
+             "CONFIG:4: training.batchsize: unknown key"),
+            ("[training]\n", "[trainig]\n", "CONFIG:1: trainig: unknown section"),
+            ("batch_size = 16\n", "batch_size = \"16\"\n",
+             "CONFIG:3: training.batch_size: expected an integer, got string"),
+            ("learning_rate = 0.01\n", "learning_rate = -0.01\n",
+             "CONFIG:4: training.learning_rate: -0.01 is out of range (greater than 0)"),
+            ("num_epochs = 4\n", "num_epochs = 0\n",
+             "CONFIG:2: training.num_epochs: 0 is out of range (at least 1)"),
+            ("widths = [4, 16, 1]\n", "widths = [4, 16, 1.5]\n",
+             "CONFIG:9: model.widths[2]: expected an integer, got float"),
+            ("activation = \"tanh\"\n", "activation = \"gelu\"\n",
+             "CONFIG:10: model.activation: 'gelu' is not one of relu, tanh, identity"),
+            ("keep_last = 2\n", "keep_last = 2\nkeep = 2\n", "CONFIG:22: checkpoint.keep: unknown key"),
+            ("shuffle = true\n", "shuffle = yes\n", "CONFIG:5: invalid TOML"),
+            ("[model]\n", "[distributed]\nmesh_shape = [3]\n\n[model]\n",
+             "CONFIG:9: distributed.mesh_shape (3,): describes 3 devices but the job has 2 ranks"),
+            ("batch_size = 16\n", "batch_size = 1\n",
+             "CONFIG:3: training.batch_size 1: smaller than the 2 shards"),
+        ]
+        for old, new, expected in cases:
+            with self.subTest(expected=expected):
+                self.assertIn(old, BASE_CONFIG)
+                self.check(expected, config_text=BASE_CONFIG.replace(old, new, 1))
+
+    def test_set_errors(self):
+        cases = [
+            (["--set", "training.bogus=1"], "--set: training.bogus: unknown key"),
+            (["--set", "nosuch.key=1"], "--set: nosuch.key: unknown section"),
+            (["--set", "training.batch_size=abc"], "--set: training.batch_size: expected an integer, got string"),
+            (["--set", "training.learning_rate=0"], "--set: training.learning_rate: 0 is out of range"),
+            (["--set", "training.optimizer=lbfgs"], "--set: training.optimizer: 'lbfgs' is not one of adam, adamw, sgd"),
+            (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
+            (["--no-such-flag"], "--no-such-flag"),
+        ]
+        for args, expected in cases:
+            with self.subTest(args=args):
+                self.check(expected, *args)
+
+    def test_data_errors(self):
+        cases = [
+            ("nope.npy", "train_x", "cannot open"),
+            ("bad-wrong-magic.npy", "train_x", "not a .npy file"),
+            ("bad-truncated.npy", "train_x", "truncated"),
+            ("bad-fortran.npy", "train_x", "Fortran order"),
+            ("bad-f2.npy", "train_x", "unsupported dtype '<f2'"),
+            ("bad-nan.npy", "train_x", "holds nan"),
+            ("short_y.npy", "train_y", "50 samples, but data.train_x has 96"),
+            ("val_x.npy", "val_y", "shape (32, 4) has 4 targets per sample, but the model has 1 outputs"),
+        ]
+        for name, key, expected in cases:
+            with self.subTest(file=name):
+                path = self.data(name)
+                self.check(f"--set: data.{key}: {path}: {expected}", "--set", f"data.{key}={path}")
+
+    def test_data_error_in_the_file_names_its_line(self):
+        self.check(f"CONFIG:13: data.train_x: {self.data('bad-nan.npy')}: holds nan",
+                   config_text=BASE_CONFIG.replace("../data/train_x.npy", "../data/bad-nan.npy"))
+
+    def test_checkpoint_errors(self):
+        straight = run_dir(STRAIGHT, "ckpt", "ckpt-24.safetensors")
+        if not os.path.exists(straight):
+            self.skipTest("the straight run failed")
+        corrupt = os.path.join(WORK, "corrupt.safetensors")
+        with open(straight, "rb") as f:
+            blob = bytearray(f.read())
+        blob[-10] ^= 0x40  # a byte of tensor data
+        with open(corrupt, "wb") as f:
+            f.write(blob)
+        self.check("checksum", "--resume", corrupt)
+        self.check(f"checkpoint {straight}: made for a different run", "--resume", straight,
+                   "--set", "model.widths=[4, 8, 1]")
+        self.check("differs in learning_rate (checkpoint 0.01, this run 0.02)", "--resume", straight,
+                   "--set", "training.learning_rate=0.02")
+        self.check("--resume latest: no checkpoints ckpt-<step>.safetensors in", "--resume", "latest")
+        self.check("cannot open: no such file", "--resume", os.path.join(WORK, "none.safetensors"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--distributed-pde")
+    args, rest = parser.parse_known_args()
+    BINARY = os.path.realpath(args.binary)
+    DISTRIBUTED_PDE = os.path.realpath(args.distributed_pde) if args.distributed_pde else None
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)
