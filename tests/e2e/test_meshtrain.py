@@ -364,6 +364,31 @@ class Resume(unittest.TestCase):
         self.assertIn("ckpt-18.safetensors at epoch 4, batch 0", r.stdout)
 
 
+class KilledRank(unittest.TestCase):
+    """A rank killed with SIGKILL mid-run (injected at step 9 of 24): the job ends non-zero
+    at once naming the rank, the last complete checkpoint is intact, and --resume latest
+    finishes exactly like the uninterrupted run."""
+
+    def test_kill_then_resume(self):
+        straight = run_dir(STRAIGHT, "ckpt", "ckpt-24.safetensors")
+        if not os.path.exists(straight):
+            self.skipTest("the straight run failed")
+        config = make_run("killed")
+        env = dict(os.environ, MESHTRAIN_FAULT_INJECT="kill:1:9")
+        start = time.monotonic()
+        r = subprocess.run([LAUNCH, "-np", "2", BINARY, "train", "--config", config],
+                           capture_output=True, text=True, timeout=60, cwd=WORK, env=env)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertLess(time.monotonic() - start, 15)
+        self.assertIn("process rank 1", r.stderr)
+        # Epoch 1 (6 steps) was checkpointed before the kill at step 9; nothing half-written.
+        self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors"])
+        resumed = launch(2, "train", "--config", config, "--resume", "latest")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(params_of(run_dir(config, "ckpt", "ckpt-24.safetensors")),
+                         params_of(straight))
+
+
 class Preemption(unittest.TestCase):
     """The slow run stopped by SIGTERM, resubmitted with --resume latest (and cut to 6
     epochs, which the fingerprint allows), against a 6-epoch run that was never stopped."""
