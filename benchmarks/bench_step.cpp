@@ -1,17 +1,40 @@
 // One data-parallel training step (forward, loss, backward, gradient all-reduce, Adam) at the
 // rank count the binary is launched with:
 //   launch/mpirun.sh -np 2 build/bin/bench_step
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 
 #include "bench_main.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/data/dataset.hpp"
+#include "meshtrain/nn/kernels.hpp"
 #include "meshtrain/train/trainer.hpp"
 
 namespace {
 
 using namespace meshtrain;
+
+// Per-core sgemm peak measured first in this same run, with every rank computing at once
+// (so under the same contention as the training steps); the big-model benchmarks report
+// their throughput against ranks x this peak.
+double g_sgemm_peak_gflops = 0.0;
+
+void BM_SgemmPeak(benchmark::State& state) {
+  const std::size_t n = 1024;
+  Matrix a("a", n, n), b("b", n, n), c("c", n, n);
+  Kokkos::deep_copy(a, 0.5f);
+  Kokkos::deep_copy(b, 0.25f);
+  const double start = MPI_Wtime();
+  for (auto _ : state) {
+    matmul(a, b, c);
+    ExecSpace().fence();
+  }
+  const double seconds = MPI_Wtime() - start;
+  const double gflops = 2.0 * n * n * n * static_cast<double>(state.iterations()) / seconds * 1e-9;
+  g_sgemm_peak_gflops = std::max(g_sgemm_peak_gflops, gflops);
+  state.counters["GFLOP/s"] = gflops;
+}
 
 void train_step(benchmark::State& state, std::vector<int> widths, int batch,
                 DistributedConfig dist = {}) {
@@ -27,6 +50,11 @@ void train_step(benchmark::State& state, std::vector<int> widths, int batch,
     b = (b + 1) % trainer.batches_per_epoch();
   }
   ExecSpace().fence();
+  // Forward and backward of a dense layer: 6 flops per parameter per sample.
+  const double flops = 6.0 * static_cast<double>(trainer.model().num_parameters()) * batch;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9 * static_cast<double>(state.iterations()),
+                                                 benchmark::Counter::kIsRate);
+  if (g_sgemm_peak_gflops > 0) state.counters["peak_GFLOP/s/rank"] = g_sgemm_peak_gflops;
   const StateBytes bytes = trainer.state_bytes();
   state.counters["params"] = static_cast<double>(trainer.model().num_parameters());
   state.counters["global_batch"] = batch;
@@ -63,6 +91,7 @@ void BM_Allreduce385(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * buf.size() * sizeof(float)));
 }
 
+BENCHMARK(BM_SgemmPeak)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_Reference)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Strategy_FSDP)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
