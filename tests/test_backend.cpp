@@ -9,25 +9,16 @@
 #include "meshtrain/build_config.hpp"
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/error.hpp"
+#include "test_support.hpp"
 
 using namespace meshtrain;
+using namespace meshtrain::testing;
 
 namespace {
 
 const std::string kNoGpu = "comm 'nccl': no GPU is visible on this node";
 const std::string kNoNccl =
     "comm 'nccl': this build of meshtrain has no NCCL (configure with -DMESHTRAIN_ENABLE_NCCL=ON)";
-
-// The ConfigError text of f(), or "" when it does not throw.
-template <class F>
-std::string config_error_of(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -41,12 +32,12 @@ TEST(CommBackend, ParsesEveryName) {
 }
 
 TEST(CommBackend, UnknownNameIsAConfigErrorListingTheChoices) {
-  EXPECT_EQ(config_error_of([] { parse_comm_backend("xyz"); }),
+  EXPECT_EQ(config_error([] { parse_comm_backend("xyz"); }),
             "comm 'xyz': unknown (choose auto, mpi or nccl)");
-  EXPECT_EQ(config_error_of([] { parse_comm_backend(""); }),
+  EXPECT_EQ(config_error([] { parse_comm_backend(""); }),
             "comm '': unknown (choose auto, mpi or nccl)");
   // Names are exact, as the other flags' choices are.
-  EXPECT_EQ(config_error_of([] { parse_comm_backend("NCCL"); }),
+  EXPECT_EQ(config_error([] { parse_comm_backend("NCCL"); }),
             "comm 'NCCL': unknown (choose auto, mpi or nccl)");
 }
 
@@ -81,7 +72,7 @@ TEST(CommBackend, ResolvesEveryCombination) {
     if (c.error.empty()) {
       EXPECT_EQ(resolve_comm_backend(c.requested, c.gpus, c.nccl), c.expected) << label;
     } else {
-      EXPECT_EQ(config_error_of([&] { resolve_comm_backend(c.requested, c.gpus, c.nccl); }),
+      EXPECT_EQ(config_error([&] { resolve_comm_backend(c.requested, c.gpus, c.nccl); }),
                 c.error)
           << label;
     }
@@ -110,7 +101,7 @@ TEST(CommBackend, MakeCommunicatorMpiWorks) {
 }
 
 TEST(CommBackend, MakeCommunicatorNeedsAResolvedBackend) {
-  EXPECT_NE(config_error_of([] { make_communicator(CommBackend::Auto, MPI_COMM_WORLD); }), "");
+  EXPECT_NE(config_error([] { make_communicator(CommBackend::Auto, MPI_COMM_WORLD); }), "");
 }
 
 TEST(CommBackend, AutoPicksMpiWithoutAGpu) {
@@ -124,7 +115,7 @@ TEST(CommBackend, AutoPicksMpiWithoutAGpu) {
 TEST(CommBackend, RequestingNcclHereFailsPromptly) {
   if (visible_gpu_count() > 0 && nccl_built()) GTEST_SKIP() << "a GPU is visible and NCCL built";
   const auto start = std::chrono::steady_clock::now();
-  const std::string error = config_error_of([] {
+  const std::string error = config_error([] {
     const CommBackend resolved =
         resolve_comm_backend(CommBackend::Nccl, visible_gpu_count(), nccl_built());
     make_communicator(resolved, MPI_COMM_WORLD);
@@ -137,6 +128,6 @@ TEST(CommBackend, RequestingNcclHereFailsPromptly) {
 
 #if !MESHTRAIN_HAS_NCCL
 TEST(CommBackend, MakeCommunicatorNcclWithoutNcclBuiltIsAConfigError) {
-  EXPECT_EQ(config_error_of([] { make_communicator(CommBackend::Nccl, MPI_COMM_WORLD); }), kNoNccl);
+  EXPECT_EQ(config_error([] { make_communicator(CommBackend::Nccl, MPI_COMM_WORLD); }), kNoNccl);
 }
 #endif

@@ -17,47 +17,13 @@
 
 #include "meshtrain/error.hpp"
 #include "meshtrain/train/checkpoint.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using namespace meshtrain;
+using namespace meshtrain::testing;
 namespace fs = std::filesystem;
-
-// A fresh directory under the system's temporary directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("meshtrain-ckpt-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_)) names.push_back(e.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  fs::path path_;
-};
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 std::string bytes_of(const std::vector<float>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
@@ -97,40 +63,9 @@ void expect_same(const Checkpoint& actual, const Checkpoint& expected) {
   EXPECT_EQ(actual.metadata, expected.metadata);
 }
 
-template <class F>
-std::string config_error(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected ConfigError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected ConfigError, nothing was thrown";
-  return "";
-}
-
-template <class Error, class F>
-std::string error_of_type(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected another exception type, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "nothing was thrown";
-  return "";
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
 // Reads bytes as a checkpoint and returns the ConfigError's message, checking it starts with the path.
 std::string read_error(const std::string& bytes) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("bad.safetensors");
   write_file(path, bytes);
   const std::string message = config_error([&] { read_checkpoint(path); });
@@ -139,7 +74,7 @@ std::string read_error(const std::string& bytes) {
 }
 
 TEST(Checkpoint, RoundTripsTensorsAndMetadataInOrder) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("model.safetensors");
   const Checkpoint written = sample_checkpoint();
   write_checkpoint_atomic(path, written);
@@ -152,7 +87,7 @@ TEST(Checkpoint, RoundTripsTensorsAndMetadataInOrder) {
 }
 
 TEST(Checkpoint, WritesTheSafetensorsByteLayout) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("layout.safetensors");
   Checkpoint c;
   c.tensors.push_back({"w", {3}, {1, 2, 3}});
@@ -173,7 +108,7 @@ TEST(Checkpoint, WritesTheSafetensorsByteLayout) {
 }
 
 TEST(Checkpoint, ChecksumIsZlibCrc32OfTheBuffer) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("crc.safetensors");
   write_checkpoint_atomic(path, Checkpoint{{{"x", {3}, {1, 2, 3}}}, {}});
   // python3 -c "import zlib,struct; print('%08x' % zlib.crc32(struct.pack('<3f', 1, 2, 3)))"
@@ -185,7 +120,7 @@ TEST(Checkpoint, ReadsFilesFromOtherWritersWithoutChecksum) {
   const std::string header =
       R"({"__metadata__":{"format":"np"},"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
       R"("b":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}  )";
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("py.safetensors");
   write_file(path, safetensors_file(header, bytes_of({9, 1, 2})));
   const Checkpoint c = read_checkpoint(path);
@@ -271,13 +206,13 @@ TEST(Checkpoint, RejectsShortFilesAndBadHeaderLengths) {
   file[7] = '\x7f';  // a huge length, as a text file's first bytes would give
   EXPECT_TRUE(contains(read_error(file), "runs past the end of the file"));
 
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string missing = dir.file("missing.safetensors");
   EXPECT_EQ(config_error([&] { read_checkpoint(missing); }), missing + ": cannot open: no such file");
 }
 
 TEST(Checkpoint, DetectsTruncationAndCorruption) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("c.safetensors");
   write_checkpoint_atomic(path, sample_checkpoint());
   const std::string good = read_file(path);
@@ -319,7 +254,7 @@ TEST(Checkpoint, DetectsTruncationAndCorruption) {
 }
 
 TEST(Checkpoint, AtomicWriteReplacesTheOldFileAndLeavesNoTemporary) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("latest.safetensors");
   Checkpoint first{{{"w", {2}, {1, 2}}}, {{"step", "1"}}};
   Checkpoint second{{{"w", {3}, {3, 4, 5}}, {"b", {1}, {6}}}, {{"step", "2"}}};
@@ -331,7 +266,7 @@ TEST(Checkpoint, AtomicWriteReplacesTheOldFileAndLeavesNoTemporary) {
 
 TEST(Checkpoint, FailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
   if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full to simulate a full disk";
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("latest.safetensors");
   const Checkpoint old_checkpoint{{{"w", {2}, {1, 2}}}, {{"step", "1"}}};
   write_checkpoint_atomic(path, old_checkpoint);
@@ -341,7 +276,7 @@ TEST(Checkpoint, FailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
   // with ENOSPC, as a full disk would.
   const std::string temporary = path + ".tmp." + std::to_string(::getpid());
   fs::create_symlink("/dev/full", temporary);
-  const std::string message = error_of_type<std::runtime_error>([&] {
+  const std::string message = error_of<std::runtime_error>([&] {
     write_checkpoint_atomic(path, Checkpoint{{{"w", {1000}, std::vector<float>(1000, 3.0f)}}, {}});
   });
   EXPECT_TRUE(starts_with(message, path + ": ")) << message;
@@ -351,10 +286,10 @@ TEST(Checkpoint, FailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
 }
 
 TEST(Checkpoint, FailedRenameRemovesTheTemporary) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("occupied");
   fs::create_directories(fs::path(path) / "child");  // rename cannot replace a non-empty directory
-  const std::string message = error_of_type<std::runtime_error>([&] {
+  const std::string message = error_of<std::runtime_error>([&] {
     write_checkpoint_atomic(path, Checkpoint{{{"w", {1}, {1}}}, {}});
   });
   EXPECT_TRUE(starts_with(message, path + ": ")) << message;
@@ -363,9 +298,9 @@ TEST(Checkpoint, FailedRenameRemovesTheTemporary) {
 }
 
 TEST(Checkpoint, WriteIntoAMissingDirectoryFailsCleanly) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("no-such-dir/ckpt.safetensors");
-  const std::string message = error_of_type<std::runtime_error>([&] {
+  const std::string message = error_of<std::runtime_error>([&] {
     write_checkpoint_atomic(path, Checkpoint{{{"w", {1}, {1}}}, {}});
   });
   EXPECT_TRUE(starts_with(message, path + ": ")) << message;
@@ -374,7 +309,7 @@ TEST(Checkpoint, WriteIntoAMissingDirectoryFailsCleanly) {
 }
 
 TEST(Checkpoint, RefusesToWriteInconsistentCheckpoints) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   const std::string path = dir.file("x.safetensors");
   const std::vector<std::pair<Checkpoint, std::string>> cases = {
       {Checkpoint{{{"w", {2, 2}, {1, 2, 3}}}, {}}, "tensor 'w' has shape [2, 2] (4 values) but holds 3"},
@@ -386,7 +321,7 @@ TEST(Checkpoint, RefusesToWriteInconsistentCheckpoints) {
   };
   for (const auto& [checkpoint, expected] : cases) {
     const std::string message =
-        error_of_type<std::invalid_argument>([&] { write_checkpoint_atomic(path, checkpoint); });
+        error_of<std::invalid_argument>([&] { write_checkpoint_atomic(path, checkpoint); });
     EXPECT_TRUE(starts_with(message, path + ": ")) << message;
     EXPECT_TRUE(contains(message, expected)) << message;
   }
@@ -394,7 +329,7 @@ TEST(Checkpoint, RefusesToWriteInconsistentCheckpoints) {
 }
 
 TEST(Checkpoint, ListsCheckpointsByNumericStepAndPrunesTheOldest) {
-  TempDir dir;
+  TempDir dir("meshtrain-ckpt");
   for (const char* name : {"ckpt-10.safetensors", "ckpt-2.safetensors", "ckpt-1.safetensors",
                            "ckpt-10.safetensors.tmp.123", "other-3.safetensors", "ckpt-x.safetensors",
                            "ckpt-.safetensors", "ckpt-5.safetensors.bak", "ckpt-3-4.safetensors"}) {

@@ -11,27 +11,13 @@
 #include "meshtrain/cli/parse.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/train/training_config.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using namespace meshtrain;
 using namespace meshtrain::cli;
-
-template <class F>
-std::string config_error(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected ConfigError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected ConfigError, nothing was thrown";
-  return "";
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+using namespace meshtrain::testing;
 
 // The message must read "FLAG 'TEXT': why".
 void expect_flag_error(const std::string& message, const std::string& flag, const std::string& text) {

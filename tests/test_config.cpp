@@ -16,28 +16,12 @@
 #include "meshtrain/mesh/distributed_config.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
 #include "meshtrain/train/training_config.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using namespace meshtrain;
-
-// Runs f, which must throw ConfigError; returns its message ("" and a failure otherwise).
-template <class F>
-std::string config_error(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected ConfigError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected ConfigError, nothing was thrown";
-  return "";
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using namespace meshtrain::testing;
 
 DistributedConfig mesh(std::vector<int> shape, std::vector<std::string> names,
                        std::string strategy = "data") {

@@ -7,20 +7,13 @@
 #include "meshtrain/error.hpp"
 #include "meshtrain/mesh/device_mesh.hpp"
 #include "meshtrain/runtime/distributed_manager.hpp"
+#include "test_support.hpp"
 
 using namespace meshtrain;
+using meshtrain::testing::world_rank;
+using meshtrain::testing::world_size;
 
 namespace {
-int world_size() {
-  int n = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
 // Every 2-D factorisation of the world size.
 std::vector<std::vector<int>> two_d_shapes(int n) {
   std::vector<std::vector<int>> shapes;

@@ -14,40 +14,13 @@
 
 #include "meshtrain/data/npy.hpp"
 #include "meshtrain/error.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using namespace meshtrain;
+using namespace meshtrain::testing;
 namespace fs = std::filesystem;
-
-// A fresh directory under the system's temporary directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("meshtrain-npy-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 template <class T>
 std::string bytes_of(const std::vector<T>& values) {
@@ -74,28 +47,10 @@ std::string dict(const std::string& descr, const std::string& shape, const std::
   return "{'descr': '" + descr + "', 'fortran_order': " + order + ", 'shape': " + shape + ", }";
 }
 
-// Runs f, which must throw ConfigError; returns its message ("" and a failure otherwise).
-template <class F>
-std::string config_error(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected ConfigError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected ConfigError, nothing was thrown";
-  return "";
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
 // Writes bytes to a fresh file, reads it, and returns the ConfigError's message, checking
 // that it starts with the path.
 std::string read_error(const std::string& bytes) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::string path = dir.file("bad.npy");
   write_file(path, bytes);
   const std::string message = config_error([&] { read_npy(path); });
@@ -104,7 +59,7 @@ std::string read_error(const std::string& bytes) {
 }
 
 TEST(Npy, ReadsFloat32Version1Matrix) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::vector<float> values = {1.0f, -2.5f, 3.25f, 0.0f, 1e-30f, 7.0f};
   write_file(dir.file("a.npy"), npy_file(dict("<f4", "(3, 2)"), bytes_of(values)));
   const NpyArray a = read_npy(dir.file("a.npy"));
@@ -114,7 +69,7 @@ TEST(Npy, ReadsFloat32Version1Matrix) {
 }
 
 TEST(Npy, ReadsFloat64Version2VectorAndRoundsToFloat32) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::vector<double> values = {0.1, -1e10, 3.0, 1.0 / 3.0};
   write_file(dir.file("b.npy"), npy_file(dict("<f8", "(4,)"), bytes_of(values), 2));
   const NpyArray b = read_npy(dir.file("b.npy"));
@@ -130,7 +85,7 @@ TEST(Npy, ReadsFloat64Version2VectorAndRoundsToFloat32) {
 }
 
 TEST(Npy, ReadsVersion3AndLargeFloat64Matrix) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   std::vector<double> values(3 * 70000);  // more than one conversion chunk
   for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<double>(i) * 0.5;
   write_file(dir.file("c.npy"), npy_file(dict("<f8", "(70000, 3)"), bytes_of(values), 3));
@@ -142,7 +97,7 @@ TEST(Npy, ReadsVersion3AndLargeFloat64Matrix) {
 }
 
 TEST(Npy, AcceptsHeaderVariantsOtherWritersProduce) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
   // Keys in another order, double quotes, no trailing comma, Python 2 longs, 16-byte alignment.
   write_file(dir.file("v.npy"),
@@ -154,7 +109,7 @@ TEST(Npy, AcceptsHeaderVariantsOtherWritersProduce) {
 }
 
 TEST(Npy, AcceptsEmptyArrays) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   write_file(dir.file("e.npy"), npy_file(dict("<f4", "(0, 3)"), ""));
   const NpyArray e = read_npy(dir.file("e.npy"));
   EXPECT_EQ(e.shape, (std::vector<std::size_t>{0, 3}));
@@ -162,7 +117,7 @@ TEST(Npy, AcceptsEmptyArrays) {
 }
 
 TEST(Npy, WriteNpyProducesNumpysExactHeaderAndReadsBack) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::vector<float> values = {1.5f, -2.0f, 3.0f, 4.0f, 5.0f, 6.0f};
   const std::string path = dir.file("w.npy");
   write_npy(path, {3, 2}, values.data());
@@ -184,7 +139,7 @@ TEST(Npy, WriteNpyProducesNumpysExactHeaderAndReadsBack) {
 }
 
 TEST(Npy, WriteNpyAlignsEveryHeaderLengthTo64Bytes) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::string path = dir.file("aligned.npy");
   // Shapes whose text lengths differ, to hit many paddings; zero rows keep the files empty.
   std::vector<std::vector<std::size_t>> shapes = {{0}, {0, 1}};
@@ -205,7 +160,7 @@ TEST(Npy, WriteNpyAlignsEveryHeaderLengthTo64Bytes) {
 }
 
 TEST(Npy, WriteNpyReportsTheSystemError) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::string path = dir.file("missing-dir/w.npy");
   const float value = 1.0f;
   try {
@@ -218,7 +173,7 @@ TEST(Npy, WriteNpyReportsTheSystemError) {
 }
 
 TEST(Npy, RejectsMissingFilesAndDirectories) {
-  TempDir dir;
+  TempDir dir("meshtrain-npy");
   const std::string missing = dir.file("nope.npy");
   std::string message = config_error([&] { read_npy(missing); });
   EXPECT_EQ(message, missing + ": cannot open: no such file");

@@ -14,16 +14,12 @@
 #include "meshtrain/data/dataset.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/train/trainer.hpp"
+#include "test_support.hpp"
 
 using namespace meshtrain;
+using meshtrain::testing::world_size;
 
 namespace {
-
-int world_size() {
-  int n = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
 
 std::vector<float> host_params(const Mlp& model) {
   HostVector p = model.parameters_on_host();
