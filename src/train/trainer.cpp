@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <tuple>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -115,19 +116,13 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
   fault_from_environment();  // a malformed value is an error before any work
   world_ = make_named(static_cast<MpiCommunicator&>(mesh_->world()).comm(), "world",
                       CommBackend::Mpi);
-  auto make = [&](MPI_Comm comm) {
-    std::string name = "self";
-    for (const auto& axis : dist.mesh_axis_names) {
-      if (static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm() == comm) name = axis;
-    }
-    return make_named(comm, name, backend);
+  auto make = [&](const std::string& axis) {
+    return make_named(static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm(), axis, backend);
   };
-  auto mpi_of = [&](const std::string& axis) {
-    return static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm();
-  };
+  auto make_self = [&] { return make_named(MPI_COMM_SELF, "self", backend); };
   if (tensor_parallel) {
-    model_group_ = make(mpi_of("model"));
-    batch_group_ = make(mpi_of("data"));
+    model_group_ = make("model");
+    batch_group_ = make("data");
     // A model that says nothing about its partitioning gets Megatron's column/row pairs.
     const bool unspecified = std::all_of(
         model_.tensors().begin(), model_.tensors().end(), [](const TensorSpec& t) {
@@ -159,13 +154,13 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
       }
     }
   } else if (!fsdp) {
-    batch_group_ = make(mpi_of("data"));
+    batch_group_ = make("data");
   } else if (mesh_->has_axis("fsdp")) {
-    shard_group_ = make(mpi_of("fsdp"));  // hybrid: shard across fsdp, replicate across data
-    replica_group_ = make(mesh_->has_axis("data") ? mpi_of("data") : MPI_COMM_SELF);
+    shard_group_ = make("fsdp");  // hybrid: shard across fsdp, replicate across data
+    replica_group_ = mesh_->has_axis("data") ? make("data") : make_self();
   } else {
-    shard_group_ = make(mpi_of("data"));  // a 1-D mesh shards over its data axis
-    replica_group_ = make(MPI_COMM_SELF);
+    shard_group_ = make("data");  // a 1-D mesh shards over its data axis
+    replica_group_ = make_self();
   }
 }
 
@@ -405,15 +400,7 @@ FitResult Trainer::fit() {
       metrics.stopped = true;
       break;
     }
-    auto losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), epoch_batch_losses_);
-    double sum = carried_loss_sum_;
-    std::int64_t count = carried_loss_count_;
-    for (std::size_t b = 0; b < num_batches_; ++b) {
-      if (std::isfinite(losses(b))) {
-        sum += losses(b);
-        ++count;
-      }
-    }
+    const auto [sum, count] = epoch_loss_so_far(num_batches_);
     carried_loss_sum_ = 0.0;
     carried_loss_count_ = 0;
     epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count)
@@ -468,6 +455,21 @@ FitResult Trainer::fit() {
   return FitResult{model_.clone(), metrics};
 }
 
+std::pair<double, std::int64_t> Trainer::epoch_loss_so_far(std::size_t batches) const {
+  // Skipped (non-finite) steps are recorded as NaN and left out.
+  double sum = carried_loss_sum_;
+  std::int64_t count = carried_loss_count_;
+  if (batches == 0) return {sum, count};
+  auto losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), epoch_batch_losses_);
+  for (std::size_t b = 0; b < batches; ++b) {
+    if (std::isfinite(losses(b))) {
+      sum += losses(b);
+      ++count;
+    }
+  }
+  return {sum, count};
+}
+
 TrainingState Trainer::state() {
   if (!engine_) throw std::logic_error("Trainer::state() called before prepare()");
   TrainingState st;
@@ -487,22 +489,14 @@ TrainingState Trainer::state() {
   st.steps = run_steps_;
   st.epoch = epoch_;
   st.batch = batch_;
-  st.epoch_loss_sum = carried_loss_sum_;
-  st.epoch_loss_count = carried_loss_count_;
   if (batch_ == num_batches_) {
     // Called from the epoch callback: the epoch is complete and already in epoch_losses_.
     st.epoch = epoch_ + 1;
     st.batch = 0;
     st.epoch_loss_sum = 0.0;
     st.epoch_loss_count = 0;
-  } else if (batch_ > 0) {
-    auto losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), epoch_batch_losses_);
-    for (std::size_t b = 0; b < batch_; ++b) {
-      if (std::isfinite(losses(b))) {
-        st.epoch_loss_sum += losses(b);
-        ++st.epoch_loss_count;
-      }
-    }
+  } else {
+    std::tie(st.epoch_loss_sum, st.epoch_loss_count) = epoch_loss_so_far(batch_);
   }
   st.skipped_steps = skipped_steps_;
   st.epoch_losses = epoch_losses_;

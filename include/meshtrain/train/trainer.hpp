@@ -129,6 +129,9 @@ class Trainer {
   void begin_epoch(int epoch);
   double validation_loss();
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
+  // The current epoch's loss sum and count over its first `batches` batches (finite ones),
+  // including what a resumed epoch carried in.
+  std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;
 
   Mlp model_;
   TrainingConfig config_;
