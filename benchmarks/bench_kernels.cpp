@@ -4,8 +4,6 @@
 // Reported by rank 0: sgemm peak (GFLOP/s), Linear forward/backward (GFLOP/s and fraction of
 // the sgemm peak measured in the same run), Adam (GB/s), all-reduce 4 B .. 64 MiB through the
 // project communicator and raw MPI_Allreduce (time, algbw, busbw as nccl-tests defines them).
-#include <KokkosBlas3_gemm.hpp>
-#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -18,31 +16,10 @@ namespace {
 
 using namespace meshtrain;
 
-// The peak that the Linear figures are compared against, set by BM_SgemmPeak (registered
-// first, so it runs first).
-std::atomic<double> g_sgemm_gflops{0.0};
-
 Matrix filled(const std::string& name, std::size_t r, std::size_t c, float v) {
   Matrix m(name, r, c);
   Kokkos::deep_copy(m, v);
   return m;
-}
-
-void BM_SgemmPeak(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  Matrix a = filled("a", n, n, 0.5f), b = filled("b", n, n, 0.25f), c("c", n, n);
-  for (auto _ : state) {
-    KokkosBlas::gemm("N", "N", 1.0f, a, b, 0.0f, c);
-    ExecSpace().fence();
-  }
-  const double flops = 2.0 * n * n * n;
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9 * state.iterations(),
-                                                 benchmark::Counter::kIsRate);
-}
-
-void report_fraction(benchmark::State& state, double flops_per_iter) {
-  state.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * 1e-9 * state.iterations(),
-                                                 benchmark::Counter::kIsRate);
 }
 
 // Linear 1024 -> 1024 on `rows` rows with bias and ReLU fused: forward is one gemm.
@@ -51,11 +28,12 @@ void BM_LinearForward(benchmark::State& state) {
   const std::size_t in = 1024, out = 1024;
   Matrix x = filled("x", rows, in, 0.1f), w = filled("w", in, out, 0.01f), y("y", rows, out);
   Vector b("b", out);
+  const double start = MPI_Wtime();
   for (auto _ : state) {
     linear_forward(x, w, b, y, Activation::ReLU);
     ExecSpace().fence();
   }
-  report_fraction(state, 2.0 * rows * in * out);
+  bench::report_gflops(state, 2.0 * rows * in * out, MPI_Wtime() - start);
 }
 
 // Backward: dW = x^T dz and dx = dz W^T (two gemms), db, and the ReLU mask.
@@ -66,12 +44,13 @@ void BM_LinearBackward(benchmark::State& state) {
   Matrix y = filled("y", rows, out, 1.0f), dz = filled("dz", rows, out, 0.01f);
   Matrix dw("dw", in, out), dx("dx", rows, in);
   Vector db("db", out);
+  const double start = MPI_Wtime();
   for (auto _ : state) {
     activation_backward(y, dz, Activation::ReLU);
     linear_backward(x, w, dz, dw, db, dx);
     ExecSpace().fence();
   }
-  report_fraction(state, 4.0 * rows * in * out);
+  bench::report_gflops(state, 4.0 * rows * in * out, MPI_Wtime() - start);
 }
 
 void BM_Adam(benchmark::State& state) {
@@ -134,7 +113,7 @@ void register_allreduce(const char* name, void (*fn)(benchmark::State&)) {
       ->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 
-BENCHMARK(BM_SgemmPeak)->Arg(1024)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bench::sgemm_peak)->Name("BM_SgemmPeak")->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_LinearForward)->Arg(512)->Arg(1024)->Iterations(30)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_LinearBackward)->Arg(512)->Arg(1024)->Iterations(20)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Adam)->Arg(385)->Arg(2105345)->Iterations(200)->Unit(benchmark::kMicrosecond)->UseRealTime();

@@ -5,12 +5,47 @@
 #include <benchmark/benchmark.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "meshtrain/nn/kernels.hpp"
 #include "meshtrain/runtime/distributed_manager.hpp"
 
 namespace meshtrain::bench {
+
+// The per-core sgemm peak (1024^3) measured in this run, with every rank computing at once,
+// so under the same contention as what is compared against it. Set by sgemm_peak (register
+// that benchmark first so that it runs first); 0 until then.
+inline double g_sgemm_peak_gflops = 0.0;
+
+inline void sgemm_peak(benchmark::State& state) {
+  const std::size_t n = 1024;
+  Matrix a("a", n, n), b("b", n, n), c("c", n, n);
+  Kokkos::deep_copy(a, 0.5f);
+  Kokkos::deep_copy(b, 0.25f);
+  const double start = MPI_Wtime();
+  for (auto _ : state) {
+    matmul(a, b, c);
+    ExecSpace().fence();
+  }
+  const double gflops =
+      2.0 * n * n * n * static_cast<double>(state.iterations()) / (MPI_Wtime() - start) * 1e-9;
+  g_sgemm_peak_gflops = std::max(g_sgemm_peak_gflops, gflops);
+  state.counters["GFLOP/s"] = gflops;
+}
+
+// GFLOP/s of `flops_per_iteration` over `seconds`, and its fraction of `peak_cores` times
+// the sgemm peak of this run.
+inline void report_gflops(benchmark::State& state, double flops_per_iteration, double seconds,
+                          double peak_cores = 1.0) {
+  const double gflops = flops_per_iteration * static_cast<double>(state.iterations()) / seconds * 1e-9;
+  state.counters["GFLOP/s"] = gflops;
+  if (g_sgemm_peak_gflops > 0) {
+    state.counters["peak_GFLOP/s/rank"] = g_sgemm_peak_gflops;
+    state.counters["fraction_of_peak"] = gflops / (peak_cores * g_sgemm_peak_gflops);
+  }
+}
 
 class NullReporter : public benchmark::BenchmarkReporter {
  public:

@@ -15,26 +15,6 @@ namespace {
 
 using namespace meshtrain;
 
-// Per-core sgemm peak measured first in this same run, with every rank computing at once
-// (so under the same contention as the training steps); the big-model benchmarks report
-// their throughput against ranks x this peak.
-double g_sgemm_peak_gflops = 0.0;
-
-void BM_SgemmPeak(benchmark::State& state) {
-  const std::size_t n = 1024;
-  Matrix a("a", n, n), b("b", n, n), c("c", n, n);
-  Kokkos::deep_copy(a, 0.5f);
-  Kokkos::deep_copy(b, 0.25f);
-  const double start = MPI_Wtime();
-  for (auto _ : state) {
-    matmul(a, b, c);
-    ExecSpace().fence();
-  }
-  const double seconds = MPI_Wtime() - start;
-  const double gflops = 2.0 * n * n * n * static_cast<double>(state.iterations()) / seconds * 1e-9;
-  g_sgemm_peak_gflops = std::max(g_sgemm_peak_gflops, gflops);
-  state.counters["GFLOP/s"] = gflops;
-}
 
 void train_step(benchmark::State& state, std::vector<int> widths, int batch,
                 DistributedConfig dist = {}) {
@@ -45,16 +25,16 @@ void train_step(benchmark::State& state, std::vector<int> widths, int batch,
   Trainer trainer(Mlp(widths, Activation::ReLU, 0), config);
   trainer.prepare(data.x, data.y);
   std::size_t b = 0;
+  const double start = MPI_Wtime();
   for (auto _ : state) {
     trainer.step(b);
     b = (b + 1) % trainer.batches_per_epoch();
   }
   ExecSpace().fence();
-  // Forward and backward of a dense layer: 6 flops per parameter per sample.
-  const double flops = 6.0 * static_cast<double>(trainer.model().num_parameters()) * batch;
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9 * static_cast<double>(state.iterations()),
-                                                 benchmark::Counter::kIsRate);
-  if (g_sgemm_peak_gflops > 0) state.counters["peak_GFLOP/s/rank"] = g_sgemm_peak_gflops;
+  // Forward and backward of a dense layer: 6 flops per parameter per sample, spread over
+  // every rank of the mesh.
+  bench::report_gflops(state, 6.0 * static_cast<double>(trainer.model().num_parameters()) * batch,
+                       MPI_Wtime() - start, trainer.mesh().size());
   const StateBytes bytes = trainer.state_bytes();
   state.counters["params"] = static_cast<double>(trainer.model().num_parameters());
   state.counters["global_batch"] = batch;
@@ -91,7 +71,7 @@ void BM_Allreduce385(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * buf.size() * sizeof(float)));
 }
 
-BENCHMARK(BM_SgemmPeak)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bench::sgemm_peak)->Name("BM_SgemmPeak")->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_Reference)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Strategy_FSDP)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
