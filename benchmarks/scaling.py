@@ -56,7 +56,7 @@ RE_PARAMS = re.compile(r"^Model parameters:\s*(\d+)", re.M)
 RE_DEVICES = re.compile(r"^Devices used:\s*(\d+)", re.M)
 RE_TRAIN = re.compile(r"^Training time:\s*([0-9.eE+-]+) s \((\d+) steps,", re.M)
 RE_COMM = re.compile(
-    r"^Communication:\s*([0-9.eE+-]+) s blocked on the gradient all-reduce \((\d+) buckets?, overlap (on|off)\)",
+    r"^Communication:\s*([0-9.eE+-]+) s blocked on the gradient all-reduce \((\d+) buckets?, overlap (on|off)(?:, progress (\w+))?\)",
     re.M)
 
 
@@ -120,6 +120,9 @@ def parse_args(argv):
     p.add_argument("--overlap", choices=["both", "on", "off"], default="both",
                    help="both: run every point with --overlap off (total communication) and on "
                         "(exposed communication) (default: %(default)s)")
+    p.add_argument("--progress", choices=["auto", "thread", "poll"], default=None,
+                   help="passed to the binary as --progress: how overlapped all-reduces "
+                        "advance (default: the binary's, auto)")
     p.add_argument("--bucket-mb", type=float, default=None,
                    help="passed to the binary as --bucket-mb (default: the binary's)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
@@ -228,6 +231,8 @@ def build_command(args, ranks, global_batch, overlap):
            "--epochs", str(args.epochs), "--overlap", overlap, "--seed", str(args.seed)]
     if args.bucket_mb is not None:
         cmd += ["--bucket-mb", repr(args.bucket_mb)]
+    if args.progress is not None and overlap == "on":
+        cmd += ["--progress", args.progress]
     return cmd
 
 
@@ -279,7 +284,8 @@ def run_once(cmd, timeout):
     return {"parameters": int(m_params.group(1)), "devices": int(m_dev.group(1)),
             "training_s": float(m_train.group(1)), "steps": int(m_train.group(2)),
             "comm_s": float(m_comm.group(1)), "buckets": int(m_comm.group(2)),
-            "overlap_reported": m_comm.group(3), "process_wall_s": wall, "process_cpu_s": own,
+            "overlap_reported": m_comm.group(3), "progress_reported": m_comm.group(4),
+            "process_wall_s": wall, "process_cpu_s": own,
             "foreign_cpu_cores": foreign}
 
 

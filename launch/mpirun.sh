@@ -3,7 +3,10 @@
 #   launch/mpirun.sh -np 4 build/bin/distributed_pde --epochs 20
 #
 # - one thread per rank (OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1): each rank owns one core;
-# - cores bound when the ranks fit the node's cores, otherwise --oversubscribe;
+# - cores bound when the ranks fit the node's cores, otherwise --oversubscribe; when the node
+#   has two cores per rank, each rank is bound to two (its own core and one for its
+#   communication thread: see the trainer's progress setting); MESHTRAIN_CORES_PER_RANK=N
+#   overrides the two;
 # - on a single node (no -H/--host/--hostfile and not a multi-node Slurm allocation),
 #   shared memory only: pml ob1 with btl self,vader. This skips UCX's probing, about 0.2 s of
 #   every MPI_Init here; it is wrong for InfiniBand clusters, where MPI's defaults stay;
@@ -48,7 +51,16 @@ cores=$(nproc 2>/dev/null || echo 1)
 if [ -n "$np" ] && [ "$multi_host" = "0" ] && [ "$np" -gt "$cores" ] 2>/dev/null; then
   flags+=(--oversubscribe --bind-to none)
 elif [ "$multi_host" = "0" ]; then
-  flags+=(--bind-to core)
+  per_rank=${MESHTRAIN_CORES_PER_RANK:-}
+  if [ -z "$per_rank" ]; then
+    per_rank=1
+    if [ -n "$np" ] && [ $((2 * np)) -le "$cores" ] 2>/dev/null; then per_rank=2; fi
+  fi
+  if [ "$per_rank" -gt 1 ] 2>/dev/null; then
+    flags+=(--map-by "slot:PE=$per_rank" --bind-to core)
+  else
+    flags+=(--bind-to core)
+  fi
 fi
 if [ "$(id -u)" = "0" ]; then flags+=(--allow-run-as-root); fi
 

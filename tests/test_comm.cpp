@@ -1,5 +1,6 @@
 // MpiCommunicator collectives at whatever rank count the test is launched with.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <climits>
 #include <numeric>
@@ -7,6 +8,7 @@
 
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
+#include "meshtrain/runtime/cpu_affinity.hpp"
 
 using namespace meshtrain;
 
@@ -125,4 +127,41 @@ TEST(CheckMpi, ErrorNamesCallRankAndCode) {
     EXPECT_NE(what.find("MPI_Fake failed on rank"), std::string::npos) << what;
     EXPECT_NE(what.find("code " + std::to_string(MPI_ERR_COUNT)), std::string::npos) << what;
   }
+}
+
+TEST(CpuAffinity, ARankBoundToOneCpuHasNoCoreToSpare) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  cpu_set_t saved;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
+  const bool before = every_rank_has_spare_core(MPI_COMM_WORLD);
+  int cpus = cpus_in_affinity_mask();
+  EXPECT_EQ(cpus, CPU_COUNT(&saved));
+  // The answer is collective: the same on every rank.
+  int agree[2] = {before ? 1 : 0, before ? 1 : 0};
+  MPI_Allreduce(MPI_IN_PLACE, &agree[0], 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &agree[1], 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  EXPECT_EQ(agree[0], agree[1]);
+  if (cpus < 2) {
+    EXPECT_FALSE(before);
+  }
+
+  // Rank 0 alone bound to its first CPU: no rank may use a thread now.
+  if (rank == 0) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &saved)) {
+        CPU_SET(c, &one);
+        break;
+      }
+    }
+    ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+    EXPECT_EQ(cpus_in_affinity_mask(), 1);
+  }
+  EXPECT_FALSE(every_rank_has_spare_core(MPI_COMM_WORLD));
+  if (rank == 0) {
+    ASSERT_EQ(sched_setaffinity(0, sizeof(saved), &saved), 0);
+  }
+  EXPECT_EQ(every_rank_has_spare_core(MPI_COMM_WORLD), before);
 }

@@ -8,6 +8,8 @@
 #include <csignal>
 #include <cstring>
 #include <limits>
+#include <span>
+#include <string_view>
 #include <vector>
 
 #include "meshtrain/comm/mpi_communicator.hpp"
@@ -17,6 +19,10 @@
 #include "test_support.hpp"
 
 using namespace meshtrain;
+using meshtrain::testing::config_error;
+using meshtrain::testing::contains;
+using meshtrain::testing::error_of;
+using meshtrain::testing::starts_with;
 using meshtrain::testing::world_size;
 
 namespace {
@@ -144,6 +150,10 @@ TEST(Training, BadConfigsAreConfigErrorsOnEveryRank) {
   config = TrainingConfig{};
   config.distributed_config.mesh_shape = {n + 1};
   EXPECT_THROW(Trainer(Mlp::simple_pde_model(0), config), ConfigError);
+  config = TrainingConfig{};
+  config.progress = "sometimes";
+  EXPECT_TRUE(starts_with(config_error([&] { Trainer(Mlp::simple_pde_model(0), config); }),
+                          "progress 'sometimes'"));
 
   Trainer trainer(Mlp::simple_pde_model(0), TrainingConfig{});
   const ReferenceData wrong = make_reference_data(16, 3, 0);  // 3 features for a 4-input model
@@ -184,17 +194,122 @@ TEST(Training, BucketsAndOverlapDoNotChangeTheResult) {
   const ReferenceData data = make_reference_data(96, 4, 5);
   std::vector<std::vector<float>> results;
   for (std::size_t bucket_bytes : {std::size_t{4}, std::size_t{1024}, std::size_t{1} << 30}) {
-    for (bool overlap : {false, true}) {
+    for (const char* mode : {"off", "poll", "thread", "auto"}) {
       TrainingConfig config;
       config.num_epochs = 2;
       config.bucket_bytes = bucket_bytes;
-      config.overlap_communication = overlap;
+      config.overlap_communication = std::string(mode) != "off";
+      if (config.overlap_communication) config.progress = mode;
       Trainer trainer(Mlp({4, 16, 16, 1}, Activation::ReLU, 5), config);
-      results.push_back(host_params(trainer.fit(data.x, data.y).model));
+      const FitResult result = trainer.fit(data.x, data.y);
+      results.push_back(host_params(result.model));
+      const std::string reported = result.metrics.gradient_progress;
+      if (std::string(mode) == "off") {
+        EXPECT_EQ(reported, "");
+      } else if (std::string(mode) == "auto") {
+        EXPECT_TRUE(reported == "poll" || reported == "thread") << reported;
+      } else {
+        EXPECT_EQ(reported, mode);
+      }
     }
   }
-  // Summation order per element is the same whatever the bucketing: bit-identical.
+  // Summation order per element is the same whatever the bucketing and however the
+  // all-reduces progress: bit-identical.
   for (const auto& r : results) EXPECT_EQ(r, results.front());
+}
+
+namespace {
+// Wraps a communicator; every all-reduce of `fail_count` elements throws CommError on this
+// rank (before any MPI call, so the other ranks are not left waiting on it).
+class FailingAllreduce final : public Communicator {
+ public:
+  FailingAllreduce(Communicator& inner, std::size_t fail_count)
+      : inner_(inner), fail_count_(fail_count) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string_view backend() const override { return inner_.backend(); }
+  void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override {
+    if (count == fail_count_) throw CommError("injected all-reduce failure");
+    inner_.allreduce(buf, count, type, op);
+  }
+  std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
+                                        ReduceOp op) override {
+    if (count == fail_count_) throw CommError("injected all-reduce failure");
+    return inner_.allreduce_async(buf, count, type, op);
+  }
+  void reduce_scatter(const void* s, void* r, std::size_t c, DataType t, ReduceOp op) override {
+    inner_.reduce_scatter(s, r, c, t, op);
+  }
+  void all_gather(const void* s, void* r, std::size_t c, DataType t) override {
+    inner_.all_gather(s, r, c, t);
+  }
+  void broadcast(void* buf, std::size_t count, DataType type, int root) override {
+    inner_.broadcast(buf, count, type, root);
+  }
+  void scatterv(const void* s, std::span<const int> counts, std::span<const int> displs, void* r,
+                int recv_count, DataType t, int root) override {
+    inner_.scatterv(s, counts, displs, r, recv_count, t, root);
+  }
+  void barrier() override { inner_.barrier(); }
+
+ private:
+  Communicator& inner_;
+  std::size_t fail_count_;
+};
+
+std::vector<float> reduce_with(Communicator& comm, const Mlp& model, Progress progress,
+                               bool overlap) {
+  const std::size_t p = model.num_parameters();
+  std::vector<float> grads(p + 1);
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    grads[i] = static_cast<float>(i % 7) + 0.5f * static_cast<float>(comm.rank());
+  }
+  GradientReducer reducer(make_gradient_buckets(model, 1, 64 * sizeof(float)), comm, overlap,
+                          progress);
+  for (int step = 0; step < 2; ++step) {  // the same reducer serves step after step
+    std::vector<float> g = grads;
+    reducer.begin_step(g.data());
+    for (std::size_t l = model.layers().size(); l-- > 0;) {
+      reducer.on_layer_grads(l);
+      reducer.progress();
+    }
+    reducer.finish();
+    if (step == 1) return g;
+  }
+  return {};
+}
+}  // namespace
+
+TEST(GradientReducer, EveryProgressModeSumsEveryBucket) {
+  MpiCommunicator world(MPI_COMM_WORLD);
+  const Mlp model({4, 16, 16, 1}, Activation::ReLU, 0);
+  const int n = world.size();
+  const std::vector<float> off = reduce_with(world, model, Progress::Poll, false);
+  ASSERT_EQ(off.size(), model.num_parameters() + 1);
+  for (std::size_t i = 0; i < off.size(); ++i) {
+    const float want = static_cast<float>(n * static_cast<int>(i % 7)) + 0.25f * n * (n - 1);
+    ASSERT_EQ(off[i], want) << "element " << i;
+  }
+  EXPECT_EQ(reduce_with(world, model, Progress::Poll, true), off);
+  EXPECT_EQ(reduce_with(world, model, Progress::Thread, true), off);
+}
+
+TEST(GradientReducer, AFailureInTheCommunicationThreadReachesFinish) {
+  MpiCommunicator world(MPI_COMM_WORLD);
+  const Mlp model({4, 16, 16, 1}, Activation::ReLU, 0);
+  const auto buckets = make_gradient_buckets(model, 1, 64 * sizeof(float));
+  ASSERT_GE(buckets.size(), 2u);
+  // The last bucket fails on every rank, so no rank waits for another in it.
+  FailingAllreduce failing(world, buckets.back().end - buckets.back().begin);
+  std::vector<float> grads(model.num_parameters() + 1, 1.0f);
+  GradientReducer reducer(buckets, failing, true, Progress::Thread);
+  reducer.begin_step(grads.data());
+  for (std::size_t l = model.layers().size(); l-- > 0;) reducer.on_layer_grads(l);
+  const std::string message = error_of<CommError>([&] { reducer.finish(); });
+  EXPECT_TRUE(contains(message, "injected all-reduce failure")) << message;
+  // Earlier buckets were reduced; the reducer is destroyed cleanly afterwards.
+  EXPECT_EQ(grads.front(), 1.0f);  // in the failed (last) bucket: untouched
+  EXPECT_EQ(grads.back(), static_cast<float>(world.size()));
 }
 
 TEST(GradientBuckets, CoverTheBufferInBackwardOrderWithWholeLayers) {

@@ -25,7 +25,7 @@ struct Options {
   std::string epochs = "20", batch_size = "32", lr = "1e-3", samples = "256", seed = "0";
   std::string mesh_shape, axis_names, strategy = "data", optimizer = "adam";
   std::string hidden = "64", layers = "1";
-  std::string bucket_mb = "4", overlap = "on", comm = "auto";
+  std::string bucket_mb = "4", overlap = "on", progress = "auto", comm = "auto";
   std::string collective_timeout = "600", nonfinite = "abort";
   bool debug_collectives = false;
 };
@@ -65,6 +65,11 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--overlap", o.overlap,
                  "on: start each bucket's all-reduce during backward; off: after backward")
       ->default_str(o.overlap);
+  app.add_option("--progress", o.progress,
+                 "How overlapped MPI all-reduces advance: thread (a communication thread per "
+                 "rank; needs a spare core), poll (tested between kernels), auto (thread when "
+                 "every rank has a spare core)")
+      ->default_str(o.progress);
 }
 
 int run(DistributedManager& dm, int argc, char** argv) {
@@ -112,6 +117,10 @@ int run(DistributedManager& dm, int argc, char** argv) {
     throw ConfigError("--overlap '" + o.overlap + "': choose on or off");
   }
   config.overlap_communication = o.overlap == "on";
+  if (o.progress != "auto" && o.progress != "thread" && o.progress != "poll") {
+    throw ConfigError("--progress '" + o.progress + "': choose auto, thread or poll");
+  }
+  config.progress = o.progress;
   if (samples < 1) throw ConfigError("--samples " + o.samples + ": must be at least 1");
   if (hidden < 1) throw ConfigError("--hidden " + o.hidden + ": must be at least 1");
   if (layers < 0) throw ConfigError("--layers " + o.layers + ": must be at least 0");
@@ -159,9 +168,10 @@ int run(DistributedManager& dm, int argc, char** argv) {
     std::printf("Training time: %.4f s (%lld steps, %.0f steps/s, %.0f samples/s)\n",
                 m.wall_seconds, static_cast<long long>(m.steps), m.steps_per_second,
                 m.samples_per_second);
-    std::printf("Communication: %.4f s blocked on the gradient all-reduce (%zu bucket%s, overlap %s)\n",
+    std::printf("Communication: %.4f s blocked on the gradient all-reduce (%zu bucket%s, overlap %s%s)\n",
                 m.communication_seconds, m.gradient_buckets, m.gradient_buckets == 1 ? "" : "s",
-                config.overlap_communication ? "on" : "off");
+                config.overlap_communication ? "on" : "off",
+                m.gradient_progress.empty() ? "" : (", progress " + m.gradient_progress).c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -53,7 +53,11 @@ const std::vector<SectionSpec>& schema() {
         {"bucket_mb", "number in (0, 1024]", "4", "gradient all-reduce bucket size in MiB"},
         {"bucket_bytes", "integer >= 4", "4194304", "the same in bytes (give one of the two)"},
         {"overlap_communication", "boolean", "true",
-         "start each bucket's all-reduce during backward"}}},
+         "start each bucket's all-reduce during backward"},
+        {"progress", "\"auto\" | \"thread\" | \"poll\"", "\"auto\"",
+         "how overlapped MPI all-reduces advance: a communication thread per rank (needs a "
+         "spare core), or polling between kernels; auto: thread when every rank has a spare "
+         "core"}}},
       {"distributed",
        {{"mesh_shape", "array of integers >= 1", "[RANKS]",
          "device mesh; its product must equal the rank count"},
@@ -424,6 +428,7 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
   if (auto v = r.integer(s, "validation_every", 0)) t.validation_every = static_cast<int>(*v);
   if (auto v = r.choice(s, "nonfinite", {"abort", "skip"})) t.nonfinite = *v;
   if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
+  if (auto v = r.choice(s, "progress", {"auto", "thread", "poll"})) t.progress = *v;
   const bool mb = r.has(s, "bucket_mb");
   if (mb && r.has(s, "bucket_bytes")) {
     r.fail(*r.find(s, "bucket_bytes"), "training.bucket_bytes",

@@ -130,12 +130,16 @@ void Mlp::backward(ConstMatrixRef x, MlpWorkspace& ws, MatrixRef dout,
     const float* p = access.parameters ? access.parameters(l) : params_.data() + layer_offset(l);
     float* g = access.gradients(l);
     activation_backward(rows(ws.activations_[l], 0, n), dz, layer.activation);
+    if (access.progress) access.progress();
     ConstMatrixRef input = l == 0 ? x : ConstMatrixRef(rows(ws.activations_[l - 1], 0, n));
     MatrixRef dx = l == 0 ? MatrixRef() : MatrixRef(spare, n, static_cast<std::size_t>(layer.in));
     linear_backward(input, layer_kernel(p, l), dz, layer_kernel(g, l), layer_bias(g, l),
                     MatrixRef());
     if (access.gradients_ready) access.gradients_ready(l);
-    if (l > 0) linear_backward_input(dz, layer_kernel(p, l), dx);
+    if (l > 0) {
+      linear_backward_input(dz, layer_kernel(p, l), dx);
+      if (access.progress) access.progress();
+    }
     dz = dx;
     std::swap(spare, other);
   }

@@ -34,14 +34,21 @@ namespace {
 class DataParallelEngine final : public StepEngine {
  public:
   DataParallelEngine(const Mlp& model, Communicator& group, const OptimizerConfig& optimizer,
-                     std::size_t bucket_bytes, bool overlap, std::size_t max_rows)
+                     std::size_t bucket_bytes, bool overlap, Progress progress,
+                     std::size_t max_rows)
       : model_(model),
         grads_("meshtrain::gradients", model.num_parameters() + 1),
         workspace_(model, max_rows),
-        reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap),
+        reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap, progress),
         group_(group),
         eval_("meshtrain::eval_loss"),
-        optimizer_(optimizer, model.num_parameters()) {}
+        optimizer_(optimizer, model.num_parameters()) {
+    access_.gradients = [this](std::size_t l) { return grads_.data() + model_.layer_offset(l); };
+    access_.gradients_ready = [this](std::size_t layer) { reducer_.on_layer_grads(layer); };
+    if (overlap && progress == Progress::Poll && group.backend() == "mpi") {
+      access_.progress = [this] { reducer_.progress(); };
+    }
+  }
 
   void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
     float* grads = grads_.data();
@@ -53,8 +60,7 @@ class DataParallelEngine final : public StepEngine {
         1.0f / (static_cast<float>(global_batch) * static_cast<float>(model_.out_features()));
     mse_loss_grad(pred, y, scale, dpred, loss());
     reducer_.begin_step(grads);
-    model_.backward(x, workspace_, dpred, grads,
-                    [this](std::size_t layer) { reducer_.on_layer_grads(layer); });
+    model_.backward(x, workspace_, dpred, access_);
     ExecSpace().fence();
     reducer_.finish();
   }
@@ -108,6 +114,7 @@ class DataParallelEngine final : public StepEngine {
   Communicator& group_;
   Kokkos::View<float, MemSpace> eval_;
   Optimizer optimizer_;
+  LayerAccess access_;
 };
 
 }  // namespace
@@ -115,9 +122,9 @@ class DataParallelEngine final : public StepEngine {
 std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communicator& batch_group,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
-                                                      std::size_t max_rows) {
+                                                      Progress progress, std::size_t max_rows) {
   return std::make_unique<DataParallelEngine>(model, batch_group, optimizer, bucket_bytes, overlap,
-                                              max_rows);
+                                              progress, max_rows);
 }
 
 }  // namespace meshtrain

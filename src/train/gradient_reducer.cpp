@@ -3,6 +3,9 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+
+#include "meshtrain/error.hpp"
 
 namespace meshtrain {
 
@@ -30,44 +33,139 @@ std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t 
   return buckets;
 }
 
+Progress parse_progress(const std::string& name) {
+  if (name == "poll") return Progress::Poll;
+  if (name == "thread") return Progress::Thread;
+  throw ConfigError("progress '" + name + "': choose poll or thread");
+}
+
+std::string name_of(Progress progress) {
+  return progress == Progress::Thread ? "thread" : "poll";
+}
+
+namespace {
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm,
-                                 bool overlap)
-    : buckets_(std::move(buckets)), comm_(comm), overlap_(overlap) {
+                                 bool overlap, Progress progress)
+    : buckets_(std::move(buckets)), comm_(comm), overlap_(overlap), progress_(progress) {
+  if (!overlap_) progress_ = Progress::Poll;
+  if (progress_ == Progress::Thread) {
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&provided);
+    if (comm_.backend() == "mpi" && provided < MPI_THREAD_SERIALIZED) {
+      throw ConfigError("progress 'thread': MPI provides thread level " +
+                        std::to_string(provided) + ", and a communication thread needs "
+                        "MPI_THREAD_SERIALIZED; use progress poll");
+    }
+    thread_ = std::thread([this] { run_thread(); });
+  }
   in_flight_.reserve(buckets_.size());
+}
+
+GradientReducer::~GradientReducer() {
+  if (thread_.joinable()) {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+}
+
+void GradientReducer::reduce(std::size_t index) {
+  const GradientBucket& b = buckets_[index];
+  comm_.allreduce(grads_ + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum);
+}
+
+void GradientReducer::run_thread() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stop_ || (reduced_ < handed_ && !error_); });
+    if (stop_) return;
+    const std::size_t index = reduced_;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      reduce(index);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    if (error) {
+      error_ = error;
+    } else {
+      ++reduced_;
+    }
+    cv_.notify_all();
+  }
 }
 
 void GradientReducer::begin_step(float* grads) {
   grads_ = grads;
   next_ = 0;
+  done_ = 0;
   in_flight_.clear();
+  std::lock_guard lock(mutex_);
+  handed_ = 0;
+  reduced_ = 0;
 }
 
 void GradientReducer::post(std::size_t index) {
+  if (progress_ == Progress::Thread) {
+    {
+      std::lock_guard lock(mutex_);
+      handed_ = index + 1;  // buckets are handed over in order
+    }
+    cv_.notify_all();
+    return;
+  }
   const GradientBucket& b = buckets_[index];
   in_flight_.push_back(
       comm_.allreduce_async(grads_ + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum));
 }
 
+void GradientReducer::progress() {
+  if (progress_ != Progress::Poll) return;
+  // MPI advances non-blocking collectives only inside MPI calls.
+  while (done_ < in_flight_.size() && in_flight_[done_]->test()) ++done_;
+  for (std::size_t i = done_ + 1; i < in_flight_.size(); ++i) in_flight_[i]->test();
+}
+
 void GradientReducer::on_layer_grads(std::size_t layer) {
   if (!overlap_) return;
-  // Progress what is already in flight (MPI advances non-blocking collectives only inside
-  // MPI calls), then start every bucket this layer completed.
-  for (auto& work : in_flight_) work->test();
+  progress();
+  // The bucket's gradients must be written (device kernels finished) before it is sent.
   ExecSpace().fence();
   while (next_ < buckets_.size() && buckets_[next_].ready_after_layer >= layer) post(next_++);
 }
 
 void GradientReducer::finish() {
-  const double start = MPI_Wtime();
-  if (overlap_) {
-    while (next_ < buckets_.size()) post(next_++);
-    for (auto& work : in_flight_) work->wait();
+  const double start = now();
+  if (!overlap_) {
+    for (std::size_t i = 0; i < buckets_.size(); ++i) reduce(i);
   } else {
-    for (const GradientBucket& b : buckets_) {
-      comm_.allreduce(grads_ + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum);
+    ExecSpace().fence();
+    while (next_ < buckets_.size()) post(next_++);
+    if (progress_ == Progress::Thread) {
+      std::unique_lock lock(mutex_);
+      cv_.wait(lock, [this] { return reduced_ == buckets_.size() || error_; });
+      if (error_) {
+        std::exception_ptr error = error_;
+        error_ = nullptr;
+        handed_ = reduced_;  // the rest of this step is abandoned
+        std::rethrow_exception(error);
+      }
+    } else {
+      for (auto& work : in_flight_) work->wait();
     }
   }
-  blocked_seconds_ += MPI_Wtime() - start;
+  blocked_seconds_ += now() - start;
 }
 
 }  // namespace meshtrain

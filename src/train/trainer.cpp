@@ -16,6 +16,7 @@
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/checked_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/runtime/cpu_affinity.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 
@@ -166,6 +167,20 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
 
 Trainer::~Trainer() = default;
 
+Progress Trainer::resolve_progress() const {
+  if (config_.progress != "auto") return parse_progress(config_.progress);
+  // Collective, so that every rank makes the same choice: a blocking all-reduce on one rank
+  // never matches a non-blocking one on another.
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&provided);
+  const bool spare = every_rank_has_spare_core(
+      static_cast<MpiCommunicator&>(mesh_->world()).comm());
+  return spare && backend_name_ == "mpi" && config_.overlap_communication &&
+                 batch_group_->size() > 1 && provided >= MPI_THREAD_SERIALIZED
+             ? Progress::Thread
+             : Progress::Poll;
+}
+
 const GradientReducer& Trainer::reducer() const {
   const GradientReducer* reducer = engine_ ? engine_->reducer() : nullptr;
   if (!reducer) throw std::logic_error("Trainer::reducer(): no gradient reducer (before prepare, or fsdp)");
@@ -237,7 +252,8 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
     engine_ = make_tensor_parallel_engine(model_, *model_group_, *batch_group_, optimizer, max_rows_);
   } else if (batch_group_) {
     engine_ = make_data_parallel_engine(model_, *batch_group_, optimizer, config_.bucket_bytes,
-                                        config_.overlap_communication, max_rows_);
+                                        config_.overlap_communication, resolve_progress(),
+                                        max_rows_);
   } else {
     engine_ = make_fsdp_engine(model_, *shard_group_, *replica_group_, optimizer, max_rows_);
   }
@@ -440,7 +456,10 @@ FitResult Trainer::fit() {
   metrics.skipped_steps = skipped_steps_;
   metrics.wall_seconds = wall;
   metrics.communication_seconds = engine_->blocked_seconds();
-  metrics.gradient_buckets = engine_->reducer() ? engine_->reducer()->buckets().size() : 0;
+  if (const GradientReducer* reducer = engine_->reducer()) {
+    metrics.gradient_buckets = reducer->buckets().size();
+    if (reducer->overlap()) metrics.gradient_progress = name_of(reducer->progress_mode());
+  }
   metrics.epoch_losses = epoch_losses_;
   metrics.validation_losses = validation_losses_;
   if (!epoch_losses_.empty()) {

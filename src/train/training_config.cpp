@@ -39,6 +39,9 @@ void TrainingConfig::validate(int data_axis_size) const {
     throw ConfigError("validation_every " + std::to_string(validation_every) +
                       ": must be 0 (never) or a number of epochs");
   }
+  if (progress != "auto" && progress != "poll" && progress != "thread") {
+    throw ConfigError("progress '" + progress + "': choose auto, poll or thread");
+  }
   if (nonfinite != "abort" && nonfinite != "skip") {
     throw ConfigError("nonfinite '" + nonfinite + "': choose abort or skip");
   }

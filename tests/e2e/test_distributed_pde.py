@@ -115,9 +115,18 @@ class Flags(unittest.TestCase):
         self.assertEqual(on.returncode, 0, on.stderr)
         self.assertEqual(off.returncode, 0, off.stderr)
         self.assertEqual(field(on.stdout, "Model parameters:"), str(4*32+32 + 2*(32*32+32) + 33))
-        self.assertRegex(field(on.stdout, "Communication:"), r"\(4 buckets, overlap on\)")
+        # auto: a communication thread when every rank has a core to spare, else polling.
+        self.assertRegex(field(on.stdout, "Communication:"),
+                         r"\(4 buckets, overlap on, progress (poll|thread)\)")
         self.assertRegex(field(off.stdout, "Communication:"), r"\(1 bucket, overlap off\)")
         self.assertEqual(field(on.stdout, "Final loss:"), field(off.stdout, "Final loss:"))
+        for progress in ("poll", "thread"):
+            r = run(2, "--hidden", "32", "--layers", "3", "--bucket-mb", "0.0001", "--epochs", "2",
+                    "--progress", progress)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(field(r.stdout, "Communication:"),
+                             r"\(4 buckets, overlap on, progress %s\)" % progress)
+            self.assertEqual(field(r.stdout, "Final loss:"), field(off.stdout, "Final loss:"))
 
     def test_two_dimensional_data_mesh(self):
         r = run(4, "--mesh-shape", "2,2", "--axis-names", "data,replica", "--epochs", "2")
@@ -155,6 +164,7 @@ class BadInput(unittest.TestCase):
         (["--optimizer", "lbfgs"], "--optimizer 'lbfgs'"),
         (["--bucket-mb", "0"], "--bucket-mb 0"),
         (["--overlap", "maybe"], "--overlap 'maybe'"),
+        (["--progress", "sometimes"], "--progress 'sometimes'"),
         (["--hidden", "0"], "--hidden 0"),
         (["--strategy", "fsdp", "--mesh-shape", "2,1", "--axis-names", "model,other"],
          "--axis-names ('model', 'other')"),

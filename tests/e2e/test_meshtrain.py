@@ -483,7 +483,7 @@ class Help(unittest.TestCase):
         self.assertEqual(r.stdout.count("--config"), 1)  # rank 0 only
         for word in ("--set", "--resume", "[training]", "[distributed]", "[model]", "[data]",
                      "[checkpoint]", "[output]", "num_epochs", "learning_rate", "batch_size",
-                     "seed", "optimizer", "bucket_mb", "bucket_bytes", "overlap_communication",
+                     "seed", "optimizer", "bucket_mb", "bucket_bytes", "overlap_communication", "progress",
                      "shuffle", "validation_every", "nonfinite", "mesh_shape", "mesh_axis_names",
                      "strategy", "comm", "widths", "activation", "train_x", "val_y", "synthetic",
                      "every_epochs", "keep_last", "prefix", "EXIT CODES"):
@@ -538,6 +538,7 @@ class BadInput(unittest.TestCase):
             (["--set", "training.batch_size=abc"], "--set: training.batch_size: expected an integer, got string"),
             (["--set", "training.learning_rate=0"], "--set: training.learning_rate: 0 is out of range"),
             (["--set", "training.optimizer=lbfgs"], "--set: training.optimizer: 'lbfgs' is not one of adam, adamw, sgd"),
+            (["--set", "training.progress=sometimes"], "--set: training.progress: 'sometimes' is not one of auto, thread, poll"),
             (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
             (["--no-such-flag"], "--no-such-flag"),
         ]

@@ -37,6 +37,9 @@ struct LayerAccess {
   std::function<const float*(std::size_t layer)> parameters;  // empty: the model's own
   std::function<float*(std::size_t layer)> gradients;         // backward's destination
   std::function<void(std::size_t layer)> gradients_ready;     // optional
+  // Optional: called between backward's kernels, so that communication that only advances
+  // when polled (MPI's non-blocking collectives) moves on while backward computes.
+  std::function<void()> progress;
 };
 
 // A multi-layer perceptron: Dense layers with the activation fused into each, the last

@@ -1,6 +1,11 @@
 #pragma once
+#include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
@@ -22,21 +27,40 @@ struct GradientBucket {
 std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t extra,
                                                   std::size_t bucket_bytes);
 
+// How overlapped all-reduces advance while backward computes.
+//   Poll:   non-blocking all-reduces (MPI_Iallreduce, or NCCL on its own stream), polled
+//           between backward's kernels. MPI moves a non-blocking collective on only inside an
+//           MPI call, and on shared memory the copying and summing is done by the polling
+//           core itself.
+//   Thread: a communication thread per rank runs each bucket's blocking all-reduce (MPI's
+//           tuned algorithms, about half the CPU time of the non-blocking ones here) as soon
+//           as backward hands it over. It pays off when each rank has a core of its own for
+//           it; MPI must provide MPI_THREAD_SERIALIZED (only that thread calls MPI while a
+//           step's buckets are in flight).
+enum class Progress { Poll, Thread };
+Progress parse_progress(const std::string& name);  // "poll" or "thread"; ConfigError otherwise
+std::string name_of(Progress progress);
+
 // Sums the gradient buffer over a communicator, bucket by bucket. With overlap on, each
-// bucket's non-blocking all-reduce starts as soon as backward has produced it
-// (on_layer_grads), and outstanding ones are polled at every later layer so that MPI makes
-// progress during backward; finish() waits for all of them. With overlap off, finish()
+// bucket's all-reduce starts as soon as backward has produced it (on_layer_grads) and
+// advances as `progress` says; finish() waits for all of them. With overlap off, finish()
 // reduces every bucket with a blocking all-reduce after backward.
 class GradientReducer {
  public:
-  GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm, bool overlap);
+  GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm, bool overlap,
+                  Progress progress = Progress::Poll);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
 
   void begin_step(float* grads);
   void on_layer_grads(std::size_t layer);  // posts the buckets that layer completes
+  void progress();                         // Poll: tests what is in flight (never blocks)
   void finish();                           // every bucket reduced on return
 
   const std::vector<GradientBucket>& buckets() const { return buckets_; }
   bool overlap() const { return overlap_; }
+  Progress progress_mode() const { return progress_; }
   // Seconds this rank spent blocked in communication (waits and blocking all-reduces), the
   // communication that backward did not hide. With overlap off it is all of it.
   double blocked_seconds() const { return blocked_seconds_; }
@@ -44,13 +68,26 @@ class GradientReducer {
 
  private:
   void post(std::size_t index);
+  void reduce(std::size_t index);
+  void run_thread();
 
   std::vector<GradientBucket> buckets_;
   Communicator& comm_;
   bool overlap_;
+  Progress progress_;
   float* grads_ = nullptr;
-  std::size_t next_ = 0;
+  std::size_t next_ = 0;  // buckets posted this step
+  // Poll
+  std::size_t done_ = 0;  // in_flight_[0, done_) have completed
   std::vector<std::unique_ptr<Work>> in_flight_;
+  // Thread: buckets [reduced_, handed_) are queued for the thread, in order.
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::size_t handed_ = 0;
+  std::size_t reduced_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
   double blocked_seconds_ = 0.0;
 };
 

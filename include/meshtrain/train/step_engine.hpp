@@ -68,11 +68,11 @@ class StepEngine {
 };
 
 // Data parallel: every rank holds the whole model, gradients are summed over the batch
-// group with bucketed (optionally overlapped) all-reduces.
+// group with bucketed (optionally overlapped) all-reduces, advanced as `progress` says.
 std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communicator& batch_group,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
-                                                      std::size_t max_rows);
+                                                      Progress progress, std::size_t max_rows);
 
 // FSDP (ZeRO-3): each layer's parameters, gradients and optimizer state are split into
 // equal chunks (the layer padded to a multiple of the shard count) over shard_group. Per

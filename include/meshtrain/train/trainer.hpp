@@ -34,6 +34,9 @@ struct TrainingMetrics {
   // overlap off, the part backward did not hide with it on.
   double communication_seconds = 0.0;
   std::size_t gradient_buckets = 0;
+  // How overlapped all-reduces advanced: "thread", "poll", or "" (overlap off, or no
+  // gradient all-reduce: fsdp and tensor parallelism).
+  std::string gradient_progress;
 };
 
 struct FitResult {
@@ -129,6 +132,7 @@ class Trainer {
   void begin_epoch(int epoch);
   double validation_loss();
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
+  Progress resolve_progress() const;  // collective: config_.progress, "auto" decided
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
   // including what a resumed epoch carried in.
   std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;

@@ -19,6 +19,11 @@ struct TrainingConfig {
   // during backward as soon as each is complete when overlap_communication is on.
   std::size_t bucket_bytes = 4u << 20;
   bool overlap_communication = true;
+  // How the overlapped MPI all-reduces advance during backward: "thread" (a communication
+  // thread per rank runs them; needs a core to spare per rank), "poll" (non-blocking
+  // all-reduces tested between backward's kernels) or "auto" (thread when every rank has a
+  // spare core in its CPU mask, else poll). NCCL always runs on its own stream.
+  std::string progress = "auto";
   // A seeded permutation of the samples each epoch, the same on every rank (rank 0's is
   // broadcast). Off, as in the reference: batches are contiguous slices in order.
   bool shuffle = false;

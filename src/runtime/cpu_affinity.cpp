@@ -1,0 +1,50 @@
+#include "meshtrain/runtime/cpu_affinity.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "meshtrain/comm/mpi_communicator.hpp"
+
+namespace meshtrain {
+
+namespace {
+bool own_mask(cpu_set_t& set) {
+  CPU_ZERO(&set);
+  return sched_getaffinity(0, sizeof(set), &set) == 0;
+}
+}  // namespace
+
+int cpus_in_affinity_mask() {
+  cpu_set_t set;
+  if (!own_mask(set)) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+bool every_rank_has_spare_core(MPI_Comm comm) {
+  cpu_set_t set;
+  const bool known = own_mask(set);
+  // The union of the node's masks: ranks bound to disjoint cores add up, unbound ranks that
+  // share every core do not.
+  MPI_Comm node = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type");
+  int local_size = 1;
+  MPI_Comm_size(node, &local_size);
+  std::vector<unsigned char> bytes(sizeof(cpu_set_t));
+  std::memcpy(bytes.data(), &set, sizeof(set));
+  const int rc = MPI_Allreduce(MPI_IN_PLACE, bytes.data(), static_cast<int>(bytes.size()),
+                               MPI_UNSIGNED_CHAR, MPI_BOR, node);
+  MPI_Comm_free(&node);
+  check_mpi(rc, "MPI_Allreduce(affinity masks)");
+  cpu_set_t node_set;
+  std::memcpy(&node_set, bytes.data(), sizeof(node_set));
+  int spare = known && CPU_COUNT(&set) >= 2 && CPU_COUNT(&node_set) >= 2 * local_size ? 1 : 0;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, &spare, 1, MPI_INT, MPI_MIN, comm),
+            "MPI_Allreduce(spare cores)");
+  return spare == 1;
+}
+
+}  // namespace meshtrain
