@@ -17,25 +17,66 @@ namespace {
 using namespace meshtrain;
 
 
+// interleave_peak: before every step, one 1024^3 sgemm on every rank at once, timed apart
+// from the step (Google Benchmark's timer is paused), so that the step and the peak it is
+// compared with see the same machine: on a shared VM the speed drifts by tens of percent
+// between benchmarks a minute apart.
 void train_step(benchmark::State& state, std::vector<int> widths, int batch,
-                DistributedConfig dist = {}) {
-  TrainingConfig config;
+                DistributedConfig dist = {}, TrainingConfig config = {},
+                bool interleave_peak = false) {
   config.batch_size = batch;
   config.distributed_config = dist;
   const ReferenceData data = make_reference_data(batch * 4, widths.front(), 0);
   Trainer trainer(Mlp(widths, Activation::ReLU, 0), config);
   trainer.prepare(data.x, data.y);
+  const std::size_t n = 1024;
+  Matrix a("a", interleave_peak ? n : 0, n), bm("b", interleave_peak ? n : 0, n),
+      c("c", interleave_peak ? n : 0, n);
+  Kokkos::deep_copy(a, 0.5f);
+  Kokkos::deep_copy(bm, 0.25f);
   std::size_t b = 0;
-  const double start = MPI_Wtime();
+  double step_seconds = 0.0, peak_seconds = 0.0;
+  const GradientReducer* reducer = config.distributed_config.strategy == "data" &&
+                                           !trainer.mesh().has_axis("model")
+                                       ? &trainer.reducer()
+                                       : nullptr;
   for (auto _ : state) {
+    if (interleave_peak) {
+      state.PauseTiming();
+      MPI_Barrier(MPI_COMM_WORLD);
+      const double t0 = MPI_Wtime();
+      matmul(a, bm, c);
+      ExecSpace().fence();
+      peak_seconds += MPI_Wtime() - t0;
+      MPI_Barrier(MPI_COMM_WORLD);
+      state.ResumeTiming();
+    }
+    const double t0 = MPI_Wtime();
     trainer.step(b);
+    ExecSpace().fence();
+    step_seconds += MPI_Wtime() - t0;
     b = (b + 1) % trainer.batches_per_epoch();
   }
-  ExecSpace().fence();
   // Forward and backward of a dense layer: 6 flops per parameter per sample, spread over
   // every rank of the mesh.
-  bench::report_gflops(state, 6.0 * static_cast<double>(trainer.model().num_parameters()) * batch,
-                       MPI_Wtime() - start, trainer.mesh().size());
+  const double flops = 6.0 * static_cast<double>(trainer.model().num_parameters()) * batch;
+  if (interleave_peak) {
+    const double peak = 2.0 * n * n * n * static_cast<double>(state.iterations()) / peak_seconds;
+    const double gflops = flops * static_cast<double>(state.iterations()) / step_seconds * 1e-9;
+    state.counters["GFLOP/s"] = gflops;
+    state.counters["peak_GFLOP/s/rank"] = peak * 1e-9;
+    state.counters["fraction_of_peak"] = gflops / (trainer.mesh().size() * peak * 1e-9);
+  } else {
+    bench::report_gflops(state, flops, step_seconds, trainer.mesh().size());
+  }
+  if (reducer) {
+    // Rank 0's time blocked on the gradient all-reduce: all of it with overlap off, what
+    // backward did not hide with it on.
+    state.counters["comm_blocked_ms/step"] =
+        reducer->blocked_seconds() * 1e3 / static_cast<double>(state.iterations());
+    state.SetLabel(reducer->overlap() ? "overlap on, progress " + name_of(reducer->progress_mode())
+                                      : "overlap off");
+  }
   const StateBytes bytes = trainer.state_bytes();
   state.counters["params"] = static_cast<double>(trainer.model().num_parameters());
   state.counters["global_batch"] = batch;
@@ -55,7 +96,25 @@ int world_size() {
 
 void BM_TrainStep_Reference(benchmark::State& state) { train_step(state, {4, 64, 1}, 32); }
 const std::vector<int> kBigMlp{4, 1024, 1024, 1024, 1};
-void BM_TrainStep_MLP1024x3(benchmark::State& state) { train_step(state, kBigMlp, 1024); }
+void BM_TrainStep_MLP1024x3(benchmark::State& state) {
+  train_step(state, kBigMlp, 1024, {}, {}, true);
+}
+// The same with the gradient all-reduce after backward, and with each way of overlapping it.
+void BM_TrainStep_MLP1024x3_OverlapOff(benchmark::State& state) {
+  TrainingConfig config;
+  config.overlap_communication = false;
+  train_step(state, kBigMlp, 1024, {}, config, true);
+}
+void BM_TrainStep_MLP1024x3_Poll(benchmark::State& state) {
+  TrainingConfig config;
+  config.progress = "poll";
+  train_step(state, kBigMlp, 1024, {}, config, true);
+}
+void BM_TrainStep_MLP1024x3_Thread(benchmark::State& state) {
+  TrainingConfig config;
+  config.progress = "thread";
+  train_step(state, kBigMlp, 1024, {}, config, true);
+}
 // The same model and batch under each strategy: state bytes per rank and step time.
 void BM_Strategy_FSDP(benchmark::State& state) {
   train_step(state, kBigMlp, 1024, DistributedConfig{{}, {}, "fsdp"});
@@ -126,6 +185,9 @@ void BM_Allreduce385(benchmark::State& state) {
 BENCHMARK(bench::sgemm_peak)->Name("BM_SgemmPeak")->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_Reference)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_TrainStep_MLP1024x3_OverlapOff)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_TrainStep_MLP1024x3_Poll)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_TrainStep_MLP1024x3_Thread)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_StepPhases_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Strategy_FSDP)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Strategy_TensorParallel)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
