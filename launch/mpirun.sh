@@ -47,7 +47,9 @@ if [ "$multi_host" = "0" ]; then
   export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
   export OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader}
 fi
-cores=$(nproc 2>/dev/null || echo 1)
+# Physical cores, as Open MPI counts slots and binds (hyperthreads of one core are one slot).
+cores=$(lscpu -p=SOCKET,CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l)
+[ "${cores:-0}" -gt 0 ] 2>/dev/null || cores=$(nproc --all 2>/dev/null || echo 1)
 if [ -n "$np" ] && [ "$multi_host" = "0" ] && [ "$np" -gt "$cores" ] 2>/dev/null; then
   flags+=(--oversubscribe --bind-to none)
 elif [ "$multi_host" = "0" ]; then

@@ -15,6 +15,11 @@
 #
 # Logs and results go to $OUT when it is set (else build-device/out). The whole script keeps
 # inside about 4.5 minutes: each step gets what is left of that budget.
+#
+# Where the machine cannot build meshtrain (no MPI, Kokkos, OpenBLAS, Google Benchmark), use
+# prebuilt binaries instead: tests/device/bundle.sh [BUILD_DIR] packs them, their libraries and
+# a relocatable Open MPI into .devbundle/bundle.tar.xz (carry that file), and
+# tests/device/run_bundle.sh runs nccl_tests, this NCCL sweep and the CPU benchmarks from it.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
