@@ -273,14 +273,16 @@ TEST_F(NcclVsMpi, Allreduce256MiB) {
 
 // A collective that cannot finish within the timeout aborts the communicator with a message
 // naming it, instead of hanging. The legacy default stream is held busy by a host function
-// that sleeps, and every collective waits for that stream before it starts.
+// that sleeps, and every collective waits for that stream before it starts. The buffer is
+// made first: its synchronous upload would otherwise wait out the sleep (as it did on an
+// H100, where this test first ran on a GPU).
 TEST_F(NcclVsMpi, TimeoutAbortsAndNamesTheCollective) {
   NcclCommunicator short_fuse(MPI_COMM_WORLD, 300ms);
   ASSERT_EQ(short_fuse.timeout(), 300ms);
+  DeviceBuffer<float> device(std::vector<float>(16, 1.0f));
   auto sleep_two_seconds = [](void*) { std::this_thread::sleep_for(2s); };
   impl::check_cuda(cudaLaunchHostFunc(cudaStreamLegacy, sleep_two_seconds, nullptr),
                    "cudaLaunchHostFunc", r);
-  DeviceBuffer<float> device(std::vector<float>(16, 1.0f));
   try {
     short_fuse.allreduce(device.data(), 16, DataType::Float32, ReduceOp::Sum);
     ADD_FAILURE() << "expected CommError";
