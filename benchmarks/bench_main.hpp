@@ -6,7 +6,9 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "meshtrain/nn/kernels.hpp"
@@ -56,6 +58,19 @@ class NullReporter : public benchmark::BenchmarkReporter {
 inline int run_benchmarks(int argc, char** argv) {
   meshtrain::DistributedManager manager(&argc, &argv);
   std::vector<char*> args(argv, argv + argc);
+  for (char* a : args) {
+    // Each rank would shuffle the benchmarks its own way and pair up different collectives:
+    // a hang. Refuse it on every rank, said once.
+    const std::string arg = a;
+    if (manager.size() > 1 && arg.rfind("--benchmark_enable_random_interleaving", 0) == 0 &&
+        arg != "--benchmark_enable_random_interleaving=false") {
+      if (manager.rank() == 0) {
+        std::fprintf(stderr, "%s: error: %s: every rank must run the benchmarks in the same "
+                     "order; random interleaving works on one rank only\n", argv[0], a);
+      }
+      return 2;
+    }
+  }
   if (manager.rank() != 0) {
     // Only rank 0 writes --benchmark_out files.
     std::erase_if(args, [](char* a) { return std::strncmp(a, "--benchmark_out", 15) == 0; });

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <climits>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -59,6 +60,45 @@ TEST_F(World, AsyncAllreduceMatchesBlocking) {
   work->wait();
   EXPECT_TRUE(work->test());
   EXPECT_EQ(a, b);
+}
+
+// Float sums of at least kRingMinBytes take the ring over point-to-point messages: several in
+// flight at once, sizes that do not divide by the rank count, driven by test() alone or by
+// wait(), and the same buffers again (the ring's scratch buffers are reused). Integer-valued
+// floats sum exactly in any order, so the result must equal the blocking all-reduce's.
+TEST_F(World, RingAllreducesInFlightTogetherMatchBlocking) {
+  const std::size_t floor = MpiCommunicator::kRingMinBytes / sizeof(float);
+  const std::vector<std::size_t> counts{floor, floor + 7, 3 * floor + 1, floor - 1};
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::vector<float>> bufs, expected;
+    for (std::size_t c : counts) {
+      std::vector<float> v(c);
+      for (std::size_t i = 0; i < c; ++i) v[i] = static_cast<float>((r + 1) * (i % 13) + round);
+      bufs.push_back(v);
+      comm.allreduce(v.data(), v.size(), DataType::Float32, ReduceOp::Sum);
+      expected.push_back(v);
+    }
+    std::vector<std::unique_ptr<Work>> works;
+    for (auto& b : bufs) works.push_back(comm.allreduce_async(b.data(), b.size(), DataType::Float32, ReduceOp::Sum));
+    if (round == 1) {
+      for (auto& w : works) w->wait();
+    } else {
+      // Polled only, in reverse order: each ring must move on whatever the others do.
+      for (bool all = false; !all;) {
+        all = true;
+        for (std::size_t i = works.size(); i-- > 0;) all = works[i]->test() && all;
+      }
+    }
+    for (std::size_t k = 0; k < counts.size(); ++k) {
+      EXPECT_TRUE(works[k]->test());
+      ASSERT_EQ(bufs[k], expected[k]) << "count " << counts[k] << ", round " << round;
+    }
+  }
+  // A handle dropped before it completes still finishes before its buffer can go away.
+  std::vector<float> dropped(floor, 1.0f);
+  comm.allreduce_async(dropped.data(), dropped.size(), DataType::Float32, ReduceOp::Sum).reset();
+  EXPECT_EQ(dropped.front(), static_cast<float>(n));
+  EXPECT_EQ(dropped.back(), static_cast<float>(n));
 }
 
 TEST_F(World, ReduceScatterAndAllGather) {

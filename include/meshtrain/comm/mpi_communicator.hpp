@@ -1,7 +1,10 @@
 #pragma once
 #include <mpi.h>
 
+#include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
 
@@ -15,6 +18,11 @@ MPI_Datatype mpi_type(DataType type);
 // Collectives over an MPI communicator on host-accessible memory. Owns a duplicate of the
 // communicator it is given, with MPI_ERRORS_RETURN so that every failure is reported as a
 // CommError instead of aborting deep inside MPI.
+//
+// allreduce_async of a float sum of at least kRingMinBytes runs a ring (reduce-scatter, then
+// all-gather) over non-blocking point-to-point messages that each test() advances; other
+// types, ops and sizes use MPI_Iallreduce. Every rank must start them in the same order, as
+// for any collective.
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm);
@@ -41,10 +49,17 @@ class MpiCommunicator final : public Communicator {
   using Communicator::allreduce;
   using Communicator::broadcast;
 
+  static constexpr std::size_t kRingMinBytes = 64 * 1024;
+
  private:
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
+  std::uint64_t ring_sequence_ = 0;  // tags tell concurrent rings apart
+  // Receive buffers of finished rings, kept for the next ones (no allocation in a step once
+  // the first step has run).
+  std::shared_ptr<std::vector<std::vector<float>>> ring_scratch_ =
+      std::make_shared<std::vector<std::vector<float>>>();
 };
 
 }  // namespace meshtrain
