@@ -218,6 +218,33 @@ TEST(Training, BucketsAndOverlapDoNotChangeTheResult) {
   for (const auto& r : results) EXPECT_EQ(r, results.front());
 }
 
+// Buckets big enough for the ring all-reduce (poll) against MPI_Allreduce (off, thread): the
+// same sums, in another order from three ranks on.
+TEST(Training, RingSizedBucketsAgreeAcrossProgressModes) {
+  const ReferenceData data = make_reference_data(64, 4, 3);
+  std::vector<std::vector<float>> results;
+  for (const char* mode : {"off", "poll", "thread"}) {
+    TrainingConfig config;
+    config.num_epochs = 2;
+    config.bucket_bytes = MpiCommunicator::kRingMinBytes;  // 128 x 128 kernels: one bucket each
+    config.overlap_communication = std::string(mode) != "off";
+    config.progress = config.overlap_communication ? mode : "auto";
+    Trainer trainer(Mlp({4, 128, 128, 1}, Activation::ReLU, 3), config);
+    results.push_back(host_params(trainer.fit(data.x, data.y).model));
+  }
+  for (std::size_t m = 1; m < results.size(); ++m) {
+    if (world_size() <= 2) {
+      EXPECT_EQ(results[m], results[0]) << "mode " << m;  // a + b == b + a
+    } else {
+      ASSERT_EQ(results[m].size(), results[0].size());
+      for (std::size_t i = 0; i < results[0].size(); ++i) {
+        ASSERT_NEAR(results[m][i], results[0][i], 1e-5f * (1.0f + std::fabs(results[0][i])))
+            << "mode " << m << " parameter " << i;
+      }
+    }
+  }
+}
+
 namespace {
 // Wraps a communicator; every all-reduce of `fail_count` elements throws CommError on this
 // rank (before any MPI call, so the other ranks are not left waiting on it).
