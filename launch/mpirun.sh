@@ -47,14 +47,24 @@ if [ "$multi_host" = "0" ]; then
   export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
   export OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader}
 fi
-# Physical cores, as Open MPI counts slots and binds (hyperthreads of one core are one slot).
-cores=$(lscpu -p=SOCKET,CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l)
-[ "${cores:-0}" -gt 0 ] 2>/dev/null || cores=$(nproc --all 2>/dev/null || echo 1)
+# Physical cores this process may use (its CPU mask: a cgroup or a scheduler may allow fewer
+# than the machine has), as Open MPI counts slots and binds: hyperthreads of a core are one.
+allowed=$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status 2>/dev/null)
+cores=$(lscpu -p=CPU,SOCKET,CORE 2>/dev/null | awk -F, -v allowed="$allowed" '
+  BEGIN { n = split(allowed, parts, ","); for (i = 1; i <= n; i++) {
+            m = split(parts[i], r, "-"); if (m == 1) r[2] = r[1]
+            for (c = r[1]; c <= r[2]; c++) ok[c] = 1 } }
+  /^#/ { next }
+  allowed == "" || ($1 in ok) { seen[$2 "," $3] = 1 }
+  END { k = 0; for (s in seen) k++; print k }')
+[ "${cores:-0}" -gt 0 ] 2>/dev/null || cores=$(nproc 2>/dev/null || echo 1)
 if [ -n "$np" ] && [ "$multi_host" = "0" ] && [ "$np" -gt "$cores" ] 2>/dev/null; then
   flags+=(--oversubscribe --bind-to none)
 elif [ "$multi_host" = "0" ]; then
   per_rank=${MESHTRAIN_CORES_PER_RANK:-}
-  if [ -z "$per_rank" ]; then
+  if [ -z "$per_rank" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    per_rank=${SLURM_CPUS_PER_TASK:-1}  # inside an allocation, what it gives each task
+  elif [ -z "$per_rank" ]; then
     per_rank=1
     if [ -n "$np" ] && [ $((2 * np)) -le "$cores" ] 2>/dev/null; then per_rank=2; fi
   fi
