@@ -29,6 +29,9 @@
 # GPU_ONLY=1 stops after the GPU steps (the CPU benchmarks need a CPU like the CI machine's:
 # the GPU machines seen so far expose no AVX to their VMs, so OpenBLAS runs its generic kernels
 # there, about 17 GFLOP/s a core).
+# ONLY=REGEX runs only the steps whose names match (e.g. ONLY='mpi_smoke|scaling_.*').
+# SCALING_ARGS replaces the scaling driver's arguments, and SCALING_PROGRESS="thread poll"
+# runs it once per progress mode (scaling_thread.json, scaling_poll.json) instead of once.
 # QUICK=1 shrinks the CPU steps to seconds (benchmark filters, a small MLP, ranks 1,2) for a
 # check of the bundle itself on a small machine. BUDGET_S overrides the total budget.
 set -uo pipefail
@@ -45,7 +48,7 @@ trap 'rm -rf "$tmp"' EXIT
 summary=$out/summary.txt
 log=$out/run.log
 # Results of an earlier run would read as this run's: clear the names this script writes.
-rm -f "$out"/{env.txt,summary.txt,nccl_tests.log,nccl_sweep.json,bench.json,scaling.json,run.log}
+rm -f "$out"/{env.txt,summary.txt,nccl_tests.log,nccl_sweep.json,bench.json,scaling.json,scaling_*.json,run.log}
 : >"$summary"
 : >"$log"
 : >"$out/nccl_tests.log"
@@ -207,6 +210,10 @@ skipped=()
 run_step() {
   local name=$1 limit=$2 file=$3 start rc status
   shift 3
+  if [[ -n ${ONLY:-} && ! $name =~ ^(${ONLY})$ ]]; then
+    printf '%-18s SKIPPED: not in ONLY=%s\n' "$name" "$ONLY" >>"$summary"
+    return 98
+  fi
   if ((limit == 0)); then
     skipped+=("$name (out of time)")
     printf '%-18s SKIPPED: out of time\n' "$name" >>"$summary"
@@ -331,14 +338,25 @@ if ((have_mpi_cpu)); then
     --benchmark_out="$tmp/bench_kernels_np2.json" --benchmark_out_format=json
   # scaling.py: one failed or killed run loses its JSON, so the repeats follow the time left
   # (about 48 runs of 1-2 s each at --repeat 3), and each run has its own timeout.
-  limit=$(step_limit 130 30)
+  limit=$(step_limit "${SCALING_LIMIT:-130}" 30)
   repeat=1
   ((limit >= 110)) && repeat=3
   ((limit >= 75 && limit < 110)) && repeat=2
   ((quick)) && repeat=1
-  run_step scaling "$limit" "$log" env CUDA_VISIBLE_DEVICES= python3 benchmarks/scaling.py \
-    --binary "$bundle/bin/distributed_pde" "${scaling_args[@]}" --repeat "$repeat" \
-    --timeout 40 --json "$out/scaling.json" --png "$tmp/scaling.png"
+  [[ -n ${SCALING_ARGS:-} ]] && read -ra scaling_args <<<"$SCALING_ARGS"
+  if [[ -n ${SCALING_PROGRESS:-} ]]; then
+    read -ra modes <<<"$SCALING_PROGRESS"
+    for mode in "${modes[@]}"; do
+      run_step "scaling_$mode" "$(step_limit $((limit / ${#modes[@]})))" "$log" \
+        env CUDA_VISIBLE_DEVICES= python3 benchmarks/scaling.py --progress "$mode" \
+        --binary "$bundle/bin/distributed_pde" "${scaling_args[@]}" --repeat "$repeat" \
+        --timeout 40 --json "$out/scaling_$mode.json" --png "$tmp/scaling_$mode.png"
+    done
+  else
+    run_step scaling "$limit" "$log" env CUDA_VISIBLE_DEVICES= python3 benchmarks/scaling.py \
+      --binary "$bundle/bin/distributed_pde" "${scaling_args[@]}" --repeat "$repeat" \
+      --timeout 40 --json "$out/scaling.json" --png "$tmp/scaling.png"
+  fi
   bench_step 1 "$(step_limit 50 30)" "$np1_filter"
   bench_step 4 "$(step_limit 60)"
 elif ((!have_mpi)); then
