@@ -356,6 +356,12 @@ def print_report(args, summary, primary, commands, params, runs, discarded):
           "weak: %d per rank"
           % (args.epochs, args.steps, args.repeat, "" if args.repeat == 1 else "s", args.batch,
              args.batch_per_rank))
+    progress = sorted({"%s at %d rank%s" % (r["progress_reported"], r["ranks"],
+                                              "" if r["ranks"] == 1 else "s")
+                       for r in runs if r.get("progress_reported")},
+                      key=lambda s: int(s.split(" at ")[1].split()[0]))
+    if progress:
+        print("overlap-on runs advanced their all-reduces by: " + ", ".join(progress))
     print("commands (run from the repository root, each %d time%s):"
           % (args.repeat, "" if args.repeat == 1 else "s"))
     for mode, c in commands:
