@@ -4,10 +4,12 @@
 Usage: test_distributed_pde.py --binary PATH [unittest args]
 """
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -189,6 +191,41 @@ class BadInput(unittest.TestCase):
                 self.assertNotIn("RESULTS", r.stdout)
                 for bad in ("Traceback", "core dumped", "terminate called", "Abort"):
                     self.assertNotIn(bad, r.stderr)
+
+
+class ScalingDriver(unittest.TestCase):
+    """benchmarks/scaling.py end to end on a tiny model: it parses what the binary prints."""
+
+    def test_tiny_sweep_writes_the_table_and_json(self):
+        driver = os.path.join(HERE, "..", "..", "benchmarks", "scaling.py")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "s.json")
+            r = subprocess.run(
+                [sys.executable, driver, "--binary", BINARY, "--ranks", "1,2", "--mode", "strong",
+                 "--hidden", "16", "--layers", "2", "--batch", "64", "--steps", "2",
+                 "--epochs", "1", "--repeat", "1", "--progress", "poll", "--json", out,
+                 "--png", os.path.join(tmp, "s.png")],
+                capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("overlap-on runs advanced their all-reduces by: poll at 1 rank, "
+                          "poll at 2 ranks", r.stdout)
+            with open(out) as f:
+                data = json.load(f)
+        self.assertEqual([(s["mode"], s["ranks"]) for s in data["summary"]],
+                         [("strong", 1), ("strong", 2)])
+        two = data["summary"][1]
+        for key in ("step_s", "comm_per_step_s", "exposed_comm_per_step_s", "efficiency"):
+            self.assertIsNotNone(two[key], key)
+        on = [x for x in data["runs"] if x["overlap"] == "on"]
+        self.assertEqual({x["progress_reported"] for x in on}, {"poll"})
+        self.assertTrue(all("--progress poll" in x["command"] for x in on))
+
+    def test_bad_ranks_are_refused(self):
+        driver = os.path.join(HERE, "..", "..", "benchmarks", "scaling.py")
+        r = subprocess.run([sys.executable, driver, "--binary", BINARY, "--ranks", "0,2"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--ranks", r.stderr)
 
 
 if __name__ == "__main__":
