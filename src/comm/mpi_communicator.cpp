@@ -1,8 +1,10 @@
 #include "meshtrain/comm/mpi_communicator.hpp"
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "meshtrain/error.hpp"
@@ -145,15 +147,12 @@ class RingWork final : public Work {
         pool_(std::move(pool)) {
     // The smallest kept buffer that is big enough, else the biggest one, grown.
     const std::size_t largest = (count_ + static_cast<std::size_t>(size_) - 1) / size_;
-    auto pick = pool_->end();
-    for (auto it = pool_->begin(); it != pool_->end(); ++it) {
-      const bool fits = it->size() >= largest;
-      if (pick == pool_->end() ||
-          (fits ? pick->size() < largest || it->size() < pick->size()
-                : pick->size() < largest && it->size() > pick->size())) {
-        pick = it;
-      }
-    }
+    auto preference = [largest](const std::vector<float>& v) {
+      return v.size() >= largest ? std::pair{0, v.size()} : std::pair{1, largest - v.size()};
+    };
+    const auto pick = std::min_element(
+        pool_->begin(), pool_->end(),
+        [&](const auto& a, const auto& b) { return preference(a) < preference(b); });
     if (pick != pool_->end()) {
       scratch_ = std::move(*pick);
       pool_->erase(pick);

@@ -3,8 +3,6 @@
 #include <sched.h>
 
 #include <algorithm>
-#include <cstring>
-#include <vector>
 
 #include "meshtrain/comm/mpi_communicator.hpp"
 
@@ -33,14 +31,11 @@ bool every_rank_has_spare_core(MPI_Comm comm) {
             "MPI_Comm_split_type");
   int local_size = 1;
   MPI_Comm_size(node, &local_size);
-  std::vector<unsigned char> bytes(sizeof(cpu_set_t));
-  std::memcpy(bytes.data(), &set, sizeof(set));
-  const int rc = MPI_Allreduce(MPI_IN_PLACE, bytes.data(), static_cast<int>(bytes.size()),
+  cpu_set_t node_set = set;
+  const int rc = MPI_Allreduce(MPI_IN_PLACE, &node_set, static_cast<int>(sizeof(node_set)),
                                MPI_UNSIGNED_CHAR, MPI_BOR, node);
   MPI_Comm_free(&node);
   check_mpi(rc, "MPI_Allreduce(affinity masks)");
-  cpu_set_t node_set;
-  std::memcpy(&node_set, bytes.data(), sizeof(node_set));
   int spare = known && CPU_COUNT(&set) >= 2 && CPU_COUNT(&node_set) >= 2 * local_size ? 1 : 0;
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &spare, 1, MPI_INT, MPI_MIN, comm),
             "MPI_Allreduce(spare cores)");
