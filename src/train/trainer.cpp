@@ -169,14 +169,17 @@ Trainer::~Trainer() = default;
 
 Progress Trainer::resolve_progress() const {
   if (config_.progress != "auto") return parse_progress(config_.progress);
-  // Collective, so that every rank makes the same choice: a blocking all-reduce on one rank
-  // never matches a non-blocking one on another.
+  // What every rank knows alike first: where the thread cannot be used or has nothing to do,
+  // no collective is needed.
   int provided = MPI_THREAD_SINGLE;
   MPI_Query_thread(&provided);
-  const bool spare = every_rank_has_spare_core(
-      static_cast<MpiCommunicator&>(mesh_->world()).comm());
-  return spare && backend_name_ == "mpi" && config_.overlap_communication &&
-                 batch_group_->size() > 1 && provided >= MPI_THREAD_SERIALIZED
+  if (backend_name_ != "mpi" || !config_.overlap_communication || batch_group_->size() == 1 ||
+      provided < MPI_THREAD_SERIALIZED) {
+    return Progress::Poll;
+  }
+  // Collective, so that every rank makes the same choice: a blocking all-reduce on one rank
+  // never matches a non-blocking one on another.
+  return every_rank_has_spare_core(static_cast<MpiCommunicator&>(mesh_->world()).comm())
              ? Progress::Thread
              : Progress::Poll;
 }
