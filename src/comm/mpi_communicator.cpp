@@ -266,6 +266,12 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) {
   check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
 }
 
+bool MpiCommunicator::callable_from_another_thread() const {
+  int provided = MPI_THREAD_SINGLE;
+  check_mpi(MPI_Query_thread(&provided), "MPI_Query_thread");
+  return provided >= MPI_THREAD_SERIALIZED;
+}
+
 MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);

@@ -1,5 +1,3 @@
-#include <mpi.h>
-
 #include "meshtrain/train/step_engine.hpp"
 
 namespace meshtrain {

@@ -1,7 +1,6 @@
-#include <mpi.h>
-
 #include <algorithm>
 
+#include "meshtrain/clock.hpp"
 #include "meshtrain/train/step_engine.hpp"
 
 namespace meshtrain {
@@ -49,10 +48,10 @@ class FsdpEngine final : public StepEngine {
     model_.backward(x, workspace_, dpred, access);
 
     ExecSpace().fence();
-    const double start = MPI_Wtime();
+    const double start = now_seconds();
     shards_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
     if (replicas_.size() > 1) replicas_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
-    blocked_ += MPI_Wtime() - start;
+    blocked_ += now_seconds() - start;
   }
 
   void apply_gradients(double lr) override { optimizer_->step(param_shard_, grad_shard_, lr); }
@@ -112,10 +111,10 @@ class FsdpEngine final : public StepEngine {
   const float* gather_layer(std::size_t l) { return gather_layer(l, param_shard_); }
   const float* gather_layer(std::size_t l, const Vector& local) {
     ExecSpace().fence();
-    const double start = MPI_Wtime();
+    const double start = now_seconds();
     shards_.all_gather(local.data() + shard_offset_[l], gathered_.data(), chunk_[l],
                        DataType::Float32);
-    blocked_ += MPI_Wtime() - start;
+    blocked_ += now_seconds() - start;
     return gathered_.data();
   }
 
@@ -125,11 +124,11 @@ class FsdpEngine final : public StepEngine {
     const std::size_t padded = chunk_[l] * static_cast<std::size_t>(shards_.size());
     if (padded > n) Kokkos::deep_copy(Kokkos::subview(layer_grad_, std::make_pair(n, padded)), 0.0f);
     ExecSpace().fence();
-    const double start = MPI_Wtime();
+    const double start = now_seconds();
     float* mine = grad_shard_.data() + shard_offset_[l];
     shards_.reduce_scatter(layer_grad_.data(), mine, chunk_[l], DataType::Float32, ReduceOp::Sum);
     if (replicas_.size() > 1) replicas_.allreduce(mine, chunk_[l], DataType::Float32, ReduceOp::Sum);
-    blocked_ += MPI_Wtime() - start;
+    blocked_ += now_seconds() - start;
   }
 
   Mlp& model_;

@@ -1,10 +1,8 @@
 #include "meshtrain/train/gradient_reducer.hpp"
 
-#include <mpi.h>
-
 #include <algorithm>
-#include <chrono>
 
+#include "meshtrain/clock.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -43,24 +41,14 @@ std::string name_of(Progress progress) {
   return progress == Progress::Thread ? "thread" : "poll";
 }
 
-namespace {
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
-
 GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm,
                                  bool overlap, Progress progress)
     : buckets_(std::move(buckets)), comm_(comm), overlap_(overlap), progress_(progress) {
   if (!overlap_) progress_ = Progress::Poll;
   if (progress_ == Progress::Thread) {
-    int provided = MPI_THREAD_SINGLE;
-    MPI_Query_thread(&provided);
-    if (comm_.backend() == "mpi" && provided < MPI_THREAD_SERIALIZED) {
-      throw ConfigError("progress 'thread': MPI provides thread level " +
-                        std::to_string(provided) + ", and a communication thread needs "
-                        "MPI_THREAD_SERIALIZED; use progress poll");
+    if (!comm_.callable_from_another_thread()) {
+      throw ConfigError("progress 'thread': MPI was initialised below MPI_THREAD_SERIALIZED, "
+                        "which a communication thread needs; use progress poll");
     }
     thread_ = std::thread([this] { run_thread(); });
   }
@@ -146,7 +134,7 @@ void GradientReducer::on_layer_grads(std::size_t layer) {
 }
 
 void GradientReducer::finish() {
-  const double start = now();
+  const double start = now_seconds();
   if (!overlap_) {
     for (std::size_t i = 0; i < buckets_.size(); ++i) reduce(i);
   } else {
@@ -165,7 +153,7 @@ void GradientReducer::finish() {
       for (auto& work : in_flight_) work->wait();
     }
   }
-  blocked_seconds_ += now() - start;
+  blocked_seconds_ += now_seconds() - start;
 }
 
 }  // namespace meshtrain

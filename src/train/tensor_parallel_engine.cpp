@@ -1,9 +1,8 @@
-#include <mpi.h>
-
 #include <algorithm>
 #include <string>
 
 #include "meshtrain/error.hpp"
+#include "meshtrain/clock.hpp"
 #include "meshtrain/train/step_engine.hpp"
 
 namespace meshtrain {
@@ -129,9 +128,9 @@ class TensorParallelEngine final : public StepEngine {
       }
     }
     ExecSpace().fence();
-    const double start = MPI_Wtime();
+    const double start = now_seconds();
     data_.allreduce(g, local_parameters_ + 1, DataType::Float32, ReduceOp::Sum);
-    blocked_ += MPI_Wtime() - start;
+    blocked_ += now_seconds() - start;
   }
 
   void apply_gradients(double lr) override {
@@ -202,9 +201,9 @@ class TensorParallelEngine final : public StepEngine {
   }
 
   void all_reduce_model(float* data, std::size_t count) {
-    const double start = MPI_Wtime();
+    const double start = now_seconds();
     shards_.allreduce(data, count, DataType::Float32, ReduceOp::Sum);
-    blocked_ += MPI_Wtime() - start;
+    blocked_ += now_seconds() - start;
   }
 
   // This rank's slices of a buffer in the full model's layout.

@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 
+#include "meshtrain/clock.hpp"
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/checked_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
@@ -399,12 +400,12 @@ FitResult Trainer::fit() {
   TrainingMetrics metrics;
   world_->barrier();
   engine_->reset_timers();
-  const double start = MPI_Wtime();
+  const double start = now_seconds();
   std::int64_t steps = 0;
   std::size_t samples = 0;
   const bool has_validation = x_val_.extent(0) > 0 && config_.validation_every > 0;
   while (epoch_ < config_.num_epochs) {
-    const double epoch_start = MPI_Wtime();
+    const double epoch_start = now_seconds();
     std::size_t epoch_samples = 0;
     bool stop = false;
     while (batch_ < num_batches_ && !stop) {
@@ -429,7 +430,7 @@ FitResult Trainer::fit() {
         has_validation && ((epoch_ + 1) % config_.validation_every == 0 || last);
     validation_losses_.push_back(validate ? validation_loss()
                                           : std::numeric_limits<double>::quiet_NaN());
-    const double now = MPI_Wtime();
+    const double now = now_seconds();
     if (epoch_callback_) {
       EpochReport report;
       report.epoch = epoch_;
@@ -453,7 +454,7 @@ FitResult Trainer::fit() {
     }
   }
   ExecSpace().fence();
-  const double wall = MPI_Wtime() - start;
+  const double wall = now_seconds() - start;
 
   metrics.steps = steps;
   metrics.skipped_steps = skipped_steps_;

@@ -35,6 +35,9 @@ class CheckedCommunicator final : public Communicator {
   int rank() const override { return inner_->rank(); }
   int size() const override { return inner_->size(); }
   std::string_view backend() const override { return inner_->backend(); }
+  bool callable_from_another_thread() const override {
+    return inner_->callable_from_another_thread();
+  }
   std::uint64_t sequence() const;  // collectives started so far
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;

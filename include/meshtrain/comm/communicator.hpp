@@ -43,6 +43,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string_view backend() const = 0;
+  // Whether a thread other than the one that created the communicator may run its
+  // collectives (one thread at a time): MPI needs MPI_THREAD_SERIALIZED for that.
+  virtual bool callable_from_another_thread() const { return true; }
 
   // In place: buf holds count elements on entry and the reduction on exit.
   virtual void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) = 0;

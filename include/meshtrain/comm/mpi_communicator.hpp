@@ -33,6 +33,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string_view backend() const override { return "mpi"; }
+  bool callable_from_another_thread() const override;  // MPI_THREAD_SERIALIZED or more
   MPI_Comm comm() const { return comm_; }
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
