@@ -10,10 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "meshtrain/error.hpp"
+#include "meshtrain/runtime/distributed_manager.hpp"
+#include "meshtrain/train/training_config.hpp"
 
 namespace meshtrain::testing {
 
@@ -35,6 +38,15 @@ std::string error_of(F&& f) {
 template <class F>
 std::string config_error(F&& f) {
   return error_of<ConfigError>(std::forward<F>(f));
+}
+
+// The process groups of config over base (e.g. MPI_COMM_SELF: a 1-rank reference run on
+// every rank of a multi-rank test), from the runtime as a program gets them.
+inline std::shared_ptr<ProcessGroups> groups_over(MPI_Comm base, const DistributedConfig& config) {
+  return DistributedManager::current().process_groups(config, base);
+}
+inline std::shared_ptr<ProcessGroups> groups_over(MPI_Comm base, const TrainingConfig& config) {
+  return groups_over(base, config.distributed_config);
 }
 
 inline int world_size() {

@@ -20,6 +20,7 @@
 
 using namespace meshtrain;
 using meshtrain::testing::config_error;
+using meshtrain::testing::groups_over;
 using meshtrain::testing::contains;
 using meshtrain::testing::error_of;
 using meshtrain::testing::starts_with;
@@ -58,12 +59,13 @@ void expect_world_equals_single(const Case& c, const DistributedConfig& dist) {
   config.distributed_config = dist;
   const ReferenceData data = make_reference_data(c.samples, c.widths.front(), config.seed);
 
-  Trainer distributed(Mlp(c.widths, Activation::ReLU, config.seed), config, MPI_COMM_WORLD);
+  Trainer distributed(Mlp(c.widths, Activation::ReLU, config.seed), config);
   const FitResult n_ranks = distributed.fit(data.x, data.y);
 
   TrainingConfig single_config = config;
   single_config.distributed_config = DistributedConfig{};
-  Trainer single(Mlp(c.widths, Activation::ReLU, config.seed), single_config, MPI_COMM_SELF);
+  Trainer single(Mlp(c.widths, Activation::ReLU, config.seed), single_config,
+                 groups_over(MPI_COMM_SELF, single_config));
   const FitResult one_rank = single.fit(data.x, data.y);
 
   const auto pn = host_params(n_ranks.model);
@@ -482,11 +484,13 @@ TEST(Shuffle, SamePermutationEverywhereAndNRanksEqualOneRank) {
   const ReferenceData data = make_reference_data(45, 4, 1);
   Trainer world(Mlp({4, 8, 1}, Activation::ReLU, 1), config);
   const FitResult a = world.fit(data.x, data.y);
-  Trainer single(Mlp({4, 8, 1}, Activation::ReLU, 1), config, MPI_COMM_SELF);
+  Trainer single(Mlp({4, 8, 1}, Activation::ReLU, 1), config,
+                 groups_over(MPI_COMM_SELF, config));
   const FitResult b = single.fit(data.x, data.y);
   EXPECT_LE(max_relative_difference(host_params(a.model), host_params(b.model)), 1e-5);
   config.shuffle = false;
-  Trainer ordered(Mlp({4, 8, 1}, Activation::ReLU, 1), config, MPI_COMM_SELF);
+  Trainer ordered(Mlp({4, 8, 1}, Activation::ReLU, 1), config,
+                 groups_over(MPI_COMM_SELF, config));
   const FitResult c = ordered.fit(data.x, data.y);
   EXPECT_GT(max_relative_difference(host_params(b.model), host_params(c.model)), 1e-4)
       << "shuffling changed nothing";
@@ -503,7 +507,8 @@ TEST(Validation, LossMatchesOneRankAndIsReportedPerEpoch) {
   world.set_validation_data(val.x, val.y);
   world.set_epoch_callback([&](const EpochReport& r) { reported.push_back(r.epoch); });
   const FitResult a = world.fit(train.x, train.y);
-  Trainer single(Mlp({4, 16, 1}, Activation::ReLU, 1), config, MPI_COMM_SELF);
+  Trainer single(Mlp({4, 16, 1}, Activation::ReLU, 1), config,
+                 groups_over(MPI_COMM_SELF, config));
   single.set_validation_data(val.x, val.y);
   const FitResult b = single.fit(train.x, train.y);
   EXPECT_EQ(reported, (std::vector<int>{0, 1, 2, 3}));
@@ -588,7 +593,8 @@ std::pair<std::vector<float>, std::vector<float>> straight_and_resumed(
   EXPECT_EQ(state.epoch, stop_after_epoch + 1);
   EXPECT_EQ(state.batch, 1u);  // stopped mid-epoch, after one step
 
-  Trainer second(Mlp(widths, Activation::ReLU, 99), resume_config, resume_comm);
+  Trainer second(Mlp(widths, Activation::ReLU, 99), resume_config,
+                 groups_over(resume_comm, resume_config));
   second.prepare(data.x, data.y);
   second.restore(state);
   const FitResult rest = second.fit();

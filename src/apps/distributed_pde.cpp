@@ -126,22 +126,24 @@ int run(DistributedManager& dm, int argc, char** argv) {
   if (layers < 0) throw ConfigError("--layers " + o.layers + ": must be at least 0");
 
   // Validate everything before any work: the mesh, then the training config against it.
-  const DeviceMesh& mesh = dm.create_mesh(config.distributed_config);
-  config.validate(mesh.axis_size("data"));
+  const std::shared_ptr<ProcessGroups> groups = dm.process_groups(config.distributed_config);
+  const DeviceMesh& mesh = groups->mesh();
+  config.validate(groups->batch_parts());
 
   std::vector<int> widths{4};
   for (int l = 0; l < layers; ++l) widths.push_back(hidden);
   widths.push_back(1);
   Mlp model(widths, Activation::ReLU, config.seed);
   const ReferenceData data = make_reference_data(samples, 4, config.seed);
-  Trainer trainer(model, config, dm.base_comm());
+  Trainer trainer(model, config, groups);
   trainer.prepare(data.x, data.y);
 
   const bool root = dm.rank() == 0;
   const std::string rule(70, '=');
   if (root) {
     const DistributedConfig& dc = mesh.config();
-    const ShardPlan plan = make_shard_plan(std::min(config.batch_size, samples), mesh.axis_size("data"));
+    const ShardPlan plan =
+        make_shard_plan(std::min(config.batch_size, samples), groups->batch_parts());
     std::printf("%s\nmeshtrain: Distributed Data-Parallel Training\n%s\n", rule.c_str(), rule.c_str());
     std::printf("Backend:      %s (Kokkos), gradient all-reduce over %s\n",
                 dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());

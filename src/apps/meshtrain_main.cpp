@@ -191,7 +191,7 @@ void print_results(const TrainingMetrics& m, const std::string& checkpoint,
 
 // Collective: rank 0 reads the file; every rank parses the same text, so that all of them
 // agree on any error.
-RunConfig read_run_config(MpiCommunicator& world, const TrainOptions& options) {
+RunConfig read_run_config(Communicator& world, const TrainOptions& options) {
   std::string text;
   on_root_sharing_errors(world, [&] { text = read_config_file(options.config); });
   broadcast_string(world, text);
@@ -200,14 +200,16 @@ RunConfig read_run_config(MpiCommunicator& world, const TrainOptions& options) {
 
 int train(DistributedManager& dm, const TrainOptions& options) {
   install_stop_handlers();  // before anything slow: a signal during loading stops at step 1
-  MpiCommunicator world(dm.base_comm());
+  Communicator& world = dm.world();
   const bool root = dm.rank() == 0;
   const RunConfig config = read_run_config(world, options);
 
-  locating_errors(config, [&] { config.training.distributed_config.validate(dm.size()); });
+  // The mesh first: a config that does not fit the job fails before the model is built.
+  const auto groups = locating_errors(
+      config, [&] { return dm.process_groups(config.training.distributed_config); });
   Mlp model(config.model.widths, config.model.activation, config.training.seed);
   Trainer trainer = locating_errors(
-      config, [&] { return Trainer(std::move(model), config.training, dm.base_comm()); });
+      config, [&] { return Trainer(std::move(model), config.training, groups); });
   const TrainingData data = load_training_data(config, world);
   RunCheckpoints checkpoints(config, world);
   const std::size_t samples = data.x.extent(0);
@@ -231,17 +233,13 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   const bool bar =
       options.progress == "bar" || (options.progress == "auto" && stdout_is_terminal());
   ProgressPrinter progress(bar, resumed ? resumed->state.epoch : 0);
-  const std::size_t batches = trainer.batches_per_epoch();
   const int every = config.checkpoint.every_epochs;
   trainer.set_epoch_callback([&](const EpochReport& report) {
-    EpochReport r = report;
-    // The run's step (the trainer counts those of this process only).
-    r.step = static_cast<std::int64_t>((static_cast<std::size_t>(r.epoch) + 1) * batches);
     if (root) {
-      progress.epoch(r);
-      if (metrics) metrics->append(r);
+      progress.epoch(report);
+      if (metrics) metrics->append(report);
     }
-    if (checkpoints.enabled() && every > 0 && (r.epoch + 1) % every == 0) {
+    if (checkpoints.enabled() && every > 0 && (report.epoch + 1) % every == 0) {
       checkpoints.save(trainer.state(), trainer, samples);  // state() is collective
     }
   });
@@ -252,7 +250,7 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   const TrainingMetrics& m = result.metrics;
   const bool finished =
       m.epoch_losses.size() >= static_cast<std::size_t>(config.training.num_epochs);
-  const TrainingState state = at_epoch_boundary(trainer.state(), batches);
+  const TrainingState state = trainer.state();
   const std::string checkpoint = checkpoints.save(state, trainer, samples);
 
   if (m.stopped && !finished) {

@@ -7,19 +7,16 @@
 #include <string>
 #include <vector>
 
-#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/comm/broadcast.hpp"
 #include "meshtrain/nn/types.hpp"
 
 namespace meshtrain::app {
 
 // Collective: runs work on rank 0 only; throws the same ConfigError on every rank when work
 // threw one there.
-void on_root_sharing_errors(MpiCommunicator& comm, const std::function<void()>& work);
+void on_root_sharing_errors(Communicator& comm, const std::function<void()>& work);
 
 // Collective: rank 0's matrix (any shape, possibly empty) on every rank.
-void broadcast_matrix(MpiCommunicator& comm, HostMatrix& matrix, const std::string& label);
-void broadcast_floats(MpiCommunicator& comm, float* data, std::size_t count);
-void broadcast_doubles(MpiCommunicator& comm, std::vector<double>& values);
-void broadcast_string(MpiCommunicator& comm, std::string& text);
+void broadcast_matrix(Communicator& comm, HostMatrix& matrix, const std::string& label);
 
 }  // namespace meshtrain::app

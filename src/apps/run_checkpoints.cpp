@@ -1,6 +1,5 @@
 #include "run_checkpoints.hpp"
 
-#include <array>
 #include <filesystem>
 #include <system_error>
 
@@ -11,41 +10,9 @@
 
 namespace meshtrain::app {
 
-namespace {
-
 namespace fs = std::filesystem;
 
-// Rank 0's state on every rank; the other ranks know the parameter count from the model.
-void broadcast_state(MpiCommunicator& comm, TrainingState& s, std::size_t parameters) {
-  std::array<std::int64_t, 7> header{s.first_moment.extent(0) > 0,
-                                     s.second_moment.extent(0) > 0,
-                                     s.optimizer_step,
-                                     s.epoch,
-                                     static_cast<std::int64_t>(s.batch),
-                                     s.epoch_loss_count,
-                                     s.skipped_steps};
-  comm.broadcast(header.data(), header.size(), DataType::Int64, 0);
-  s.optimizer_step = header[2];
-  s.epoch = static_cast<int>(header[3]);
-  s.batch = static_cast<std::size_t>(header[4]);
-  s.epoch_loss_count = header[5];
-  s.skipped_steps = header[6];
-  comm.broadcast(&s.epoch_loss_sum, 1, DataType::Float64, 0);
-  broadcast_doubles(comm, s.epoch_losses);
-  broadcast_doubles(comm, s.validation_losses);
-  auto vector = [&](HostVector& v, bool present, const char* label) {
-    if (!present) return;
-    if (comm.rank() != 0) v = HostVector(std::string(label), parameters);
-    broadcast_floats(comm, v.data(), parameters);
-  };
-  vector(s.parameters, true, "resume.parameters");
-  vector(s.first_moment, header[0] != 0, "resume.mu");
-  vector(s.second_moment, header[1] != 0, "resume.nu");
-}
-
-}  // namespace
-
-RunCheckpoints::RunCheckpoints(const RunConfig& config, MpiCommunicator& comm)
+RunCheckpoints::RunCheckpoints(const RunConfig& config, Communicator& comm)
     : settings_(config.checkpoint), config_source_(config.source), comm_(comm) {
   if (!enabled()) return;
   const std::string where = config.where("checkpoint.dir");
@@ -59,11 +26,10 @@ RunCheckpoints::RunCheckpoints(const RunConfig& config, MpiCommunicator& comm)
   });
 }
 
-std::string RunCheckpoints::save(const TrainingState& raw_state, const Trainer& trainer,
+std::string RunCheckpoints::save(const TrainingState& state, const Trainer& trainer,
                                  std::size_t samples) {
   if (!enabled()) return "";
   const std::size_t batches = trainer.batches_per_epoch();
-  const TrainingState state = at_epoch_boundary(raw_state, batches);
   const auto step =
       static_cast<std::int64_t>(static_cast<std::size_t>(state.epoch) * batches + state.batch);
   if (step == saved_step_) return saved_path_;

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "run_config.hpp"
 
@@ -18,7 +18,7 @@ struct ResumePoint {
 class RunCheckpoints {
  public:
   // Collective: rank 0 creates the directory (ConfigError on every rank when it cannot).
-  RunCheckpoints(const RunConfig& config, MpiCommunicator& comm);
+  RunCheckpoints(const RunConfig& config, Communicator& comm);
 
   bool enabled() const { return !settings_.dir.empty(); }
 
@@ -35,7 +35,7 @@ class RunCheckpoints {
  private:
   CheckpointSettings settings_;
   std::string config_source_;
-  MpiCommunicator& comm_;
+  Communicator& comm_;
   std::int64_t saved_step_ = -1;
   std::string saved_path_;
 };

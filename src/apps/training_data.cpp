@@ -81,7 +81,7 @@ TrainingData synthetic_data(const RunConfig& config) {
 
 }  // namespace
 
-TrainingData load_training_data(const RunConfig& config, MpiCommunicator& comm) {
+TrainingData load_training_data(const RunConfig& config, Communicator& comm) {
   if (!config.data.synthetic.empty()) return synthetic_data(config);
 
   const DataSettings& d = config.data;

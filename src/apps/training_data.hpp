@@ -4,7 +4,7 @@
 // on rank 0, checked there and broadcast.
 #include <string>
 
-#include "meshtrain/comm/mpi_communicator.hpp"
+#include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/nn/types.hpp"
 #include "run_config.hpp"
 
@@ -22,6 +22,6 @@ struct TrainingData {
 // are read by rank 0, checked against each other and the model's widths, and broadcast.
 // Throws the same ConfigError on every rank for any problem, naming the config key and the
 // file.
-TrainingData load_training_data(const RunConfig& config, MpiCommunicator& comm);
+TrainingData load_training_data(const RunConfig& config, Communicator& comm);
 
 }  // namespace meshtrain::app

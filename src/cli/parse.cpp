@@ -1,7 +1,5 @@
 #include "meshtrain/cli/parse.hpp"
 
-#include <mpi.h>
-
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -177,8 +175,7 @@ int run_main(const std::string& program, int argc, char** argv,
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: rank %d: error: %s\n", program.c_str(), rank, e.what());
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
+    manager->abort(1);
   }
 }
 

@@ -174,7 +174,7 @@ CollectiveChecks CollectiveChecks::from_environment(CollectiveChecks defaults) {
   return defaults;
 }
 
-CheckedCommunicator::CheckedCommunicator(std::unique_ptr<Communicator> inner, MPI_Comm comm,
+CheckedCommunicator::CheckedCommunicator(std::shared_ptr<Communicator> inner, MPI_Comm comm,
                                          std::string name, CollectiveChecks checks)
     : inner_(std::move(inner)), tracker_(std::make_shared<Tracker>()), checks_(checks) {
   tracker_->name = std::move(name);

@@ -1,6 +1,7 @@
 #include "meshtrain/comm/mpi_communicator.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <string>
@@ -259,11 +260,18 @@ MPI_Datatype mpi_type(DataType type) {
   return MPI_DATATYPE_NULL;
 }
 
+namespace {
+std::atomic<int> g_alive{0};
+}
+
+int MpiCommunicator::alive() { return g_alive.load(); }
+
 MpiCommunicator::MpiCommunicator(MPI_Comm comm) {
   check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
   check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  ++g_alive;  // last: a constructor that throws has no destructor to count it out
 }
 
 bool MpiCommunicator::callable_from_another_thread() const {
@@ -273,6 +281,7 @@ bool MpiCommunicator::callable_from_another_thread() const {
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  --g_alive;
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);

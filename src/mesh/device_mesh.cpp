@@ -1,21 +1,20 @@
 #include "meshtrain/mesh/device_mesh.hpp"
 
+#include <atomic>
 #include <string>
 
-#include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
 
-DeviceMesh::DeviceMesh(MPI_Comm base, const DistributedConfig& config) {
-  int world_size = 1;
-  check_mpi(MPI_Comm_size(base, &world_size), "MPI_Comm_size");
+namespace {
+std::atomic<int> g_alive{0};
+}
+
+DeviceMesh::DeviceMesh(const DistributedConfig& config, int world_size, int rank)
+    : rank_(rank), size_(world_size) {
   config.validate(world_size);
   config_ = config.resolved(world_size);
-  world_ = std::make_unique<MpiCommunicator>(base);
-  rank_ = world_->rank();
-  size_ = world_->size();
-
   const std::size_t ndim = config_.mesh_shape.size();
   coords_.assign(ndim, 0);
   int rest = rank_;
@@ -23,22 +22,12 @@ DeviceMesh::DeviceMesh(MPI_Comm base, const DistributedConfig& config) {
     coords_[a] = rest % config_.mesh_shape[a];
     rest /= config_.mesh_shape[a];
   }
-
-  auto* world_mpi = static_cast<MpiCommunicator*>(world_.get());
-  for (std::size_t a = 0; a < ndim; ++a) {
-    // The ranks that share every coordinate but a's form a's communicator, ordered by a's.
-    int color = 0;
-    for (std::size_t b = 0; b < ndim; ++b) {
-      color = color * config_.mesh_shape[b] + (b == a ? 0 : coords_[b]);
-    }
-    MPI_Comm split = MPI_COMM_NULL;
-    check_mpi(MPI_Comm_split(world_mpi->comm(), color, coords_[a], &split), "MPI_Comm_split");
-    axis_comms_.push_back(std::make_unique<MpiCommunicator>(split));
-    MPI_Comm_free(&split);
-  }
+  ++g_alive;
 }
 
-DeviceMesh::~DeviceMesh() = default;
+DeviceMesh::~DeviceMesh() { --g_alive; }
+
+int DeviceMesh::alive() { return g_alive.load(); }
 
 bool DeviceMesh::has_axis(const std::string& name) const {
   for (const auto& n : config_.mesh_axis_names) {
@@ -61,8 +50,14 @@ int DeviceMesh::axis_size(const std::string& name) const {
 
 int DeviceMesh::axis_coord(const std::string& name) const { return coords_[axis_index(name)]; }
 
-Communicator& DeviceMesh::axis_comm(const std::string& name) const {
-  return *axis_comms_[axis_index(name)];
+int DeviceMesh::axis_group(const std::string& name) const {
+  const auto axis = static_cast<std::size_t>(axis_index(name));
+  // The mixed-radix number of every other coordinate (this axis's digit held at 0).
+  int color = 0;
+  for (std::size_t b = 0; b < coords_.size(); ++b) {
+    color = color * config_.mesh_shape[b] + (b == axis ? 0 : coords_[b]);
+  }
+  return color;
 }
 
 }  // namespace meshtrain

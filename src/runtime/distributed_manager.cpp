@@ -8,6 +8,7 @@
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
+#include "runtime/assemble.hpp"
 
 namespace meshtrain {
 
@@ -37,7 +38,7 @@ DistributedManager::DistributedManager(int* argc, char*** argv, const Distribute
     : base_(base) {
   initialize(argc, argv);
   try {
-    create_mesh(config);
+    process_groups(config);
   } catch (...) {
     shutdown();  // the destructor does not run when a constructor throws
     throw;
@@ -80,6 +81,7 @@ void DistributedManager::initialize(int* argc, char*** argv) {
     Kokkos::initialize(args);
     owns_kokkos_ = true;
   }
+  world_ = std::make_shared<MpiCommunicator>(base_);
   previous_ = g_current;
   g_current = this;
 }
@@ -88,7 +90,8 @@ DistributedManager::~DistributedManager() { shutdown(); }
 
 void DistributedManager::shutdown() {
   if (g_current == this) g_current = previous_;
-  mesh_.reset();
+  groups_.reset();
+  world_.reset();
   if (owns_kokkos_ && Kokkos::is_initialized()) Kokkos::finalize();
   owns_kokkos_ = false;
   int finalized = 0;
@@ -101,19 +104,38 @@ std::string DistributedManager::backend_name() const {
   return Kokkos::DefaultExecutionSpace::name();
 }
 
-const DeviceMesh& DistributedManager::create_mesh(const DistributedConfig& config) {
+std::shared_ptr<ProcessGroups> DistributedManager::process_groups(
+    const DistributedConfig& config) {
+  if (groups_ && groups_->config() == config.resolved(size_)) return groups_;
+  groups_ = process_groups(config, base_);
+  return groups_;
+}
+
+std::shared_ptr<ProcessGroups> DistributedManager::process_groups(const DistributedConfig& config,
+                                                                  MPI_Comm base) {
   if (!binding_error_.empty()) throw ConfigError(binding_error_);
-  mesh_ = std::make_unique<DeviceMesh>(base_, config);
-  return *mesh_;
+  std::shared_ptr<Communicator> world =
+      base == base_ ? world_ : std::make_shared<MpiCommunicator>(base);
+  return assemble_process_groups(base, std::move(world), config, device_id_);
+}
+
+const DeviceMesh& DistributedManager::create_mesh(const DistributedConfig& config) {
+  return process_groups(config)->mesh();
 }
 
 const DeviceMesh& DistributedManager::mesh() const {
-  if (!mesh_) throw std::logic_error("DistributedManager::mesh() called before create_mesh()");
-  return *mesh_;
+  if (!groups_) throw std::logic_error("DistributedManager::mesh() called before create_mesh()");
+  return groups_->mesh();
 }
 
 ShardPlan DistributedManager::shard_batch(int global_batch) const {
-  return meshtrain::shard_batch(mesh(), global_batch);
+  if (!groups_) throw std::logic_error("DistributedManager::shard_batch() called before create_mesh()");
+  return meshtrain::shard_batch(groups_->world(), global_batch, groups_->batch_parts());
+}
+
+void DistributedManager::abort(int code) const {
+  MPI_Abort(base_, code);
+  std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
 }
 
 DistributedManager& DistributedManager::current() {

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "meshtrain/error.hpp"
-#include "meshtrain/mesh/device_mesh.hpp"
+#include "meshtrain/comm/communicator.hpp"
 
 namespace meshtrain {
 
@@ -37,10 +37,6 @@ ShardPlan shard_batch(Communicator& comm, int global_batch, int parts) {
   comm.broadcast(std::span<int>(plan.offsets), 0);
   plan.global_batch = global_batch;
   return plan;
-}
-
-ShardPlan shard_batch(const DeviceMesh& mesh, int global_batch) {
-  return shard_batch(mesh.axis_comm("data"), global_batch, mesh.axis_size("data"));
 }
 
 }  // namespace meshtrain

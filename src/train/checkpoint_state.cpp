@@ -1,5 +1,6 @@
 #include "meshtrain/train/checkpoint_state.hpp"
 
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -8,9 +9,11 @@
 #include <ctime>
 #include <map>
 #include <set>
+#include <span>
 #include <string_view>
 #include <vector>
 
+#include "meshtrain/comm/broadcast.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 
@@ -203,13 +206,33 @@ std::string fingerprint_of(const std::string& text) {
   return buffer;
 }
 
-TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epoch) {
-  if (batches_per_epoch == 0 || state.batch < batches_per_epoch) return state;
-  state.epoch += 1;
-  state.batch = 0;
-  state.epoch_loss_sum = 0.0;
-  state.epoch_loss_count = 0;
-  return state;
+void broadcast_state(Communicator& comm, TrainingState& s, std::size_t parameters, int root) {
+  std::array<std::int64_t, 8> header{s.first_moment.extent(0) > 0,
+                                     s.second_moment.extent(0) > 0,
+                                     s.optimizer_step,
+                                     s.steps,
+                                     s.epoch,
+                                     static_cast<std::int64_t>(s.batch),
+                                     s.epoch_loss_count,
+                                     s.skipped_steps};
+  comm.broadcast(std::span<std::int64_t>(header), root);
+  s.optimizer_step = header[2];
+  s.steps = header[3];
+  s.epoch = static_cast<int>(header[4]);
+  s.batch = static_cast<std::size_t>(header[5]);
+  s.epoch_loss_count = header[6];
+  s.skipped_steps = header[7];
+  comm.broadcast(&s.epoch_loss_sum, 1, DataType::Float64, root);
+  broadcast_doubles(comm, s.epoch_losses, root);
+  broadcast_doubles(comm, s.validation_losses, root);
+  auto vector = [&](HostVector& v, bool present, const char* label) {
+    if (!present) return;
+    if (comm.rank() != root) v = HostVector(std::string(label), parameters);
+    broadcast_floats(comm, v.data(), parameters, root);
+  };
+  vector(s.parameters, true, "meshtrain::state_parameters");
+  vector(s.first_moment, header[0] != 0, "meshtrain::state_mu");
+  vector(s.second_moment, header[1] != 0, "meshtrain::state_nu");
 }
 
 Checkpoint to_checkpoint(const TrainingState& raw_state, const Mlp& model,

@@ -14,175 +14,75 @@
 #include <string>
 
 #include "meshtrain/clock.hpp"
-#include "meshtrain/comm/backend.hpp"
-#include "meshtrain/comm/checked_communicator.hpp"
-#include "meshtrain/comm/mpi_communicator.hpp"
-#include "meshtrain/runtime/cpu_affinity.hpp"
+#include "meshtrain/runtime/distributed_manager.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
 
 namespace {
-// MESHTRAIN_FAULT_INJECT=KIND:RANK:STEP makes world rank RANK misbehave when it reaches
-// optimizer step STEP of a fit: "hang" stops calling collectives (sleeps forever), "kill"
-// dies at once with SIGKILL, "extra" calls one collective (a barrier) that the other ranks do
-// not. For fault-tolerance tests and drills; ConfigError if malformed.
-struct FaultInjection {
-  std::string kind;
-  int rank = -1;
-  std::int64_t step = -1;
-};
-
-FaultInjection fault_from_environment() {
-  const char* text = std::getenv("MESHTRAIN_FAULT_INJECT");
-  if (!text || !*text) return {};
-  FaultInjection fault;
-  char kind[16] = {};
-  long long step = -1;
-  if (std::sscanf(text, "%15[a-z]:%d:%lld", kind, &fault.rank, &step) != 3 ||
-      (std::string(kind) != "hang" && std::string(kind) != "kill" && std::string(kind) != "extra") ||
-      fault.rank < 0 || step < 0) {
-    throw ConfigError(std::string("MESHTRAIN_FAULT_INJECT '") + text +
-                      "': expected KIND:RANK:STEP with KIND hang, kill or extra");
+// Tensor parallelism over the mesh's 'model' axis: a model that says nothing about its
+// partitioning gets Megatron's column/row pairs; the specs must pair up and divide.
+void prepare_tensor_parallel(Mlp& model, const DeviceMesh& mesh) {
+  const bool unspecified = std::all_of(
+      model.tensors().begin(), model.tensors().end(), [](const TensorSpec& t) {
+        return std::all_of(t.partition.begin(), t.partition.end(),
+                           [](const std::string& axis) { return axis.empty(); });
+      });
+  if (unspecified) model.set_megatron_partitioning("model");
+  const int m = mesh.axis_size("model");
+  auto is = [&](std::size_t l, std::vector<std::string> spec) {
+    return l < model.layers().size() && model.tensors()[2 * l].partition == spec;
+  };
+  for (std::size_t l = 0; l < model.layers().size(); ++l) {
+    // A column-parallel layer's output is sliced: only a row-parallel layer can consume it.
+    const bool column = is(l, {"", "model"});
+    const bool row = is(l, {"model", ""});
+    if (column != is(l + 1, {"model", ""}) || (row && !(l > 0 && is(l - 1, {"", "model"})))) {
+      throw ConfigError("partition of " + model.tensors()[2 * l].name +
+                        ": column-parallel ('', 'model') and row-parallel ('model', '') "
+                        "kernels must come in consecutive pairs");
+    }
+    const TensorSpec& kernel = model.tensors()[2 * l];
+    for (std::size_t dim = 0; dim < 2; ++dim) {
+      if (kernel.partition[dim] == "model" && kernel.shape[dim] % m != 0) {
+        throw ConfigError("mesh_shape " + format_shape(mesh.shape()) +
+                          ": the 'model' axis of size " + std::to_string(m) +
+                          " does not divide width " + std::to_string(kernel.shape[dim]) +
+                          " of layer " + std::to_string(l) + ", which tensor parallelism splits");
+      }
+    }
   }
-  fault.kind = kind;
-  fault.step = step;
-  return fault;
-}
-
-void inject_fault(const FaultInjection& fault, int world_rank, Communicator& gradient_group,
-                  std::int64_t step) {
-  if (fault.rank != world_rank || fault.step != step) return;
-  std::fprintf(stderr, "meshtrain: rank %d: injected fault '%s' at step %lld\n", world_rank,
-               fault.kind.c_str(), static_cast<long long>(step));
-  std::fflush(stderr);
-  if (fault.kind == "kill") std::raise(SIGKILL);
-  if (fault.kind == "extra") {
-    gradient_group.barrier();  // where the other ranks are about to reduce gradients
-    return;
-  }
-  for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 }  // namespace
 
+Trainer::Trainer(Mlp model, TrainingConfig config)
+    : Trainer(std::move(model), config,
+              DistributedManager::current().process_groups(config.distributed_config)) {}
 
-Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
-    : model_(std::move(model)), config_(std::move(config)) {
+Trainer::Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups)
+    : model_(std::move(model)), config_(std::move(config)), groups_(std::move(groups)) {
   if (!Kokkos::is_initialized()) {
     throw std::logic_error("Trainer: Kokkos is not initialised; create a DistributedManager first");
   }
-  mesh_ = std::make_unique<DeviceMesh>(base, config_.distributed_config);
-  config_.distributed_config = mesh_->config();
-  const DistributedConfig& dist = config_.distributed_config;
-  const bool fsdp = dist.strategy == "fsdp";
-
-  // The batch is split over "data", and under fsdp over "fsdp" too; ranks that differ only
-  // in another axis hold replicas and compute the same step.
-  const bool tensor_parallel = mesh_->has_axis("model");
-  if (tensor_parallel && fsdp) {
-    throw ConfigError("mesh_axis_names " + format_axis_names(dist.mesh_axis_names) +
-                      ": strategy 'fsdp' with a 'model' axis is not supported; use strategy "
-                      "data for tensor parallelism over 'model'");
-  }
-  const int data_size = mesh_->has_axis("data") ? mesh_->axis_size("data") : 1;
-  const int data_coord = mesh_->has_axis("data") ? mesh_->axis_coord("data") : 0;
-  const int fsdp_size = fsdp && mesh_->has_axis("fsdp") ? mesh_->axis_size("fsdp") : 1;
-  const int fsdp_coord = fsdp && mesh_->has_axis("fsdp") ? mesh_->axis_coord("fsdp") : 0;
-  batch_parts_ = data_size * fsdp_size;
-  batch_index_ = data_coord * fsdp_size + fsdp_coord;
-  config_.validate(batch_parts_);
-
-  const CommBackend backend = resolve_comm_backend(parse_comm_backend(dist.comm),
-                                                   visible_gpu_count(), nccl_built());
-  if (backend == CommBackend::Nccl &&
-      Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
-    throw ConfigError("comm 'nccl': this build's Kokkos (" + std::string(ExecSpace::name()) +
-                      ") keeps tensors in host memory; NCCL needs a CUDA-enabled Kokkos "
-                      "(configure with -DKokkos_ROOT=<its prefix>)");
-  }
-  backend_name_ = name_of(backend);
-  CollectiveChecks defaults;
-  defaults.timeout = std::chrono::milliseconds(
-      static_cast<std::int64_t>(dist.collective_timeout_seconds * 1000.0));
-  defaults.debug = dist.debug_collectives;
-  const CollectiveChecks checks = CollectiveChecks::from_environment(defaults);
-  auto make_named = [&](MPI_Comm comm, const std::string& name, CommBackend kind) {
-    std::unique_ptr<Communicator> inner = make_communicator(kind, comm);
-    if (checks.timeout.count() > 0 || checks.debug) {
-      inner = std::make_unique<CheckedCommunicator>(std::move(inner), comm, name, checks);
-    }
-    comms_.push_back(std::move(inner));
-    return comms_.back().get();
-  };
-  fault_from_environment();  // a malformed value is an error before any work
-  world_ = make_named(static_cast<MpiCommunicator&>(mesh_->world()).comm(), "world",
-                      CommBackend::Mpi);
-  auto make = [&](const std::string& axis) {
-    return make_named(static_cast<MpiCommunicator&>(mesh_->axis_comm(axis)).comm(), axis, backend);
-  };
-  auto make_self = [&] { return make_named(MPI_COMM_SELF, "self", backend); };
-  if (tensor_parallel) {
-    model_group_ = make("model");
-    batch_group_ = make("data");
-    // A model that says nothing about its partitioning gets Megatron's column/row pairs.
-    const bool unspecified = std::all_of(
-        model_.tensors().begin(), model_.tensors().end(), [](const TensorSpec& t) {
-          return std::all_of(t.partition.begin(), t.partition.end(),
-                             [](const std::string& axis) { return axis.empty(); });
-        });
-    if (unspecified) model_.set_megatron_partitioning("model");
-    const int m = mesh_->axis_size("model");
-    auto is = [&](std::size_t l, std::vector<std::string> spec) {
-      return l < model_.layers().size() && model_.tensors()[2 * l].partition == spec;
-    };
-    for (std::size_t l = 0; l < model_.layers().size(); ++l) {
-      // A column-parallel layer's output is sliced: only a row-parallel layer can consume it.
-      const bool column = is(l, {"", "model"});
-      const bool row = is(l, {"model", ""});
-      if (column != is(l + 1, {"model", ""}) || (row && !(l > 0 && is(l - 1, {"", "model"})))) {
-        throw ConfigError("partition of " + model_.tensors()[2 * l].name +
-                          ": column-parallel ('', 'model') and row-parallel ('model', '') "
-                          "kernels must come in consecutive pairs");
-      }
-      const TensorSpec& kernel = model_.tensors()[2 * l];
-      for (std::size_t dim = 0; dim < 2; ++dim) {
-        if (kernel.partition[dim] == "model" && kernel.shape[dim] % m != 0) {
-          throw ConfigError("mesh_shape " + format_shape(dist.mesh_shape) + ": the 'model' axis of size " +
-                            std::to_string(m) + " does not divide width " +
-                            std::to_string(kernel.shape[dim]) + " of layer " + std::to_string(l) +
-                            ", which tensor parallelism splits");
-        }
-      }
-    }
-  } else if (!fsdp) {
-    batch_group_ = make("data");
-  } else if (mesh_->has_axis("fsdp")) {
-    shard_group_ = make("fsdp");  // hybrid: shard across fsdp, replicate across data
-    replica_group_ = mesh_->has_axis("data") ? make("data") : make_self();
-  } else {
-    shard_group_ = make("data");  // a 1-D mesh shards over its data axis
-    replica_group_ = make_self();
-  }
+  config_.distributed_config = groups_->config();
+  config_.validate(groups_->batch_parts());
+  world_ = &groups_->world();
+  if (groups_->has_model()) prepare_tensor_parallel(model_, mesh());
 }
 
 Trainer::~Trainer() = default;
 
 Progress Trainer::resolve_progress() const {
   if (config_.progress != "auto") return parse_progress(config_.progress);
-  // What every rank knows alike first: where the thread cannot be used or has nothing to do,
-  // no collective is needed.
-  int provided = MPI_THREAD_SINGLE;
-  MPI_Query_thread(&provided);
-  if (backend_name_ != "mpi" || !config_.overlap_communication || batch_group_->size() == 1 ||
-      provided < MPI_THREAD_SERIALIZED) {
-    return Progress::Poll;
-  }
-  // Collective, so that every rank makes the same choice: a blocking all-reduce on one rank
-  // never matches a non-blocking one on another.
-  return every_rank_has_spare_core(static_cast<MpiCommunicator&>(mesh_->world()).comm())
-             ? Progress::Thread
-             : Progress::Poll;
+  // A communication thread when it can be used and has something to do, and every rank has
+  // a core to spare for it (a fact the runtime agreed on over the job): the same choice on
+  // every rank, since a blocking all-reduce on one never matches a non-blocking one on
+  // another.
+  const Communicator& gradients = groups_->data();
+  const bool usable = groups_->backend() == "mpi" && config_.overlap_communication &&
+                      gradients.size() > 1 && gradients.callable_from_another_thread();
+  return usable && groups_->topology().spare_core_per_rank ? Progress::Thread : Progress::Poll;
 }
 
 const GradientReducer& Trainer::reducer() const {
@@ -234,8 +134,9 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
-  full_plan_ = shard_batch(*world_, static_cast<int>(std::min(batch, n)), batch_parts_);
-  last_plan_ = shard_batch(*world_, static_cast<int>(n % batch), batch_parts_);
+  const int parts = groups_->batch_parts();
+  full_plan_ = shard_batch(*world_, static_cast<int>(std::min(batch, n)), parts);
+  last_plan_ = shard_batch(*world_, static_cast<int>(n % batch), parts);
   x_ = upload(x, "meshtrain::x");
   y_ = upload(y, "meshtrain::y");
 
@@ -252,14 +153,15 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   max_rows_ = static_cast<std::size_t>(
       *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
   const OptimizerConfig optimizer = OptimizerConfig::from_name(config_.optimizer);
-  if (model_group_) {
-    engine_ = make_tensor_parallel_engine(model_, *model_group_, *batch_group_, optimizer, max_rows_);
-  } else if (batch_group_) {
-    engine_ = make_data_parallel_engine(model_, *batch_group_, optimizer, config_.bucket_bytes,
+  if (groups_->has_model()) {
+    engine_ = make_tensor_parallel_engine(model_, groups_->model(), groups_->data(), optimizer,
+                                          max_rows_);
+  } else if (groups_->has_data()) {
+    engine_ = make_data_parallel_engine(model_, groups_->data(), optimizer, config_.bucket_bytes,
                                         config_.overlap_communication, resolve_progress(),
                                         max_rows_);
   } else {
-    engine_ = make_fsdp_engine(model_, *shard_group_, *replica_group_, optimizer, max_rows_);
+    engine_ = make_fsdp_engine(model_, groups_->shard(), groups_->replica(), optimizer, max_rows_);
   }
   if (config_.shuffle) {
     order_ = Kokkos::View<std::int64_t*, MemSpace>("meshtrain::order", n);
@@ -308,9 +210,10 @@ void Trainer::begin_epoch(int epoch) {
 
 std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch) {
   const ShardPlan& plan = plan_for_batch(batch);
+  const int shard = groups_->batch_index();
   const std::size_t begin = batch * static_cast<std::size_t>(config_.batch_size) +
-                            static_cast<std::size_t>(plan.offsets[batch_index_]);
-  const std::size_t count = static_cast<std::size_t>(plan.counts[batch_index_]);
+                            static_cast<std::size_t>(plan.offsets[shard]);
+  const std::size_t count = static_cast<std::size_t>(plan.counts[shard]);
   if (!config_.shuffle) return {rows(x_, begin, begin + count), rows(y_, begin, begin + count)};
   // Gather this rank's rows of the permuted batch into the batch buffers.
   auto order = order_;
@@ -327,10 +230,7 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch)
 }
 
 bool Trainer::step(std::size_t batch) {
-  static const FaultInjection fault = fault_from_environment();
-  if (!fault.kind.empty()) {
-    inject_fault(fault, world_->rank(), batch_group_ ? *batch_group_ : *shard_group_, run_steps_);
-  }
+  groups_->begin_step(run_steps_);
   const auto [x, y] = batch_rows(batch);
   engine_->compute_gradients(x, y, plan_for_batch(batch).global_batch);
 
@@ -375,9 +275,10 @@ bool Trainer::step(std::size_t batch) {
 
 double Trainer::validation_loss() {
   const std::size_t n = x_val_.extent(0);
-  const ShardPlan plan = make_shard_plan(static_cast<int>(n), batch_parts_);
-  const auto begin = static_cast<std::size_t>(plan.offsets[batch_index_]);
-  const auto count = static_cast<std::size_t>(plan.counts[batch_index_]);
+  const ShardPlan plan = make_shard_plan(static_cast<int>(n), groups_->batch_parts());
+  const int shard = groups_->batch_index();
+  const auto begin = static_cast<std::size_t>(plan.offsets[shard]);
+  const auto count = static_cast<std::size_t>(plan.counts[shard]);
   const auto most = static_cast<std::size_t>(plan.counts.front());
   const float scale = 1.0f / (static_cast<float>(n) * static_cast<float>(model_.out_features()));
   double sum = 0.0;
@@ -493,6 +394,15 @@ std::pair<double, std::int64_t> Trainer::epoch_loss_so_far(std::size_t batches) 
   return {sum, count};
 }
 
+TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epoch) {
+  if (batches_per_epoch == 0 || state.batch < batches_per_epoch) return state;
+  state.epoch += 1;
+  state.batch = 0;
+  state.epoch_loss_sum = 0.0;
+  state.epoch_loss_count = 0;
+  return state;
+}
+
 TrainingState Trainer::state() {
   if (!engine_) throw std::logic_error("Trainer::state() called before prepare()");
   TrainingState st;
@@ -512,19 +422,14 @@ TrainingState Trainer::state() {
   st.steps = run_steps_;
   st.epoch = epoch_;
   st.batch = batch_;
-  if (batch_ == num_batches_) {
-    // Called from the epoch callback: the epoch is complete and already in epoch_losses_.
-    st.epoch = epoch_ + 1;
-    st.batch = 0;
-    st.epoch_loss_sum = 0.0;
-    st.epoch_loss_count = 0;
-  } else {
+  // Called from the epoch callback, the epoch is complete (and already in epoch_losses_).
+  if (batch_ < num_batches_) {
     std::tie(st.epoch_loss_sum, st.epoch_loss_count) = epoch_loss_so_far(batch_);
   }
   st.skipped_steps = skipped_steps_;
   st.epoch_losses = epoch_losses_;
   st.validation_losses = validation_losses_;
-  return st;
+  return at_epoch_boundary(std::move(st), num_batches_);
 }
 
 void Trainer::restore(const TrainingState& st) {

@@ -28,7 +28,7 @@ struct CollectiveChecks {
 class CheckedCommunicator final : public Communicator {
  public:
   // `comm` is the MPI communicator that `inner` runs over (used for the debug comparison).
-  CheckedCommunicator(std::unique_ptr<Communicator> inner, MPI_Comm comm, std::string name,
+  CheckedCommunicator(std::shared_ptr<Communicator> inner, MPI_Comm comm, std::string name,
                       CollectiveChecks checks);
   ~CheckedCommunicator() override;
 
@@ -59,7 +59,7 @@ class CheckedCommunicator final : public Communicator {
  private:
   std::uint64_t begin(const char* kind, std::size_t count, DataType type);
 
-  std::unique_ptr<Communicator> inner_;
+  std::shared_ptr<Communicator> inner_;
   std::shared_ptr<Tracker> tracker_;
   MPI_Comm debug_comm_ = MPI_COMM_NULL;
   CollectiveChecks checks_;

@@ -51,6 +51,8 @@ class MpiCommunicator final : public Communicator {
   using Communicator::broadcast;
 
   static constexpr std::size_t kRingMinBytes = 64 * 1024;
+  // MpiCommunicator objects alive in this process.
+  static int alive();
 
  private:
   MPI_Comm comm_ = MPI_COMM_NULL;

@@ -4,19 +4,21 @@
 #include <memory>
 #include <string>
 
-#include "meshtrain/mesh/device_mesh.hpp"
+#include "meshtrain/comm/communicator.hpp"
+#include "meshtrain/runtime/process_groups.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
 
 namespace meshtrain {
 
 // Owns the process-wide runtime of one rank: MPI (initialised here unless the caller already
 // did, in which case it is adopted and left alone), Kokkos (initialised with this rank's
-// device), the rank-to-device binding and the device mesh with its communicators.
+// device), the rank-to-device binding, the job's world communicator, and the one place that
+// assembles a run's mesh and process groups.
 class DistributedManager {
  public:
   // Initialises MPI and Kokkos as needed. argc/argv may be null.
   DistributedManager(int* argc, char*** argv, MPI_Comm base = MPI_COMM_WORLD);
-  // Also builds the mesh (see create_mesh).
+  // Also assembles the process groups of config (see process_groups).
   DistributedManager(int* argc, char*** argv, const DistributedConfig& config,
                      MPI_Comm base = MPI_COMM_WORLD);
   ~DistributedManager();  // finalises Kokkos, then MPI, where this manager initialised them
@@ -30,14 +32,30 @@ class DistributedManager {
   int device_id() const { return device_id_; }
   MPI_Comm base_comm() const { return base_; }
   std::string backend_name() const;  // Kokkos's default execution space, e.g. "Serial"
+  // The job's communicator (MPI, host memory), for what a program does before and around a
+  // run: reading its configuration, broadcasting data, checkpoints.
+  Communicator& world() const { return *world_; }
 
-  // Collective: validates config against the job (ConfigError) and builds the mesh.
+  // Collective: the run's mesh and process groups for config (ConfigError, on every rank
+  // alike, when it does not fit the job). Assembled once: asking again for the same
+  // (resolved) config returns the same groups; another config assembles new ones, which
+  // become the current ones.
+  std::shared_ptr<ProcessGroups> process_groups(const DistributedConfig& config);
+  // The same over another communicator (e.g. MPI_COMM_SELF, for a 1-rank reference run
+  // inside a multi-rank job); not cached.
+  std::shared_ptr<ProcessGroups> process_groups(const DistributedConfig& config, MPI_Comm base);
+
+  // Collective: process_groups(config)'s mesh.
   const DeviceMesh& create_mesh(const DistributedConfig& config);
-  bool has_mesh() const { return mesh_ != nullptr; }
-  const DeviceMesh& mesh() const;  // throws std::logic_error before create_mesh
-
-  // Collective over the mesh's data axis; see meshtrain::shard_batch.
+  bool has_mesh() const { return groups_ != nullptr; }
+  const DeviceMesh& mesh() const;  // the current groups' mesh; std::logic_error before any
+  // Collective: the plan that splits a global batch over the current groups' batch shards
+  // (the 'data' axis; with strategy fsdp also 'fsdp'), computed by rank 0 and broadcast.
   ShardPlan shard_batch(int global_batch) const;
+
+  // Ends every rank of the job at once with `code` (a failure on one rank must never leave
+  // the others waiting in a collective).
+  [[noreturn]] void abort(int code) const;
 
   // The manager most recently constructed and still alive in this process.
   static DistributedManager& current();
@@ -54,8 +72,9 @@ class DistributedManager {
   int local_rank_ = 0;
   int local_size_ = 1;
   int device_id_ = 0;
-  std::string binding_error_;  // reported by create_mesh, after MPI is up on every rank
-  std::unique_ptr<DeviceMesh> mesh_;
+  std::string binding_error_;  // reported by process_groups, after MPI is up on every rank
+  std::shared_ptr<Communicator> world_;
+  std::shared_ptr<ProcessGroups> groups_;
   DistributedManager* previous_ = nullptr;
 };
 

@@ -3,8 +3,6 @@
 
 namespace meshtrain {
 
-class DeviceMesh;
-
 // How one global batch is split across the "data" axis: shard r holds rows
 // [offsets[r], offsets[r] + counts[r]) of the batch. Shards differ by at most one row and the
 // first global_batch % parts shards take the extra row (32 over 3 ranks: 11, 11, 10).
@@ -20,12 +18,9 @@ struct ShardPlan {
 // The plan as arithmetic, identical wherever it is computed.
 ShardPlan make_shard_plan(int global_batch, int parts);
 
-// Collective over the mesh's "data" axis: rank 0 of that axis computes the plan and
-// broadcasts it, so rank 0's plan is the one every rank follows.
-ShardPlan shard_batch(const DeviceMesh& mesh, int global_batch);
-
 class Communicator;
-// Collective over comm: comm's rank 0 computes the plan for `parts` shards and broadcasts it.
+// Collective over comm: comm's rank 0 computes the plan for `parts` shards and broadcasts it,
+// so that rank 0's plan is the one every rank follows.
 ShardPlan shard_batch(Communicator& comm, int global_batch, int parts);
 
 }  // namespace meshtrain

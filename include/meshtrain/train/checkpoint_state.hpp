@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <string>
 
+#include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/nn/mlp.hpp"
 #include "meshtrain/train/checkpoint.hpp"
 #include "meshtrain/train/trainer.hpp"
@@ -36,11 +37,10 @@ std::string run_signature(const Mlp& model, const TrainingConfig& config, std::s
 // 16 lowercase hex digits of the 64-bit FNV-1a hash of text.
 std::string fingerprint_of(const std::string& text);
 
-// The state with its position moved past a finished epoch: Trainer::state() called from
-// the epoch callback reports (epoch E, batch = batches_per_epoch); the same point of the run
-// is (E + 1, 0) with nothing carried, which is what restore() must be given so that it does
-// not finish epoch E a second time. Any other state is returned unchanged.
-TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epoch);
+// Collective over comm: root's state on every rank (the receivers allocate the vectors;
+// `parameters` is the model's parameter count, which every rank knows).
+void broadcast_state(Communicator& comm, TrainingState& state, std::size_t parameters,
+                     int root = 0);
 
 // The checkpoint of state for a run of model under config on `samples` training samples.
 // The human-readable metadata comes from config (its distributed_config as resolved by the

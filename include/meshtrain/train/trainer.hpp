@@ -1,6 +1,4 @@
 #pragma once
-#include <mpi.h>
-
 #include <csignal>
 #include <cstdint>
 #include <functional>
@@ -9,9 +7,9 @@
 #include <utility>
 #include <vector>
 
-#include "meshtrain/mesh/device_mesh.hpp"
 #include "meshtrain/nn/mlp.hpp"
 #include "meshtrain/optim/optimizer.hpp"
+#include "meshtrain/runtime/process_groups.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
 #include "meshtrain/train/gradient_reducer.hpp"
 #include "meshtrain/train/step_engine.hpp"
@@ -74,6 +72,13 @@ struct TrainingState {
   std::vector<double> validation_losses;
 };
 
+// The one place a run's position is normalised: a state taken when an epoch has just
+// finished (epoch E, batch = batches_per_epoch) is the same point of the run as (E + 1, 0)
+// with nothing carried, which is what restore() must be given so that it does not finish
+// epoch E a second time. Any other state is returned unchanged. Trainer::state() and
+// to_checkpoint() return normalised states.
+TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epoch);
+
 // Training with global-batch semantics: every global batch x[s:s+B] is split by rank 0's plan
 // across the batch group (the "data" axis; with strategy fsdp, the "data" and "fsdp" axes);
 // each rank computes its shard's share of the global mean loss and gradient; the strategy's
@@ -83,9 +88,12 @@ struct TrainingState {
 // computes on the same global batches.
 class Trainer {
  public:
-  // Collective over base (MPI and Kokkos must be initialised, e.g. by a DistributedManager).
-  // Builds the mesh from config.distributed_config; throws ConfigError for a bad config.
-  Trainer(Mlp model, TrainingConfig config, MPI_Comm base = MPI_COMM_WORLD);
+  // Trains with the process groups that the current DistributedManager assembles for
+  // config.distributed_config (collective; the same groups when they exist already).
+  // Throws ConfigError for a bad config.
+  Trainer(Mlp model, TrainingConfig config);
+  // Trains with the given groups (their config replaces config.distributed_config).
+  Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups);
   ~Trainer();
 
   // Trains on (x, y), which every rank holds in full: x (samples x in), y (samples x out).
@@ -119,38 +127,29 @@ class Trainer {
   // The data-parallel gradient reducer (std::logic_error under fsdp, which has none).
   const GradientReducer& reducer() const;
   StateBytes state_bytes() const;  // after prepare()
-  int batch_group_size() const { return batch_parts_; }
+  int batch_group_size() const { return groups_->batch_parts(); }
 
   const Mlp& model() const { return model_; }
-  const DeviceMesh& mesh() const { return *mesh_; }
+  const DeviceMesh& mesh() const { return groups_->mesh(); }
+  const ProcessGroups& groups() const { return *groups_; }
   const TrainingConfig& config() const { return config_; }
   const ShardPlan& plan_for_batch(std::size_t batch) const;
   // The backend the gradient collectives run on: "mpi" or "nccl".
-  std::string_view gradient_backend() const { return backend_name_; }
+  std::string_view gradient_backend() const { return groups_->backend(); }
 
  private:
   void begin_epoch(int epoch);
   double validation_loss();
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
-  Progress resolve_progress() const;  // collective: config_.progress, "auto" decided
+  Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
   // including what a resumed epoch carried in.
   std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;
 
   Mlp model_;
   TrainingConfig config_;
-  std::unique_ptr<DeviceMesh> mesh_;
-  // Communicators of the chosen backend: the batch group (data parallel) or the shard and
-  // replica groups (fsdp).
-  std::vector<std::unique_ptr<Communicator>> comms_;
-  Communicator* world_ = nullptr;  // control collectives (plans, flags, broadcasts)
-  Communicator* batch_group_ = nullptr;
-  Communicator* shard_group_ = nullptr;
-  Communicator* replica_group_ = nullptr;
-  Communicator* model_group_ = nullptr;  // tensor parallelism over "model"
-  std::string backend_name_;
-  int batch_parts_ = 1;  // shards each global batch is split into
-  int batch_index_ = 0;  // this rank's shard
+  std::shared_ptr<ProcessGroups> groups_;
+  Communicator* world_ = nullptr;  // groups_->world(): control collectives
 
   // Prepared state.
   std::size_t samples_ = 0;

@@ -1,0 +1,96 @@
+#pragma once
+// Fault injection for fault-tolerance tests and drills, as a Communicator decorator, so that
+// no training code knows about it. MESHTRAIN_FAULT_INJECT=KIND:RANK:STEP makes world rank
+// RANK misbehave at its first collective on a training group (data, fsdp, model, replica)
+// in optimizer step STEP of a run: "hang" stops there (sleeps forever), "kill" dies at once
+// with SIGKILL, "extra" first calls one collective (a barrier) that the other ranks do not.
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "meshtrain/comm/communicator.hpp"
+
+namespace meshtrain {
+
+struct FaultPlan {
+  std::string kind;  // "hang", "kill" or "extra"
+  int rank = -1;
+  std::int64_t step = -1;
+
+  // The plan in MESHTRAIN_FAULT_INJECT, if set; ConfigError naming the variable and value
+  // when it is malformed (the same on every rank, so checked before any work).
+  static std::optional<FaultPlan> from_environment();
+};
+
+// Shared by the decorated groups of one run: armed at the planned step on the planned rank,
+// fired by the first collective that follows on any of them.
+class FaultTrigger {
+ public:
+  FaultTrigger(FaultPlan plan, int world_rank) : plan_(std::move(plan)), world_rank_(world_rank) {}
+  void begin_step(std::int64_t step);
+  // Misbehaves as planned when armed (once); `group` is where the collective was called.
+  void before_collective(Communicator& group);
+
+ private:
+  FaultPlan plan_;
+  int world_rank_;
+  std::int64_t step_ = -1;
+  std::atomic<bool> armed_{false};
+};
+
+class FaultInjectingCommunicator final : public Communicator {
+ public:
+  FaultInjectingCommunicator(std::shared_ptr<Communicator> inner,
+                             std::shared_ptr<FaultTrigger> trigger)
+      : inner_(std::move(inner)), trigger_(std::move(trigger)) {}
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string_view backend() const override { return inner_->backend(); }
+  bool callable_from_another_thread() const override {
+    return inner_->callable_from_another_thread();
+  }
+
+  void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override {
+    trigger_->before_collective(*inner_);
+    inner_->allreduce(buf, count, type, op);
+  }
+  std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
+                                        ReduceOp op) override {
+    trigger_->before_collective(*inner_);
+    return inner_->allreduce_async(buf, count, type, op);
+  }
+  void reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
+                      ReduceOp op) override {
+    trigger_->before_collective(*inner_);
+    inner_->reduce_scatter(send, recv, count, type, op);
+  }
+  void all_gather(const void* send, void* recv, std::size_t count, DataType type) override {
+    trigger_->before_collective(*inner_);
+    inner_->all_gather(send, recv, count, type);
+  }
+  void broadcast(void* buf, std::size_t count, DataType type, int root) override {
+    trigger_->before_collective(*inner_);
+    inner_->broadcast(buf, count, type, root);
+  }
+  void scatterv(const void* send, std::span<const int> counts, std::span<const int> displs,
+                void* recv, int recv_count, DataType type, int root) override {
+    trigger_->before_collective(*inner_);
+    inner_->scatterv(send, counts, displs, recv, recv_count, type, root);
+  }
+  void barrier() override {
+    trigger_->before_collective(*inner_);
+    inner_->barrier();
+  }
+
+  using Communicator::allreduce;
+  using Communicator::broadcast;
+
+ private:
+  std::shared_ptr<Communicator> inner_;
+  std::shared_ptr<FaultTrigger> trigger_;
+};
+
+}  // namespace meshtrain
