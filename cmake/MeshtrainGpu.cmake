@@ -41,6 +41,12 @@ if(MESHTRAIN_ENABLE_NCCL AND NOT NCCL_FOUND)
     "or configure with -DMESHTRAIN_ENABLE_NCCL=OFF")
 endif()
 
+# For the installed package config: the toolkit this build found (its bin/ holds nvcc).
+set(MESHTRAIN_CUDA_ROOT "")
+if(CUDAToolkit_FOUND)
+  get_filename_component(MESHTRAIN_CUDA_ROOT "${CUDAToolkit_BIN_DIR}" DIRECTORY)
+endif()
+
 set(MESHTRAIN_HAS_CUDA 0)
 set(MESHTRAIN_HAS_NCCL 0)
 if(MESHTRAIN_ENABLE_CUDA)

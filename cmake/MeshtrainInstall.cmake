@@ -1,11 +1,15 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS meshtrain meshtrain_kokkos meshtrain_warnings EXPORT meshtrainTargets
+# meshtrain_warnings (compile options of this project's own targets) stays out of the export:
+# meshtrain links it as $<BUILD_INTERFACE:...>.
+install(TARGETS meshtrain meshtrain_kokkos EXPORT meshtrainTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# The public headers only: internal ones (the NCCL error checks, which include CUDA's and
+# NCCL's headers) live beside the sources in src/.
 install(DIRECTORY include/meshtrain DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(DIRECTORY ${CMAKE_BINARY_DIR}/include/meshtrain DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT meshtrainTargets NAMESPACE meshtrain:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/meshtrain)

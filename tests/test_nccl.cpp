@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "meshtrain/comm/backend.hpp"
-#include "meshtrain/comm/impl/nccl_check.hpp"
+#include "comm/nccl_check.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/comm/nccl_communicator.hpp"
 #include "meshtrain/error.hpp"

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "meshtrain/comm/impl/nccl_check.hpp"
+#include "comm/nccl_check.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 
