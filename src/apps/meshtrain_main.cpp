@@ -122,7 +122,7 @@ bool stdout_is_terminal() {
   if (const char* forced = std::getenv("MESHTRAIN_STDOUT_IS_TTY"))
     return std::string(forced) == "1";
   // Open MPI gives its ranks a pseudo-terminal even when mpirun's own output is a file.
-  if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK")) return false;
+  if (DistributedManager::started_by_launcher()) return false;
   return ::isatty(STDOUT_FILENO) != 0;
 }
 

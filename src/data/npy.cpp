@@ -13,6 +13,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "meshtrain/error.hpp"
@@ -239,6 +240,75 @@ void read_float64(std::FILE* file, std::vector<float>& out, const std::string& p
   }
 }
 
+// What the preamble and header of an open .npy file say about its payload.
+struct NpyLayout {
+  NpyHeader header;
+  std::size_t item_size = 0;
+  std::size_t count = 0;  // elements
+  std::size_t bytes = 0;  // of the payload
+};
+
+// The preamble (magic, version, header length: 2 bytes in version 1, 4 in 2 and 3) and the
+// header text; leaves the file at the payload.
+std::pair<std::string, std::size_t> read_header_text(std::FILE* file, std::uintmax_t file_size,
+                                                     const std::string& path) {
+  unsigned char preamble[kMagicSize + 2];
+  if (file_size < sizeof preamble)
+    fail(path, "not a .npy file (only " + std::to_string(file_size) + " bytes)");
+  read_exact(file, preamble, sizeof preamble, path, "preamble");
+  if (std::memcmp(preamble, kMagic, kMagicSize) != 0) fail(path, "not a .npy file (wrong magic bytes)");
+  const int major = preamble[kMagicSize], minor = preamble[kMagicSize + 1];
+  if (major < 1 || major > 3 || minor != 0) {
+    fail(path, "unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor) +
+                   " (supported: 1.0, 2.0, 3.0)");
+  }
+  const std::size_t length_bytes = major == 1 ? 2 : 4;
+  unsigned char length_field[4] = {0, 0, 0, 0};
+  read_exact(file, length_field, length_bytes, path, "header length");
+  const std::size_t header_length = length_field[0] | (length_field[1] << 8) |
+                                    (std::size_t{length_field[2]} << 16) |
+                                    (std::size_t{length_field[3]} << 24);
+  const std::size_t data_offset = sizeof preamble + length_bytes + header_length;
+  if (data_offset > file_size) {
+    fail(path, "truncated: the header is " + std::to_string(header_length) + " bytes but the file has only " +
+                   std::to_string(file_size - sizeof preamble - length_bytes) + " after the preamble");
+  }
+  std::string header_text(header_length, '\0');
+  read_exact(file, header_text.data(), header_length, path, "header");
+  return {header_text, data_offset};
+}
+
+// The header checked against what meshtrain reads, and against the payload's size.
+NpyLayout check_layout(const NpyHeader& header, std::uintmax_t payload_bytes,
+                       const std::string& path) {
+  if (header.fortran_order) fail(path, "Fortran order is not supported; save with np.ascontiguousarray");
+  NpyLayout layout{header};
+  if (header.descr == "<f4")
+    layout.item_size = 4;
+  else if (header.descr == "<f8")
+    layout.item_size = 8;
+  else
+    fail(path, "unsupported dtype '" + header.descr + "' (supported: '<f4' float32, '<f8' float64)");
+  if (header.shape.empty()) fail(path, "holds a 0-d array (a scalar); expected 1 or 2 dimensions");
+  if (header.shape.size() > 2) {
+    fail(path, "has shape " + shape_text(header.shape) + ": " + std::to_string(header.shape.size()) +
+                   " dimensions, expected 1 or 2");
+  }
+  const auto count = checked_product(header.shape, 1);
+  const auto expected_bytes = checked_product(header.shape, layout.item_size);
+  if (!count || !expected_bytes) fail(path, "shape " + shape_text(header.shape) + " is too large");
+  if (payload_bytes != *expected_bytes) {
+    fail(path, std::string(payload_bytes < *expected_bytes ? "truncated: " : "") + "holds " +
+                   std::to_string(payload_bytes) + " bytes of data, the header promises " +
+                   std::to_string(*expected_bytes) + " (shape " + shape_text(header.shape) + ", dtype '" +
+                   header.descr + "')" +
+                   (payload_bytes > *expected_bytes ? ": trailing bytes after the array" : ""));
+  }
+  layout.count = *count;
+  layout.bytes = *expected_bytes;
+  return layout;
+}
+
 }  // namespace
 
 NpyArray read_npy(const std::string& path) {
@@ -252,60 +322,12 @@ NpyArray read_npy(const std::string& path) {
   const std::uintmax_t file_size = fs::file_size(path, ec);
   if (ec) fail(path, "cannot read its size: " + ec.message());
 
-  // Preamble: magic, version, header length (2 bytes in version 1, 4 bytes in 2 and 3).
-  unsigned char preamble[kMagicSize + 2];
-  if (file_size < sizeof preamble)
-    fail(path, "not a .npy file (only " + std::to_string(file_size) + " bytes)");
-  read_exact(file.get(), preamble, sizeof preamble, path, "preamble");
-  if (std::memcmp(preamble, kMagic, kMagicSize) != 0) fail(path, "not a .npy file (wrong magic bytes)");
-  const int major = preamble[kMagicSize], minor = preamble[kMagicSize + 1];
-  if (major < 1 || major > 3 || minor != 0) {
-    fail(path, "unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor) +
-                   " (supported: 1.0, 2.0, 3.0)");
-  }
-  const std::size_t length_bytes = major == 1 ? 2 : 4;
-  unsigned char length_field[4] = {0, 0, 0, 0};
-  read_exact(file.get(), length_field, length_bytes, path, "header length");
-  const std::size_t header_length = length_field[0] | (length_field[1] << 8) |
-                                    (std::size_t{length_field[2]} << 16) |
-                                    (std::size_t{length_field[3]} << 24);
-  const std::size_t data_offset = sizeof preamble + length_bytes + header_length;
-  if (data_offset > file_size) {
-    fail(path, "truncated: the header is " + std::to_string(header_length) + " bytes but the file has only " +
-                   std::to_string(file_size - sizeof preamble - length_bytes) + " after the preamble");
-  }
-  std::string header_text(header_length, '\0');
-  read_exact(file.get(), header_text.data(), header_length, path, "header");
-
-  const NpyHeader header = HeaderParser(header_text, path).parse();
-  if (header.fortran_order) fail(path, "Fortran order is not supported; save with np.ascontiguousarray");
-  std::size_t item_size = 0;
-  if (header.descr == "<f4")
-    item_size = 4;
-  else if (header.descr == "<f8")
-    item_size = 8;
-  else
-    fail(path, "unsupported dtype '" + header.descr + "' (supported: '<f4' float32, '<f8' float64)");
-  if (header.shape.empty()) fail(path, "holds a 0-d array (a scalar); expected 1 or 2 dimensions");
-  if (header.shape.size() > 2) {
-    fail(path, "has shape " + shape_text(header.shape) + ": " + std::to_string(header.shape.size()) +
-                   " dimensions, expected 1 or 2");
-  }
-  const auto count = checked_product(header.shape, 1);
-  const auto expected_bytes = checked_product(header.shape, item_size);
-  if (!count || !expected_bytes) fail(path, "shape " + shape_text(header.shape) + " is too large");
-  const std::uintmax_t actual_bytes = file_size - data_offset;
-  if (actual_bytes != *expected_bytes) {
-    fail(path, std::string(actual_bytes < *expected_bytes ? "truncated: " : "") + "holds " +
-                   std::to_string(actual_bytes) + " bytes of data, the header promises " +
-                   std::to_string(*expected_bytes) + " (shape " + shape_text(header.shape) + ", dtype '" +
-                   header.descr + "')" +
-                   (actual_bytes > *expected_bytes ? ": trailing bytes after the array" : ""));
-  }
-
-  NpyArray array{header.shape, std::vector<float>(*count), header.descr};
-  if (item_size == 4) {
-    read_exact(file.get(), array.data.data(), *expected_bytes, path, "data");
+  const auto [header_text, data_offset] = read_header_text(file.get(), file_size, path);
+  const NpyLayout layout =
+      check_layout(HeaderParser(header_text, path).parse(), file_size - data_offset, path);
+  NpyArray array{layout.header.shape, std::vector<float>(layout.count), layout.header.descr};
+  if (layout.item_size == 4) {
+    read_exact(file.get(), array.data.data(), layout.bytes, path, "data");
     for (std::size_t i = 0; i < array.data.size(); ++i) {
       if (!std::isfinite(array.data[i])) {
         fail(path, "holds " + format_value(array.data[i]) + " at flat index " + std::to_string(i));

@@ -138,6 +138,10 @@ void DistributedManager::abort(int code) const {
   std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
 }
 
+bool DistributedManager::started_by_launcher() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr;
+}
+
 DistributedManager& DistributedManager::current() {
   if (!g_current) throw std::logic_error("no DistributedManager is alive in this process");
   return *g_current;

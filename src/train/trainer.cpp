@@ -298,66 +298,76 @@ FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
 
 FitResult Trainer::fit() {
   if (!engine_) throw std::logic_error("Trainer::fit() called before prepare()");
-  TrainingMetrics metrics;
   world_->barrier();
   engine_->reset_timers();
-  const double start = now_seconds();
-  std::int64_t steps = 0;
-  std::size_t samples = 0;
-  const bool has_validation = x_val_.extent(0) > 0 && config_.validation_every > 0;
-  while (epoch_ < config_.num_epochs) {
+  FitClock clock;
+  clock.start = now_seconds();
+  bool stopped = false;
+  while (epoch_ < config_.num_epochs && !stopped) {
     const double epoch_start = now_seconds();
     std::size_t epoch_samples = 0;
-    bool stop = false;
-    while (batch_ < num_batches_ && !stop) {
-      stop = step(batch_);
-      epoch_samples += static_cast<std::size_t>(plan_for_batch(batch_).global_batch);
-      ++batch_;
-      ++run_steps_;
-      ++steps;
-    }
-    samples += epoch_samples;
+    const bool stop = train_rest_of_epoch(clock, epoch_samples);
     if (batch_ < num_batches_) {  // stopped inside the epoch: state() keeps the position
-      metrics.stopped = true;
+      stopped = true;
       break;
     }
-    const auto [sum, count] = epoch_loss_so_far(num_batches_);
-    carried_loss_sum_ = 0.0;
-    carried_loss_count_ = 0;
-    epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count)
-                                      : std::numeric_limits<double>::quiet_NaN());
-    const bool last = epoch_ + 1 == config_.num_epochs;
-    const bool validate =
-        has_validation && ((epoch_ + 1) % config_.validation_every == 0 || last);
-    validation_losses_.push_back(validate ? validation_loss()
-                                          : std::numeric_limits<double>::quiet_NaN());
-    const double now = now_seconds();
-    if (epoch_callback_) {
-      EpochReport report;
-      report.epoch = epoch_;
-      report.num_epochs = config_.num_epochs;
-      report.train_loss = epoch_losses_.back();
-      report.validation_loss = validation_losses_.back();
-      report.step = run_steps_;
-      report.skipped_steps = skipped_steps_;
-      report.epoch_seconds = now - epoch_start;
-      report.elapsed_seconds = now - start;
-      report.samples_per_second =
-          now > epoch_start ? static_cast<double>(epoch_samples) / (now - epoch_start) : 0.0;
-      epoch_callback_(report);
-    }
-    ++epoch_;
-    batch_ = 0;
-    if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
-    if (stop) {
-      metrics.stopped = true;
-      break;
-    }
+    end_epoch(clock, epoch_start, epoch_samples);
+    stopped = stop;
   }
   ExecSpace().fence();
-  const double wall = now_seconds() - start;
+  const TrainingMetrics metrics = metrics_of(clock, now_seconds() - clock.start, stopped);
+  engine_->write_parameters(model_);
+  return FitResult{model_.clone(), metrics};
+}
 
-  metrics.steps = steps;
+bool Trainer::train_rest_of_epoch(FitClock& clock, std::size_t& epoch_samples) {
+  bool stop = false;
+  while (batch_ < num_batches_ && !stop) {
+    stop = step(batch_);
+    const auto rows = static_cast<std::size_t>(plan_for_batch(batch_).global_batch);
+    epoch_samples += rows;
+    clock.samples += rows;
+    ++batch_;
+    ++run_steps_;
+    ++clock.steps;
+  }
+  return stop;
+}
+
+void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t epoch_samples) {
+  const auto [sum, count] = epoch_loss_so_far(num_batches_);
+  carried_loss_sum_ = 0.0;
+  carried_loss_count_ = 0;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count) : nan);
+  const bool last = epoch_ + 1 == config_.num_epochs;
+  const bool validate = x_val_.extent(0) > 0 && config_.validation_every > 0 &&
+                        ((epoch_ + 1) % config_.validation_every == 0 || last);
+  validation_losses_.push_back(validate ? validation_loss() : nan);
+  const double now = now_seconds();
+  if (epoch_callback_) {
+    EpochReport report;
+    report.epoch = epoch_;
+    report.num_epochs = config_.num_epochs;
+    report.train_loss = epoch_losses_.back();
+    report.validation_loss = validation_losses_.back();
+    report.step = run_steps_;
+    report.skipped_steps = skipped_steps_;
+    report.epoch_seconds = now - epoch_start;
+    report.elapsed_seconds = now - clock.start;
+    report.samples_per_second =
+        now > epoch_start ? static_cast<double>(epoch_samples) / (now - epoch_start) : 0.0;
+    epoch_callback_(report);
+  }
+  ++epoch_;
+  batch_ = 0;
+  if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
+}
+
+TrainingMetrics Trainer::metrics_of(const FitClock& clock, double wall, bool stopped) const {
+  TrainingMetrics metrics;
+  metrics.stopped = stopped;
+  metrics.steps = clock.steps;
   metrics.skipped_steps = skipped_steps_;
   metrics.wall_seconds = wall;
   metrics.communication_seconds = engine_->blocked_seconds();
@@ -372,11 +382,10 @@ FitResult Trainer::fit() {
     metrics.final_loss = epoch_losses_.back();
   }
   if (wall > 0) {
-    metrics.samples_per_second = static_cast<double>(samples) / wall;
-    metrics.steps_per_second = static_cast<double>(steps) / wall;
+    metrics.samples_per_second = static_cast<double>(clock.samples) / wall;
+    metrics.steps_per_second = static_cast<double>(clock.steps) / wall;
   }
-  engine_->write_parameters(model_);
-  return FitResult{model_.clone(), metrics};
+  return metrics;
 }
 
 std::pair<double, std::int64_t> Trainer::epoch_loss_so_far(std::size_t batches) const {

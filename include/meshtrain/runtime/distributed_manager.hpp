@@ -57,6 +57,10 @@ class DistributedManager {
   // the others waiting in a collective).
   [[noreturn]] void abort(int code) const;
 
+  // Whether this process was started by an MPI launcher (mpirun, srun with PMIx), which may
+  // give it a pseudo-terminal however the launcher's own output is redirected.
+  static bool started_by_launcher();
+
   // The manager most recently constructed and still alive in this process.
   static DistributedManager& current();
 

@@ -138,7 +138,18 @@ class Trainer {
   std::string_view gradient_backend() const { return groups_->backend(); }
 
  private:
+  // Totals of one fit() call.
+  struct FitClock {
+    double start = 0.0;
+    std::int64_t steps = 0;
+    std::size_t samples = 0;
+  };
   void begin_epoch(int epoch);
+  // Trains the current epoch's remaining batches; true when the stop flag was raised.
+  bool train_rest_of_epoch(FitClock& clock, std::size_t& epoch_samples);
+  // The finished epoch's loss, validation and report; moves on to the next epoch.
+  void end_epoch(const FitClock& clock, double epoch_start, std::size_t epoch_samples);
+  TrainingMetrics metrics_of(const FitClock& clock, double wall, bool stopped) const;
   double validation_loss();
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
