@@ -7,21 +7,19 @@
 
 namespace meshtrain {
 
-std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t extra,
+std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes) {
   const auto& tensors = model.tensors();
   const std::size_t limit = std::max<std::size_t>(bucket_bytes / sizeof(float), 1);
   std::vector<GradientBucket> buckets;
   // Walk the tensors from the last (produced first by backward) to the first.
   std::size_t end = model.num_parameters() + extra;
-  std::size_t begin = end;
-  std::size_t ready_after = model.layers().size() - 1;
   for (std::size_t t = tensors.size(); t-- > 0;) {
-    begin = tensors[t].offset;
-    ready_after = t / 2;  // tensors are (kernel, bias) per layer
-    const bool layer_start = t % 2 == 0;
-    // Close a bucket at a layer boundary once it is big enough, so that a layer's kernel
-    // and bias travel together.
+    const std::size_t begin = tensors[t].offset;
+    const std::size_t ready_after = model.layer_of_tensor(t);
+    const bool layer_start = t == model.first_tensor(ready_after);
+    // Close a bucket at a layer boundary once it is big enough, so that a layer's tensors
+    // travel together.
     if (layer_start && end - begin >= limit) {
       buckets.push_back({begin, end, ready_after});
       end = begin;

@@ -125,36 +125,7 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
   if (tensor_parallel) {
     model_group_ = make("model");
     batch_group_ = make("data");
-    // A model that says nothing about its partitioning gets Megatron's column/row pairs.
-    const bool unspecified = std::all_of(
-        model_.tensors().begin(), model_.tensors().end(), [](const TensorSpec& t) {
-          return std::all_of(t.partition.begin(), t.partition.end(),
-                             [](const std::string& axis) { return axis.empty(); });
-        });
-    if (unspecified) model_.set_megatron_partitioning("model");
-    const int m = mesh_->axis_size("model");
-    auto is = [&](std::size_t l, std::vector<std::string> spec) {
-      return l < model_.layers().size() && model_.tensors()[2 * l].partition == spec;
-    };
-    for (std::size_t l = 0; l < model_.layers().size(); ++l) {
-      // A column-parallel layer's output is sliced: only a row-parallel layer can consume it.
-      const bool column = is(l, {"", "model"});
-      const bool row = is(l, {"model", ""});
-      if (column != is(l + 1, {"model", ""}) || (row && !(l > 0 && is(l - 1, {"", "model"})))) {
-        throw ConfigError("partition of " + model_.tensors()[2 * l].name +
-                          ": column-parallel ('', 'model') and row-parallel ('model', '') "
-                          "kernels must come in consecutive pairs");
-      }
-      const TensorSpec& kernel = model_.tensors()[2 * l];
-      for (std::size_t dim = 0; dim < 2; ++dim) {
-        if (kernel.partition[dim] == "model" && kernel.shape[dim] % m != 0) {
-          throw ConfigError("mesh_shape " + format_shape(dist.mesh_shape) + ": the 'model' axis of size " +
-                            std::to_string(m) + " does not divide width " +
-                            std::to_string(kernel.shape[dim]) + " of layer " + std::to_string(l) +
-                            ", which tensor parallelism splits");
-        }
-      }
-    }
+    prepare_tensor_parallel(model_, dist.mesh_shape, mesh_->axis_size("model"));
   } else if (!fsdp) {
     batch_group_ = make("data");
   } else if (mesh_->has_axis("fsdp")) {

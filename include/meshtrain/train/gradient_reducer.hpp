@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
-#include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/nn/model.hpp"
 
 namespace meshtrain {
 
@@ -24,7 +24,7 @@ struct GradientBucket {
 // Cuts a flat buffer laid out like the model's parameters, plus `extra` trailing slots (the
 // loss), into buckets of about bucket_bytes, in the order backward produces them: the last
 // layer's tensors (and the extra slots) first. Every rank computes the same buckets.
-std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t extra,
+std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes);
 
 // How overlapped all-reduces advance while backward computes.
