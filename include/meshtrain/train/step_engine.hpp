@@ -1,6 +1,6 @@
 #pragma once
 // How one training step is computed and synchronised: the strategy behind a Trainer.
-// Both engines compute the same global-batch gradient and the same optimizer step; they
+// The engines compute the same global-batch gradient and the same optimizer step; they
 // differ in what each rank stores and which collectives move it.
 #include <cstddef>
 #include <initializer_list>
