@@ -125,7 +125,7 @@ void BM_StepPhases_MLP1024x3(benchmark::State& state) {
   Matrix x("x", rows, 4), y("y", rows, 1);
   Kokkos::deep_copy(x, data.x);
   Kokkos::deep_copy(y, data.y);
-  MlpWorkspace ws(model, rows);
+  ModelWorkspace ws(model, rows);
   const std::size_t p = model.num_parameters();
   Vector grads("grads", p + 1);
   Kokkos::View<float, MemSpace> loss("loss");
@@ -138,14 +138,11 @@ void BM_StepPhases_MLP1024x3(benchmark::State& state) {
     ExecSpace().fence();
     total += MPI_Wtime() - t0;
   };
-  MatrixRef dpred;
+  PassHooks hooks;
+  hooks.gradients = [&](std::size_t l) { return grads.data() + model.layer_offset(l); };
   for (auto _ : state) {
-    timed(t_forward, [&] {
-      ConstMatrixRef pred = model.forward(x, ws);
-      dpred = MatrixRef(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
-      mse_loss_grad(pred, y, 1.0f / 1024, dpred, loss);
-    });
-    timed(t_backward, [&] { model.backward(x, ws, dpred, grads.data()); });
+    timed(t_forward, [&] { model.forward_loss(x, y, model.loss_scale(1024), loss, ws); });
+    timed(t_backward, [&] { model.backward(x, ws, hooks); });
     timed(t_skew, [&] { MPI_Barrier(MPI_COMM_WORLD); });
     timed(t_reduce, [&] { comm.allreduce(grads.data(), p + 1, DataType::Float32, ReduceOp::Sum); });
     timed(t_adam, [&] {

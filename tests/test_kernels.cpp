@@ -12,8 +12,10 @@
 
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
+#include "meshtrain/nn/dense.hpp"
 #include "meshtrain/nn/kernels.hpp"
 #include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/nn/model.hpp"
 #include "meshtrain/nn/types.hpp"
 
 namespace {
@@ -716,7 +718,7 @@ TEST(MlpForward, MatchesHostReference) {
   Random rng(78);
   const auto xv = random_values(n * 3, rng, 1.0);
   Matrix x = make_matrix(n, 3, xv);
-  MlpWorkspace ws(model, 10);
+  ModelWorkspace ws(model, 10);
   const auto out = host_values(model.forward(x, ws));
   const auto expected = host_mlp_forward(model, host_values(model.parameters()), xv, n);
   ASSERT_EQ(out.size(), n * 2);
@@ -725,7 +727,7 @@ TEST(MlpForward, MatchesHostReference) {
 
 TEST(MlpForward, RejectsMoreRowsThanWorkspace) {
   const Mlp model({3, 5, 2}, Activation::Tanh, 1);
-  MlpWorkspace ws(model, 4);
+  ModelWorkspace ws(model, 4);
   Matrix x("x", 5, 3);
   EXPECT_THROW(model.forward(x, ws), std::logic_error);
   Matrix ok("ok", 4, 3);
@@ -743,7 +745,7 @@ void check_mlp_against_finite_differences(Mlp& model, const std::vector<double>&
   Random rng(99);
   const auto gv = random_values(n * out, rng, 1.0);
   Matrix x = make_matrix(n, in, xv);
-  MlpWorkspace ws(model, n + 3);  // a workspace larger than the batch
+  ModelWorkspace ws(model, n + 3);  // a workspace larger than the batch
 
   model.forward(x, ws);
   Matrix dout = make_matrix(n, out, gv);
@@ -834,6 +836,190 @@ TEST(MlpBackward, ReluPdeModelMatchesFiniteDifferences) {
     return false;  // the output layer is linear
   };
   check_mlp_against_finite_differences(model, xv, n, h, skip, 300);
+}
+
+
+// ---------------------------------------------------------------------------------------
+// Model: the one pass over layers
+
+using ScalarView = Kokkos::View<float, MemSpace>;
+
+double host_scalar(const ScalarView& v) {
+  float h = 0.0f;
+  Kokkos::deep_copy(h, v);
+  return h;
+}
+
+// The pass as Mlp ran it before it was built from layers, kernel by kernel on buffers of its
+// own: the model's pass must run the same kernels on the same values, so that training
+// stays bit for bit what it was.
+void expect_pass_matches_kernel_sequence(const Mlp& model, std::size_t n, std::uint64_t seed) {
+  const auto in = static_cast<std::size_t>(model.in_features());
+  const auto out = static_cast<std::size_t>(model.out_features());
+  Random rng(seed);
+  Matrix x = make_matrix(n, in, random_values(n * in, rng, 1.0));
+  Matrix y = make_matrix(n, out, random_values(n * out, rng, 1.0));
+  const float scale = model.loss_scale(static_cast<int>(n));
+
+  ModelWorkspace ws(model, n);
+  ScalarView loss("loss");
+  const auto pred = host_values(model.forward_loss(x, y, scale, loss, ws));
+  Vector grads("grads", model.num_parameters());
+  PassHooks hooks;
+  hooks.gradients = [&](std::size_t l) { return grads.data() + model.layer_offset(l); };
+  model.backward(x, ws, hooks);
+
+  float* p = model.parameters().data();
+  std::vector<Matrix> acts;
+  ConstMatrixRef input = x;
+  for (std::size_t l = 0; l < model.layers().size(); ++l) {
+    const DenseSpec& d = model.layers()[l];
+    acts.emplace_back("act", n, static_cast<std::size_t>(d.out));
+    linear_forward(input, model.kernel(p, l), model.bias(p, l), acts.back(), d.activation);
+    input = acts.back();
+  }
+  Matrix dz("dpred", n, out);
+  ScalarView ref_loss("ref_loss");
+  mse_loss_grad(input, y, scale, dz, ref_loss);
+  Vector ref_grads("ref_grads", model.num_parameters());
+  float* g = ref_grads.data();
+  for (std::size_t l = model.layers().size(); l-- > 0;) {
+    const DenseSpec& d = model.layers()[l];
+    activation_backward(acts[l], dz, d.activation);
+    const ConstMatrixRef below = l == 0 ? ConstMatrixRef(x) : ConstMatrixRef(acts[l - 1]);
+    linear_backward(below, model.kernel(p, l), dz, model.kernel(g, l), model.bias(g, l),
+                    MatrixRef());
+    if (l > 0) {
+      Matrix dx("dx", n, static_cast<std::size_t>(d.in));
+      linear_backward_input(dz, model.kernel(p, l), dx);
+      dz = dx;
+    }
+  }
+
+  EXPECT_EQ(pred, host_values(input));
+  EXPECT_EQ(host_scalar(loss), host_scalar(ref_loss));
+  EXPECT_EQ(host_values(grads), host_values(ref_grads));
+}
+
+TEST(ModelPass, HooklessPassRunsTheDenseKernelsBitForBit) {
+  expect_pass_matches_kernel_sequence(Mlp({3, 6, 5, 2}, Activation::Tanh, 31), 9, 32);
+  expect_pass_matches_kernel_sequence(Mlp({4, 16, 16, 16, 1}, Activation::ReLU, 33), 13, 34);
+  expect_pass_matches_kernel_sequence(Mlp::simple_pde_model(35), 1, 36);
+}
+
+TEST(ModelPass, MlpIsAModelOfDenseLayers) {
+  const Mlp mlp({3, 6, 2}, Activation::Tanh, 41);
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::make_unique<Dense>(3, 6, Activation::Tanh));
+  layers.push_back(std::make_unique<Dense>(6, 2, Activation::Identity));
+  const Model model(std::move(layers), 41);
+  ASSERT_EQ(model.num_parameters(), mlp.num_parameters());
+  for (std::size_t t = 0; t < mlp.tensors().size(); ++t) {
+    EXPECT_EQ(model.tensors()[t].name, mlp.tensors()[t].name);
+    EXPECT_EQ(model.tensors()[t].shape, mlp.tensors()[t].shape);
+    EXPECT_EQ(model.tensors()[t].offset, mlp.tensors()[t].offset);
+  }
+  EXPECT_EQ(host_values(model.parameters()), host_values(mlp.parameters()));
+}
+
+TEST(ModelPass, RejectsLayersThatDoNotChain) {
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::make_unique<Dense>(3, 6, Activation::Tanh));
+  layers.push_back(std::make_unique<Dense>(5, 2, Activation::Identity));
+  EXPECT_THROW(Model(std::move(layers)), ConfigError);
+}
+
+// The MSE loss of a model of Dense layers through forward_loss, and its gradient through
+// backward with every hook set, as FSDP sets them (each layer's parameters gathered into one
+// buffer of its own), against central differences of the loss.
+TEST(ModelPass, DenseGradientsThroughHooksMatchFiniteDifferences) {
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::make_unique<Dense>(3, 5, Activation::Tanh));
+  layers.push_back(std::make_unique<Dense>(5, 4, Activation::Tanh));
+  layers.push_back(std::make_unique<Dense>(4, 2, Activation::Identity));
+  Model model(std::move(layers), 2024);
+  const std::size_t n = 6;
+  Random rng(2025);
+  HostVector p = model.parameters_on_host();
+  for (std::size_t t = 1; t < model.tensors().size(); t += 2) {  // non-zero biases
+    const TensorSpec& b = model.tensors()[t];
+    for (std::size_t i = 0; i < b.size; ++i) {
+      p(b.offset + i) = static_cast<float>(0.3 * rng.normal());
+    }
+  }
+  model.set_parameters(p);
+  Matrix x = make_matrix(n, 3, random_values(n * 3, rng, 1.0));
+  Matrix y = make_matrix(n, 2, random_values(n * 2, rng, 1.0));
+  const float scale = model.loss_scale(static_cast<int>(n));
+  ModelWorkspace ws(model, n);
+  ScalarView loss("loss");
+
+  std::vector<std::size_t> gathered, released, ready;
+  Vector block("gathered_layer", model.num_parameters());
+  Vector layer_grad("layer_gradient", model.num_parameters());
+  Vector grads("grads", model.num_parameters());
+  PassHooks hooks;
+  hooks.gather = [&](std::size_t l) {
+    gathered.push_back(l);
+    const auto from = model.layer_offset(l);
+    const auto size = model.layer_size(l);
+    Kokkos::deep_copy(Kokkos::subview(block, std::make_pair(std::size_t{0}, size)),
+                      Kokkos::subview(model.parameters(), std::make_pair(from, from + size)));
+    return static_cast<const float*>(block.data());
+  };
+  hooks.release = [&](std::size_t l) { released.push_back(l); };
+  hooks.gradients = [&](std::size_t) { return layer_grad.data(); };
+  hooks.gradients_ready = [&](std::size_t l) {
+    ready.push_back(l);
+    const auto to = model.layer_offset(l);
+    const auto size = model.layer_size(l);
+    Kokkos::deep_copy(Kokkos::subview(grads, std::make_pair(to, to + size)),
+                      Kokkos::subview(layer_grad, std::make_pair(std::size_t{0}, size)));
+  };
+  model.forward_loss(x, y, scale, loss, ws, hooks);
+  model.backward(x, ws, hooks);
+  EXPECT_EQ(gathered, (std::vector<std::size_t>{0, 1, 2, 2, 1, 0}));
+  EXPECT_EQ(released, (std::vector<std::size_t>{0, 1, 2, 2, 1, 0}));
+  EXPECT_EQ(ready, (std::vector<std::size_t>{2, 1, 0}));
+  const auto analytic = host_values(grads);
+
+  const HostVector original = model.parameters_on_host();
+  auto loss_at = [&](std::size_t i, double value) {
+    HostVector changed("changed", original.extent(0));
+    Kokkos::deep_copy(changed, original);
+    changed(i) = static_cast<float>(value);
+    model.set_parameters(changed);
+    model.forward_loss(x, y, scale, loss, ws);
+    return host_scalar(loss);
+  };
+  for (std::size_t i = 0; i < model.num_parameters(); ++i) {
+    const Step s = float_step(original(i), 1e-2);
+    const double fd = (loss_at(i, s.plus) - loss_at(i, s.minus)) / (s.plus - s.minus);
+    expect_gradient_close(analytic[i], fd, "parameter " + std::to_string(i));
+  }
+  model.set_parameters(original);
+}
+
+TEST(ModelPass, ShardsOfADenseLayerJoinBackIntoIt) {
+  for (const ParallelRole role : {ParallelRole::Column, ParallelRole::Row}) {
+    Dense layer(6, 4, Activation::ReLU);
+    layer.set_parallel_role(role, "model");
+    EXPECT_EQ(layer.parallel_role("model"), role);
+    const int parts = 2;
+    const auto shard = layer.shard("model", parts);
+    EXPECT_EQ(shard->in_features(), role == ParallelRole::Row ? 3u : 6u);
+    EXPECT_EQ(shard->out_features(), role == ParallelRole::Column ? 2u : 4u);
+    std::vector<float> full(layer.num_parameters());
+    for (std::size_t i = 0; i < full.size(); ++i) full[i] = static_cast<float>(i);
+    std::vector<float> shards(shard->num_parameters() * parts);
+    for (int r = 0; r < parts; ++r) {
+      layer.take_shard(full.data(), shards.data() + r * shard->num_parameters(), "model", parts,
+                       r);
+    }
+    std::vector<float> joined(full.size(), -1.0f);
+    layer.join_shards(shards.data(), joined.data(), "model", parts, 1);
+    EXPECT_EQ(joined, full);
+  }
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/data/dataset.hpp"
+#include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "test_support.hpp"
@@ -455,6 +456,47 @@ TEST(TensorParallel, HoldsASliceOfEachSplitLayer) {
   // Layer 0 (4x24 + 24) split by columns, layer 1 (24x1) by rows, its bias (1) replicated.
   const std::size_t local = (4 * 24 + 24) / n + 24 / n + 1;
   EXPECT_EQ(tp.state_bytes().parameters, local * sizeof(float));
+}
+
+// Tensor parallelism over every rank runs the model's one pass on each rank's shards; its
+// loss and gradient (gathered into the full layout) are those of the whole model on one rank.
+TEST(TensorParallel, OnePassGradientEqualsOneRank) {
+  const int n = world_size();
+  // Two column/row pairs and a replicated output layer; 12 divides over 1 to 4 ranks.
+  const Mlp reference({3, 12, 12, 12, 12, 2}, Activation::Tanh, 8);
+  Mlp sharded = reference.clone();
+  prepare_tensor_parallel(sharded, {1, n}, n);
+  const std::size_t rows = 10;
+  Random rng(9);
+  HostMatrix hx("x", rows, 3), hy("y", rows, 2);
+  for (std::size_t i = 0; i < hx.size(); ++i) hx.data()[i] = static_cast<float>(rng.normal());
+  for (std::size_t i = 0; i < hy.size(); ++i) hy.data()[i] = static_cast<float>(rng.normal());
+  Matrix x("x", rows, 3), y("y", rows, 2);
+  Kokkos::deep_copy(x, hx);
+  Kokkos::deep_copy(y, hy);
+
+  MpiCommunicator world(MPI_COMM_WORLD), self(MPI_COMM_SELF);
+  const OptimizerConfig sgd = OptimizerConfig::from_name("sgd");
+  auto tp = make_tensor_parallel_engine(sharded, world, self, sgd, rows);
+  auto one = make_data_parallel_engine(reference, self, sgd, 1 << 20, false, Progress::Poll, rows);
+  tp->compute_gradients(x, y, static_cast<int>(rows));
+  one->compute_gradients(x, y, static_cast<int>(rows));
+
+  Vector local("local_gradients", tp->gradients().extent(0));
+  Kokkos::deep_copy(local, tp->gradients());
+  HostVector full("tp_gradients", reference.num_parameters());
+  tp->gather(local, full);
+  auto expected = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), one->gradients());
+  EXPECT_LE(max_relative_difference(std::vector<float>(full.data(), full.data() + full.size()),
+                                    std::vector<float>(expected.data(),
+                                                       expected.data() + expected.size())),
+            1e-5);
+  float tp_loss = 0.0f, one_loss = 0.0f;
+  Kokkos::deep_copy(tp_loss, tp->loss());
+  Kokkos::deep_copy(one_loss, one->loss());
+  EXPECT_NEAR(tp_loss, one_loss, 1e-5 * one_loss);
+  const float scale = reference.loss_scale(static_cast<int>(rows));
+  EXPECT_NEAR(tp->evaluate(x, y, scale), one->evaluate(x, y, scale), 1e-5 * one_loss);
 }
 
 TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {

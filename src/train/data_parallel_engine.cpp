@@ -2,7 +2,7 @@
 
 namespace meshtrain {
 
-void StepEngine::write_parameters(Mlp& model) {
+void StepEngine::write_parameters(Model& model) {
   HostVector full("meshtrain::gathered_parameters", model.num_parameters());
   gather(local_parameters(), full);
   model.allocate_parameters();
@@ -31,7 +31,7 @@ namespace {
 
 class DataParallelEngine final : public StepEngine {
  public:
-  DataParallelEngine(const Mlp& model, Communicator& group, const OptimizerConfig& optimizer,
+  DataParallelEngine(const Model& model, Communicator& group, const OptimizerConfig& optimizer,
                      std::size_t bucket_bytes, bool overlap, Progress progress,
                      std::size_t max_rows)
       : model_(model),
@@ -41,24 +41,17 @@ class DataParallelEngine final : public StepEngine {
         group_(group),
         eval_("meshtrain::eval_loss"),
         optimizer_(optimizer, model.num_parameters()) {
-    access_.gradients = [this](std::size_t l) { return grads_.data() + model_.layer_offset(l); };
-    access_.gradients_ready = [this](std::size_t layer) { reducer_.on_layer_grads(layer); };
+    hooks_.gradients = [this](std::size_t l) { return grads_.data() + model_.layer_offset(l); };
+    hooks_.gradients_ready = [this](std::size_t layer) { reducer_.on_layer_grads(layer); };
     if (overlap && progress == Progress::Poll && group.backend() == "mpi") {
-      access_.progress = [this] { reducer_.progress(); };
+      hooks_.progress = [this] { reducer_.progress(); };
     }
   }
 
   void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
-    float* grads = grads_.data();
-    ConstMatrixRef pred = model_.forward(x, workspace_);
-    // The output layer's activations become dL/dpred: forward's result is dead once the
-    // loss is taken.
-    MatrixRef dpred(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
-    const float scale =
-        1.0f / (static_cast<float>(global_batch) * static_cast<float>(model_.out_features()));
-    mse_loss_grad(pred, y, scale, dpred, loss());
-    reducer_.begin_step(grads);
-    model_.backward(x, workspace_, dpred, access_);
+    model_.forward_loss(x, y, model_.loss_scale(global_batch), loss(), workspace_);
+    reducer_.begin_step(grads_.data());
+    model_.backward(x, workspace_, hooks_);
     ExecSpace().fence();
     reducer_.finish();
   }
@@ -73,10 +66,8 @@ class DataParallelEngine final : public StepEngine {
     return ConstVectorRef(grads_.data(), model_.num_parameters());
   }
   double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
-    ConstMatrixRef pred = model_.forward(x, workspace_);
-    MatrixRef scratch(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
     const Kokkos::View<float, MemSpace, Unmanaged> out(eval_.data());
-    mse_loss_grad(pred, y, scale, scratch, out);
+    model_.forward_loss(x, y, scale, out, workspace_);
     return sum_scalar(out, {&group_});
   }
   Vector local_parameters() const override { return model_.parameters(); }
@@ -91,7 +82,7 @@ class DataParallelEngine final : public StepEngine {
     return Kokkos::View<float, MemSpace, Unmanaged>(grads_.data() + model_.num_parameters());
   }
 
-  void write_parameters(Mlp&) override {}  // the model's own buffer is the trained model
+  void write_parameters(Model&) override {}  // the model's own buffer is the trained model
 
   StateBytes state_bytes() const override {
     const std::size_t p = model_.num_parameters();
@@ -105,19 +96,20 @@ class DataParallelEngine final : public StepEngine {
   const GradientReducer* reducer() const override { return &reducer_; }
 
  private:
-  const Mlp& model_;
+  const Model& model_;
   Vector grads_;
-  MlpWorkspace workspace_;
+  ModelWorkspace workspace_;
   GradientReducer reducer_;
   Communicator& group_;
   Kokkos::View<float, MemSpace> eval_;
   Optimizer optimizer_;
-  LayerAccess access_;
+  PassHooks hooks_;
 };
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communicator& batch_group,
+std::unique_ptr<StepEngine> make_data_parallel_engine(const Model& model,
+                                                      Communicator& batch_group,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
                                                       Progress progress, std::size_t max_rows) {

@@ -9,13 +9,13 @@ namespace {
 
 class FsdpEngine final : public StepEngine {
  public:
-  FsdpEngine(Mlp& model, Communicator& shard_group, Communicator& replica_group,
+  FsdpEngine(Model& model, Communicator& shard_group, Communicator& replica_group,
              const OptimizerConfig& optimizer, std::size_t max_rows)
       : model_(model), shards_(shard_group), replicas_(replica_group), workspace_(model, max_rows) {
     const auto parts = static_cast<std::size_t>(shards_.size());
     std::size_t offset = 0;
     std::size_t widest = 0;
-    for (std::size_t l = 0; l < model.layers().size(); ++l) {
+    for (std::size_t l = 0; l < model.num_layers(); ++l) {
       const std::size_t chunk = (model.layer_size(l) + parts - 1) / parts;
       chunk_.push_back(chunk);
       shard_offset_.push_back(offset);
@@ -28,6 +28,9 @@ class FsdpEngine final : public StepEngine {
     layer_grad_ = Vector("meshtrain::fsdp_layer_gradient", widest);
     loss_ = Kokkos::View<float, MemSpace>("meshtrain::fsdp_loss");
     optimizer_ = std::make_unique<Optimizer>(optimizer, offset);
+    hooks_.gather = [this](std::size_t l) { return gather_layer(l); };
+    hooks_.gradients = [this](std::size_t) { return layer_grad_.data(); };
+    hooks_.gradients_ready = [this](std::size_t l) { reduce_layer_gradient(l); };
 
     scatter(model.parameters_on_host(), param_shard_);
     ExecSpace().fence();
@@ -35,17 +38,8 @@ class FsdpEngine final : public StepEngine {
   }
 
   void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
-    LayerAccess access;
-    access.parameters = [this](std::size_t l) { return gather_layer(l); };
-    ConstMatrixRef pred = model_.forward(x, workspace_, access);
-    MatrixRef dpred(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
-    const float scale =
-        1.0f / (static_cast<float>(global_batch) * static_cast<float>(model_.out_features()));
-    mse_loss_grad(pred, y, scale, dpred, loss());
-
-    access.gradients = [this](std::size_t) { return layer_grad_.data(); };
-    access.gradients_ready = [this](std::size_t l) { reduce_layer_gradient(l); };
-    model_.backward(x, workspace_, dpred, access);
+    model_.forward_loss(x, y, model_.loss_scale(global_batch), loss(), workspace_, hooks_);
+    model_.backward(x, workspace_, hooks_);
 
     ExecSpace().fence();
     const double start = now_seconds();
@@ -57,11 +51,7 @@ class FsdpEngine final : public StepEngine {
   void apply_gradients(double lr) override { optimizer_->step(param_shard_, grad_shard_, lr); }
   ConstVectorRef gradients() const override { return grad_shard_; }
   double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
-    LayerAccess access;
-    access.parameters = [this](std::size_t l) { return gather_layer(l); };
-    ConstMatrixRef pred = model_.forward(x, workspace_, access);
-    MatrixRef scratch(const_cast<float*>(pred.data()), pred.extent(0), pred.extent(1));
-    mse_loss_grad(pred, y, scale, scratch, loss());
+    model_.forward_loss(x, y, scale, loss(), workspace_, hooks_);
     return sum_scalar(loss(), {&shards_, &replicas_});
   }
   Vector local_parameters() const override { return param_shard_; }
@@ -131,10 +121,10 @@ class FsdpEngine final : public StepEngine {
     blocked_ += now_seconds() - start;
   }
 
-  Mlp& model_;
+  Model& model_;
   Communicator& shards_;
   Communicator& replicas_;
-  MlpWorkspace workspace_;
+  ModelWorkspace workspace_;
   std::vector<std::size_t> chunk_;
   std::vector<std::size_t> shard_offset_;
   Vector param_shard_;
@@ -143,12 +133,15 @@ class FsdpEngine final : public StepEngine {
   Vector layer_grad_;
   Kokkos::View<float, MemSpace> loss_;
   std::unique_ptr<Optimizer> optimizer_;
+  // Each layer gathered before use into one buffer (so nothing to release), its gradient
+  // reduce-scattered as soon as backward has written it.
+  PassHooks hooks_;
   double blocked_ = 0.0;
 };
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_fsdp_engine(Mlp& model, Communicator& shard_group,
+std::unique_ptr<StepEngine> make_fsdp_engine(Model& model, Communicator& shard_group,
                                              Communicator& replica_group,
                                              const OptimizerConfig& optimizer,
                                              std::size_t max_rows) {

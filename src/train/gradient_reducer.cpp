@@ -1,27 +1,29 @@
 #include "meshtrain/train/gradient_reducer.hpp"
 
 #include <algorithm>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "meshtrain/clock.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
 
-std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t extra,
+std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes) {
   const auto& tensors = model.tensors();
   const std::size_t limit = std::max<std::size_t>(bucket_bytes / sizeof(float), 1);
   std::vector<GradientBucket> buckets;
   // Walk the tensors from the last (produced first by backward) to the first.
   std::size_t end = model.num_parameters() + extra;
-  std::size_t begin = end;
-  std::size_t ready_after = model.layers().size() - 1;
   for (std::size_t t = tensors.size(); t-- > 0;) {
-    begin = tensors[t].offset;
-    ready_after = t / 2;  // tensors are (kernel, bias) per layer
-    const bool layer_start = t % 2 == 0;
-    // Close a bucket at a layer boundary once it is big enough, so that a layer's kernel
-    // and bias travel together.
+    const std::size_t begin = tensors[t].offset;
+    const std::size_t ready_after = model.layer_of_tensor(t);
+    const bool layer_start = t == model.first_tensor(ready_after);
+    // Close a bucket at a layer boundary once it is big enough, so that a layer's tensors
+    // travel together.
     if (layer_start && end - begin >= limit) {
       buckets.push_back({begin, end, ready_after});
       end = begin;
@@ -41,119 +43,163 @@ std::string name_of(Progress progress) {
   return progress == Progress::Thread ? "thread" : "poll";
 }
 
+struct GradientReducer::State {
+  State(std::vector<GradientBucket> all, Communicator& group, bool overlapped, Progress mode)
+      : buckets(std::move(all)), comm(group), overlap(overlapped), progress(mode) {}
+
+  void post(std::size_t index);
+  void reduce(std::size_t index);
+  void poll();
+  void run_thread();
+
+  std::vector<GradientBucket> buckets;
+  Communicator& comm;
+  bool overlap;
+  Progress progress;
+  float* grads = nullptr;
+  std::size_t next = 0;  // buckets posted this step
+  // Poll
+  std::size_t done = 0;  // in_flight[0, done) have completed
+  std::vector<std::unique_ptr<Work>> in_flight;
+  // Thread: buckets [reduced, handed) are queued for the thread, in order.
+  std::thread thread;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::size_t handed = 0;
+  std::size_t reduced = 0;
+  bool stop = false;
+  std::exception_ptr error;
+  double blocked_seconds = 0.0;
+};
+
 GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm,
                                  bool overlap, Progress progress)
-    : buckets_(std::move(buckets)), comm_(comm), overlap_(overlap), progress_(progress) {
-  if (!overlap_) progress_ = Progress::Poll;
-  if (progress_ == Progress::Thread) {
-    if (!comm_.callable_from_another_thread()) {
+    : state_(std::make_unique<State>(std::move(buckets), comm, overlap, progress)) {
+  State& s = *state_;
+  if (!s.overlap) s.progress = Progress::Poll;
+  if (s.progress == Progress::Thread) {
+    if (!s.comm.callable_from_another_thread()) {
       throw ConfigError("progress 'thread': MPI was initialised below MPI_THREAD_SERIALIZED, "
                         "which a communication thread needs; use progress poll");
     }
-    thread_ = std::thread([this] { run_thread(); });
+    s.thread = std::thread([&s] { s.run_thread(); });
   }
-  in_flight_.reserve(buckets_.size());
+  s.in_flight.reserve(s.buckets.size());
 }
 
 GradientReducer::~GradientReducer() {
-  if (thread_.joinable()) {
+  State& s = *state_;
+  if (s.thread.joinable()) {
     {
-      std::lock_guard lock(mutex_);
-      stop_ = true;
+      std::lock_guard lock(s.mutex);
+      s.stop = true;
     }
-    cv_.notify_all();
-    thread_.join();
+    s.cv.notify_all();
+    s.thread.join();
   }
 }
 
-void GradientReducer::reduce(std::size_t index) {
-  const GradientBucket& b = buckets_[index];
-  comm_.allreduce(grads_ + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum);
+const std::vector<GradientBucket>& GradientReducer::buckets() const { return state_->buckets; }
+bool GradientReducer::overlap() const { return state_->overlap; }
+Progress GradientReducer::progress_mode() const { return state_->progress; }
+double GradientReducer::blocked_seconds() const { return state_->blocked_seconds; }
+void GradientReducer::reset_timers() { state_->blocked_seconds = 0.0; }
+
+void GradientReducer::State::reduce(std::size_t index) {
+  const GradientBucket& b = buckets[index];
+  comm.allreduce(grads + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum);
 }
 
-void GradientReducer::run_thread() {
-  std::unique_lock lock(mutex_);
+void GradientReducer::State::run_thread() {
+  std::unique_lock lock(mutex);
   for (;;) {
-    cv_.wait(lock, [this] { return stop_ || (reduced_ < handed_ && !error_); });
-    if (stop_) return;
-    const std::size_t index = reduced_;
+    cv.wait(lock, [this] { return stop || (reduced < handed && !error); });
+    if (stop) return;
+    const std::size_t index = reduced;
     lock.unlock();
-    std::exception_ptr error;
+    std::exception_ptr failure;
     try {
       reduce(index);
     } catch (...) {
-      error = std::current_exception();
+      failure = std::current_exception();
     }
     lock.lock();
-    if (error) {
-      error_ = error;
+    if (failure) {
+      error = failure;
     } else {
-      ++reduced_;
+      ++reduced;
     }
-    cv_.notify_all();
+    cv.notify_all();
   }
 }
 
 void GradientReducer::begin_step(float* grads) {
-  grads_ = grads;
-  next_ = 0;
-  done_ = 0;
-  in_flight_.clear();
-  std::lock_guard lock(mutex_);
-  handed_ = 0;
-  reduced_ = 0;
+  State& s = *state_;
+  s.grads = grads;
+  s.next = 0;
+  s.done = 0;
+  s.in_flight.clear();
+  std::lock_guard lock(s.mutex);
+  s.handed = 0;
+  s.reduced = 0;
 }
 
-void GradientReducer::post(std::size_t index) {
-  if (progress_ == Progress::Thread) {
+void GradientReducer::State::post(std::size_t index) {
+  if (progress == Progress::Thread) {
     {
-      std::lock_guard lock(mutex_);
-      handed_ = index + 1;  // buckets are handed over in order
+      std::lock_guard lock(mutex);
+      handed = index + 1;  // buckets are handed over in order
     }
-    cv_.notify_all();
+    cv.notify_all();
     return;
   }
-  const GradientBucket& b = buckets_[index];
-  in_flight_.push_back(
-      comm_.allreduce_async(grads_ + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum));
+  const GradientBucket& b = buckets[index];
+  in_flight.push_back(
+      comm.allreduce_async(grads + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum));
 }
 
-void GradientReducer::progress() {
-  if (progress_ != Progress::Poll) return;
+void GradientReducer::State::poll() {
+  if (progress != Progress::Poll) return;
   // MPI advances non-blocking collectives only inside MPI calls.
-  while (done_ < in_flight_.size() && in_flight_[done_]->test()) ++done_;
-  for (std::size_t i = done_ + 1; i < in_flight_.size(); ++i) in_flight_[i]->test();
+  while (done < in_flight.size() && in_flight[done]->test()) ++done;
+  for (std::size_t i = done + 1; i < in_flight.size(); ++i) in_flight[i]->test();
 }
+
+void GradientReducer::progress() { state_->poll(); }
 
 void GradientReducer::on_layer_grads(std::size_t layer) {
-  if (!overlap_) return;
-  progress();
+  State& s = *state_;
+  if (!s.overlap) return;
+  s.poll();
   // The bucket's gradients must be written (device kernels finished) before it is sent.
   ExecSpace().fence();
-  while (next_ < buckets_.size() && buckets_[next_].ready_after_layer >= layer) post(next_++);
+  while (s.next < s.buckets.size() && s.buckets[s.next].ready_after_layer >= layer) {
+    s.post(s.next++);
+  }
 }
 
 void GradientReducer::finish() {
+  State& s = *state_;
   const double start = now_seconds();
-  if (!overlap_) {
-    for (std::size_t i = 0; i < buckets_.size(); ++i) reduce(i);
+  if (!s.overlap) {
+    for (std::size_t i = 0; i < s.buckets.size(); ++i) s.reduce(i);
   } else {
     ExecSpace().fence();
-    while (next_ < buckets_.size()) post(next_++);
-    if (progress_ == Progress::Thread) {
-      std::unique_lock lock(mutex_);
-      cv_.wait(lock, [this] { return reduced_ == buckets_.size() || error_; });
-      if (error_) {
-        std::exception_ptr error = error_;
-        error_ = nullptr;
-        handed_ = reduced_;  // the rest of this step is abandoned
+    while (s.next < s.buckets.size()) s.post(s.next++);
+    if (s.progress == Progress::Thread) {
+      std::unique_lock lock(s.mutex);
+      s.cv.wait(lock, [&s] { return s.reduced == s.buckets.size() || s.error; });
+      if (s.error) {
+        std::exception_ptr error = s.error;
+        s.error = nullptr;
+        s.handed = s.reduced;  // the rest of this step is abandoned
         std::rethrow_exception(error);
       }
     } else {
-      for (auto& work : in_flight_) work->wait();
+      for (auto& work : s.in_flight) work->wait();
     }
   }
-  blocked_seconds_ += now_seconds() - start;
+  s.blocked_seconds += now_seconds() - start;
 }
 
 }  // namespace meshtrain

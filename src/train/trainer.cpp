@@ -20,42 +20,6 @@
 
 namespace meshtrain {
 
-namespace {
-// Tensor parallelism over the mesh's 'model' axis: a model that says nothing about its
-// partitioning gets Megatron's column/row pairs; the specs must pair up and divide.
-void prepare_tensor_parallel(Mlp& model, const DeviceMesh& mesh) {
-  const bool unspecified = std::all_of(
-      model.tensors().begin(), model.tensors().end(), [](const TensorSpec& t) {
-        return std::all_of(t.partition.begin(), t.partition.end(),
-                           [](const std::string& axis) { return axis.empty(); });
-      });
-  if (unspecified) model.set_megatron_partitioning("model");
-  const int m = mesh.axis_size("model");
-  auto is = [&](std::size_t l, std::vector<std::string> spec) {
-    return l < model.layers().size() && model.tensors()[2 * l].partition == spec;
-  };
-  for (std::size_t l = 0; l < model.layers().size(); ++l) {
-    // A column-parallel layer's output is sliced: only a row-parallel layer can consume it.
-    const bool column = is(l, {"", "model"});
-    const bool row = is(l, {"model", ""});
-    if (column != is(l + 1, {"model", ""}) || (row && !(l > 0 && is(l - 1, {"", "model"})))) {
-      throw ConfigError("partition of " + model.tensors()[2 * l].name +
-                        ": column-parallel ('', 'model') and row-parallel ('model', '') "
-                        "kernels must come in consecutive pairs");
-    }
-    const TensorSpec& kernel = model.tensors()[2 * l];
-    for (std::size_t dim = 0; dim < 2; ++dim) {
-      if (kernel.partition[dim] == "model" && kernel.shape[dim] % m != 0) {
-        throw ConfigError("mesh_shape " + format_shape(mesh.shape()) +
-                          ": the 'model' axis of size " + std::to_string(m) +
-                          " does not divide width " + std::to_string(kernel.shape[dim]) +
-                          " of layer " + std::to_string(l) + ", which tensor parallelism splits");
-      }
-    }
-  }
-}
-}  // namespace
-
 Trainer::Trainer(Mlp model, TrainingConfig config)
     : Trainer(std::move(model), config,
               DistributedManager::current().process_groups(config.distributed_config)) {}
@@ -68,7 +32,9 @@ Trainer::Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups
   config_.distributed_config = groups_->config();
   config_.validate(groups_->batch_parts());
   world_ = &groups_->world();
-  if (groups_->has_model()) prepare_tensor_parallel(model_, mesh());
+  if (groups_->has_model()) {
+    prepare_tensor_parallel(model_, mesh().shape(), mesh().axis_size("model"));
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -280,7 +246,7 @@ double Trainer::validation_loss() {
   const auto begin = static_cast<std::size_t>(plan.offsets[shard]);
   const auto count = static_cast<std::size_t>(plan.counts[shard]);
   const auto most = static_cast<std::size_t>(plan.counts.front());
-  const float scale = 1.0f / (static_cast<float>(n) * static_cast<float>(model_.out_features()));
+  const float scale = model_.loss_scale(static_cast<int>(n));
   double sum = 0.0;
   // The same number of chunks on every rank: sharded strategies communicate in forward.
   for (std::size_t done = 0; done < most; done += max_rows_) {

@@ -1,15 +1,11 @@
 #pragma once
-#include <condition_variable>
 #include <cstddef>
-#include <exception>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
-#include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/nn/model.hpp"
 
 namespace meshtrain {
 
@@ -24,7 +20,7 @@ struct GradientBucket {
 // Cuts a flat buffer laid out like the model's parameters, plus `extra` trailing slots (the
 // loss), into buckets of about bucket_bytes, in the order backward produces them: the last
 // layer's tensors (and the extra slots) first. Every rank computes the same buckets.
-std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t extra,
+std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes);
 
 // How overlapped all-reduces advance while backward computes.
@@ -58,37 +54,19 @@ class GradientReducer {
   void progress();                         // Poll: tests what is in flight (never blocks)
   void finish();                           // every bucket reduced on return
 
-  const std::vector<GradientBucket>& buckets() const { return buckets_; }
-  bool overlap() const { return overlap_; }
-  Progress progress_mode() const { return progress_; }
+  const std::vector<GradientBucket>& buckets() const;
+  bool overlap() const;
+  Progress progress_mode() const;
   // Seconds this rank spent blocked in communication (waits and blocking all-reduces), the
   // communication that backward did not hide. With overlap off it is all of it.
-  double blocked_seconds() const { return blocked_seconds_; }
-  void reset_timers() { blocked_seconds_ = 0.0; }
+  double blocked_seconds() const;
+  void reset_timers();
 
  private:
-  void post(std::size_t index);
-  void reduce(std::size_t index);
-  void run_thread();
-
-  std::vector<GradientBucket> buckets_;
-  Communicator& comm_;
-  bool overlap_;
-  Progress progress_;
-  float* grads_ = nullptr;
-  std::size_t next_ = 0;  // buckets posted this step
-  // Poll
-  std::size_t done_ = 0;  // in_flight_[0, done_) have completed
-  std::vector<std::unique_ptr<Work>> in_flight_;
-  // Thread: buckets [reduced_, handed_) are queued for the thread, in order.
-  std::thread thread_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::size_t handed_ = 0;
-  std::size_t reduced_ = 0;
-  bool stop_ = false;
-  std::exception_ptr error_;
-  double blocked_seconds_ = 0.0;
+  // The buckets in flight and, with Progress::Thread, the communication thread and what it
+  // shares with the caller: kept out of this header so that users need no threading headers.
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 }  // namespace meshtrain

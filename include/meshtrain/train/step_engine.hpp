@@ -1,6 +1,6 @@
 #pragma once
 // How one training step is computed and synchronised: the strategy behind a Trainer.
-// Both engines compute the same global-batch gradient and the same optimizer step; they
+// The engines compute the same global-batch gradient and the same optimizer step; they
 // differ in what each rank stores and which collectives move it.
 #include <cstddef>
 #include <initializer_list>
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
-#include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/nn/model.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/train/gradient_reducer.hpp"
 
@@ -59,7 +59,7 @@ class StepEngine {
   virtual void gather(const Vector& local, HostVector& full) = 0;
   virtual void scatter(const HostVector& full, const Vector& local) = 0;
   // The full trained parameters, written into model's own buffer (collective).
-  virtual void write_parameters(Mlp& model);
+  virtual void write_parameters(Model& model);
   virtual StateBytes state_bytes() const = 0;
   // Seconds blocked in gradient communication since the last reset.
   virtual double blocked_seconds() const = 0;
@@ -67,9 +67,13 @@ class StepEngine {
   virtual const GradientReducer* reducer() const { return nullptr; }
 };
 
+// Every engine runs the model's one forward and backward pass (Model::forward_loss and
+// Model::backward) and steps in only through its hooks, with its collectives.
+
 // Data parallel: every rank holds the whole model, gradients are summed over the batch
 // group with bucketed (optionally overlapped) all-reduces, advanced as `progress` says.
-std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communicator& batch_group,
+std::unique_ptr<StepEngine> make_data_parallel_engine(const Model& model,
+                                                      Communicator& batch_group,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
                                                       Progress progress, std::size_t max_rows);
@@ -80,7 +84,7 @@ std::unique_ptr<StepEngine> make_data_parallel_engine(const Mlp& model, Communic
 // reduce-scatter of the gradient, then an all-reduce of the shard over replica_group (hybrid
 // sharding: replicated across it). Each rank updates only its own chunk. Takes the initial
 // parameters from model and releases model's buffer.
-std::unique_ptr<StepEngine> make_fsdp_engine(Mlp& model, Communicator& shard_group,
+std::unique_ptr<StepEngine> make_fsdp_engine(Model& model, Communicator& shard_group,
                                              Communicator& replica_group,
                                              const OptimizerConfig& optimizer,
                                              std::size_t max_rows);
@@ -89,14 +93,22 @@ std::unique_ptr<StepEngine> make_fsdp_engine(Mlp& model, Communicator& shard_gro
 
 namespace meshtrain {
 
-// Tensor parallelism (Megatron-style) over model_group, data parallelism over data_group.
-// Each layer follows its kernel's partition spec: column-parallel (output features split:
-// each rank computes its slice of the activations, no communication), row-parallel (input
-// features split: the partial products are summed with one all-reduce in forward before the
-// bias and activation), or replicated. In backward the input gradient of a column-parallel
-// layer is summed with one all-reduce. Gradients of what each rank holds are then summed over
-// data_group. Throws ConfigError when the model axis does not divide a width it must split.
-std::unique_ptr<StepEngine> make_tensor_parallel_engine(Mlp& model,
+// Readies a model for tensor parallelism over a 'model' axis of model_axis_size ranks: a
+// model without partition specs gets Megatron's (Model::set_megatron_partitioning), then
+// the specs are checked (column-parallel layers each followed by a row-parallel one, every
+// split width divisible by the axis size). Throws ConfigError naming mesh_shape otherwise.
+void prepare_tensor_parallel(Model& model, const std::vector<int>& mesh_shape,
+                             int model_axis_size);
+
+// Tensor parallelism (Megatron-style) over model_group, data parallelism over data_group,
+// for a model that went through prepare_tensor_parallel. Each rank runs the one pass on its
+// local model, every layer replaced by its shard (Layer::shard) as its partition spec says:
+// column-parallel (output features split: each rank computes its slice of the activations,
+// no communication), row-parallel (input features split: the partial products are summed
+// with one all-reduce in forward before the bias and activation), or replicated. In
+// backward the input gradient of a column-parallel layer is summed with one all-reduce.
+// Gradients of what each rank holds are then summed over data_group.
+std::unique_ptr<StepEngine> make_tensor_parallel_engine(Model& model,
                                                         Communicator& model_group,
                                                         Communicator& data_group,
                                                         const OptimizerConfig& optimizer,
