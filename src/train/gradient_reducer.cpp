@@ -79,8 +79,9 @@ GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicat
   if (!s.overlap) s.progress = Progress::Poll;
   if (s.progress == Progress::Thread) {
     if (!s.comm.callable_from_another_thread()) {
-      throw ConfigError("progress 'thread': MPI was initialised below MPI_THREAD_SERIALIZED, "
-                        "which a communication thread needs; use progress poll");
+      throw ConfigError("progress 'thread': the gradient communicator cannot be called from a "
+                        "communication thread (MPI initialised below the SERIALIZED thread "
+                        "level); use progress poll");
     }
     s.thread = std::thread([&s] { s.run_thread(); });
   }
