@@ -37,6 +37,21 @@ std::string config_error(F&& f) {
   return error_of<ConfigError>(std::forward<F>(f));
 }
 
+// Runs f, which must throw ConfigError; returns the error itself, for its field() and detail().
+template <class F>
+ConfigError config_error_object(F&& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected a ConfigError, got: " << e.what();
+    return ConfigError("");
+  }
+  ADD_FAILURE() << "expected a ConfigError, nothing was thrown";
+  return ConfigError("");
+}
+
 inline int world_size() {
   int n = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &n);
