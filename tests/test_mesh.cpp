@@ -37,7 +37,7 @@ TEST(DeviceMesh, DefaultIsOneDataAxisOverAllRanks) {
 TEST(DeviceMesh, TwoDimensionalCoordinatesAndAxisCommunicators) {
   const int n = world_size();
   for (const auto& shape : two_d_shapes(n)) {
-    DistributedConfig config{shape, {"data", "fsdp"}, "data"};
+    DistributedConfig config{shape, {"data", "fsdp"}, Strategy::Data};
     DeviceMesh mesh(MPI_COMM_WORLD, config);
     const int r = world_rank();
     // Row-major: the last axis varies fastest.
@@ -62,9 +62,14 @@ TEST(DeviceMesh, TwoDimensionalCoordinatesAndAxisCommunicators) {
 
 TEST(DeviceMesh, BadConfigThrowsOnEveryRankWithoutHanging) {
   const int n = world_size();
-  EXPECT_THROW(DeviceMesh(MPI_COMM_WORLD, DistributedConfig{{n + 1}, {"data"}, "data"}), ConfigError);
-  EXPECT_THROW(DeviceMesh(MPI_COMM_WORLD, DistributedConfig{{n, 1}, {"data"}, "data"}), ConfigError);
-  EXPECT_THROW(DeviceMesh(MPI_COMM_WORLD, DistributedConfig{{n}, {"data"}, "pipeline"}), ConfigError);
+  EXPECT_THROW(DeviceMesh(MPI_COMM_WORLD, DistributedConfig{{n + 1}, {"data"}, Strategy::Data}),
+               ConfigError);
+  EXPECT_THROW(DeviceMesh(MPI_COMM_WORLD, DistributedConfig{{n, 1}, {"data"}, Strategy::Data}),
+               ConfigError);
+  // Not a strategy: only an integer cast to the enum can be.
+  EXPECT_THROW(
+      DeviceMesh(MPI_COMM_WORLD, DistributedConfig{{n}, {"data"}, static_cast<Strategy>(7)}),
+      ConfigError);
   // Still in step: a collective after the failures completes.
   MpiCommunicator world(MPI_COMM_WORLD);
   world.barrier();
@@ -90,7 +95,8 @@ TEST(DistributedManager, AdoptsTheRunningMpiAndKokkos) {
 TEST(DistributedManager, ShardBatchFollowsTheDataAxisOfA2DMesh) {
   const int n = world_size();
   for (const auto& shape : two_d_shapes(n)) {
-    DistributedManager manager(nullptr, nullptr, DistributedConfig{shape, {"fsdp", "data"}, "data"});
+    DistributedManager manager(nullptr, nullptr,
+                               DistributedConfig{shape, {"fsdp", "data"}, Strategy::Data});
     EXPECT_EQ(manager.shard_batch(7), make_shard_plan(7, shape[1]));
   }
 }

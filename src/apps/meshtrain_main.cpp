@@ -126,13 +126,13 @@ bool stdout_is_terminal() {
   return ::isatty(STDOUT_FILENO) != 0;
 }
 
-// Library ConfigErrors name a field ("batch_size 1: ..."); say where the run set it.
+// Library ConfigErrors name a config field (batch_size); say where the run set it.
 template <class F>
 auto locating_errors(const RunConfig& config, F&& work) {
   try {
     return work();
   } catch (const ConfigError& e) {
-    throw ConfigError(locate_library_error(config, e.what()));
+    throw ConfigError(locate_library_error(config, e));
   }
 }
 
@@ -152,12 +152,12 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
   std::printf("Ranks:       %d (%s, gradient collectives over %s)\n", dm.size(),
               dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());
   std::printf("Mesh:        shape %s, axes %s, strategy %s\n", format_shape(d.mesh_shape).c_str(),
-              format_axis_names(d.mesh_axis_names).c_str(), d.strategy.c_str());
+              format_axis_names(d.mesh_axis_names).c_str(), name_of(d.strategy).c_str());
   std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(model.widths()).c_str(),
               name_of(config.model.activation).c_str(), model.num_parameters());
   std::printf("Data:        %s\n", data.description.c_str());
   std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g, shuffle %s\n",
-              t.num_epochs, trainer.batches_per_epoch(), t.batch_size, t.optimizer.c_str(),
+              t.num_epochs, trainer.batches_per_epoch(), t.batch_size, name_of(t.optimizer).c_str(),
               t.learning_rate, t.shuffle ? "on" : "off");
   const CheckpointSettings& c = config.checkpoint;
   if (c.dir.empty()) {
@@ -205,7 +205,9 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   const RunConfig config = read_run_config(world, options);
 
   locating_errors(config, [&] { config.training.distributed_config.validate(dm.size()); });
-  Mlp model(config.model.widths, config.model.activation, config.training.seed);
+  Mlp model = locating_errors(config, [&] {
+    return Mlp(config.model.widths, config.model.activation, config.training.seed);
+  });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, dm.base_comm()); });
   const TrainingData data = load_training_data(config, world);

@@ -18,9 +18,17 @@ constexpr double kTruncatedNormalStd = 0.87962566103423978;
 
 Mlp::Mlp(std::vector<int> widths, Activation hidden, std::uint64_t seed)
     : widths_(std::move(widths)) {
-  if (widths_.size() < 2) throw ConfigError("model widths: need at least an input and an output");
+  std::string listed = "[";
+  for (std::size_t i = 0; i < widths_.size(); ++i)
+    listed += (i ? ", " : "") + std::to_string(widths_[i]);
+  listed += "]";
+  if (widths_.size() < 2) {
+    throw ConfigError("model widths", listed + ": need at least an input and an output");
+  }
   for (int w : widths_) {
-    if (w < 1) throw ConfigError("model widths: width " + std::to_string(w) + " must be >= 1");
+    if (w < 1) {
+      throw ConfigError("model widths", listed + ": width " + std::to_string(w) + " must be >= 1");
+    }
   }
   std::size_t offset = 0;
   for (std::size_t l = 0; l + 1 < widths_.size(); ++l) {

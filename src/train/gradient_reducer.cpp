@@ -1,6 +1,7 @@
 #include "meshtrain/train/gradient_reducer.hpp"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "meshtrain/clock.hpp"
 #include "meshtrain/error.hpp"
@@ -31,24 +32,18 @@ std::vector<GradientBucket> make_gradient_buckets(const Mlp& model, std::size_t 
   return buckets;
 }
 
-Progress parse_progress(const std::string& name) {
-  if (name == "poll") return Progress::Poll;
-  if (name == "thread") return Progress::Thread;
-  throw ConfigError("progress '" + name + "': choose poll or thread");
-}
-
-std::string name_of(Progress progress) {
-  return progress == Progress::Thread ? "thread" : "poll";
-}
-
 GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm,
                                  bool overlap, Progress progress)
     : buckets_(std::move(buckets)), comm_(comm), overlap_(overlap), progress_(progress) {
+  // Auto is the config's choice; the caller decides it (collectively) before building one.
+  if (progress_ == Progress::Auto) {
+    throw std::logic_error("GradientReducer: progress auto must be resolved to poll or thread");
+  }
   if (!overlap_) progress_ = Progress::Poll;
   if (progress_ == Progress::Thread) {
     if (!comm_.callable_from_another_thread()) {
-      throw ConfigError("progress 'thread': MPI was initialised below MPI_THREAD_SERIALIZED, "
-                        "which a communication thread needs; use progress poll");
+      throw ConfigError("progress", "'thread': MPI was initialised below MPI_THREAD_SERIALIZED, "
+                                    "which a communication thread needs; use progress poll");
     }
     thread_ = std::thread([this] { run_thread(); });
   }

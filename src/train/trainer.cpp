@@ -75,13 +75,13 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
   mesh_ = std::make_unique<DeviceMesh>(base, config_.distributed_config);
   config_.distributed_config = mesh_->config();
   const DistributedConfig& dist = config_.distributed_config;
-  const bool fsdp = dist.strategy == "fsdp";
+  const bool fsdp = dist.strategy == Strategy::Fsdp;
 
   // The batch is split over "data", and under fsdp over "fsdp" too; ranks that differ only
   // in another axis hold replicas and compute the same step.
   const bool tensor_parallel = mesh_->has_axis("model");
   if (tensor_parallel && fsdp) {
-    throw ConfigError("mesh_axis_names " + format_axis_names(dist.mesh_axis_names) +
+    throw ConfigError("mesh_axis_names", format_axis_names(dist.mesh_axis_names) +
                       ": strategy 'fsdp' with a 'model' axis is not supported; use strategy "
                       "data for tensor parallelism over 'model'");
   }
@@ -93,11 +93,10 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
   batch_index_ = data_coord * fsdp_size + fsdp_coord;
   config_.validate(batch_parts_);
 
-  const CommBackend backend = resolve_comm_backend(parse_comm_backend(dist.comm),
-                                                   visible_gpu_count(), nccl_built());
+  const CommBackend backend = resolve_comm_backend(dist.comm, visible_gpu_count(), nccl_built());
   if (backend == CommBackend::Nccl &&
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
-    throw ConfigError("comm 'nccl': this build's Kokkos (" + std::string(ExecSpace::name()) +
+    throw ConfigError("comm", "'nccl': this build's Kokkos (" + std::string(ExecSpace::name()) +
                       ") keeps tensors in host memory; NCCL needs a CUDA-enabled Kokkos "
                       "(configure with -DKokkos_ROOT=<its prefix>)");
   }
@@ -148,7 +147,7 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
       const TensorSpec& kernel = model_.tensors()[2 * l];
       for (std::size_t dim = 0; dim < 2; ++dim) {
         if (kernel.partition[dim] == "model" && kernel.shape[dim] % m != 0) {
-          throw ConfigError("mesh_shape " + format_shape(dist.mesh_shape) + ": the 'model' axis of size " +
+          throw ConfigError("mesh_shape", format_shape(dist.mesh_shape) + ": the 'model' axis of size " +
                             std::to_string(m) + " does not divide width " +
                             std::to_string(kernel.shape[dim]) + " of layer " + std::to_string(l) +
                             ", which tensor parallelism splits");
@@ -169,7 +168,7 @@ Trainer::Trainer(Mlp model, TrainingConfig config, MPI_Comm base)
 Trainer::~Trainer() = default;
 
 Progress Trainer::resolve_progress() const {
-  if (config_.progress != "auto") return parse_progress(config_.progress);
+  if (config_.progress != Progress::Auto) return config_.progress;
   // What every rank knows alike first: where the thread cannot be used or has nothing to do,
   // no collective is needed.
   int provided = MPI_THREAD_SINGLE;
@@ -251,7 +250,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
 
   max_rows_ = static_cast<std::size_t>(
       *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
-  const OptimizerConfig optimizer = OptimizerConfig::from_name(config_.optimizer);
+  const OptimizerConfig optimizer = OptimizerConfig::of(config_.optimizer);
   if (model_group_) {
     engine_ = make_tensor_parallel_engine(model_, *model_group_, *batch_group_, optimizer, max_rows_);
   } else if (batch_group_) {
@@ -351,7 +350,7 @@ bool Trainer::step(std::size_t batch) {
 
   auto losses = epoch_batch_losses_;
   if (flags[0]) {
-    if (config_.nonfinite == "abort") {
+    if (config_.nonfinite == NonFinite::Abort) {
       float value = 0.0f;
       Kokkos::deep_copy(value, loss);
       throw TrainingError("step " + std::to_string(run_steps_) + " (epoch " +
