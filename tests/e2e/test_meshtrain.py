@@ -488,6 +488,13 @@ class Help(unittest.TestCase):
                      "strategy", "comm", "widths", "activation", "train_x", "val_y", "synthetic",
                      "every_epochs", "keep_last", "prefix", "EXIT CODES"):
             self.assertIn(word, r.stdout)
+        # The choices' types and defaults, from the library's tables.
+        for line in ('optimizer = "adam"', '"adam" | "adamw" | "sgd"', 'progress = "auto"',
+                     '"auto" | "thread" | "poll"', 'nonfinite = "abort"', '"abort" | "skip"',
+                     'strategy = "data"', '"data" | "fsdp"', 'comm = "auto"',
+                     '"auto" | "mpi" | "nccl"', 'activation = "relu"',
+                     '"relu" | "tanh" | "identity"'):
+            self.assertIn(line, r.stdout)
 
 
 class BadInput(unittest.TestCase):
@@ -525,6 +532,13 @@ class BadInput(unittest.TestCase):
              "CONFIG:9: distributed.mesh_shape (3,): describes 3 devices but the job has 2 ranks"),
             ("batch_size = 16\n", "batch_size = 1\n",
              "CONFIG:3: training.batch_size 1: smaller than the 2 shards"),
+            # The library's errors, located by their field: the Trainer's backend check, and
+            # the mesh's axis names.
+            ("[model]\n", "[distributed]\ncomm = \"nccl\"\n\n[model]\n",
+             "CONFIG:9: distributed.comm 'nccl': "),
+            ("[model]\n",
+             "[distributed]\nmesh_shape = [1, 2]\nmesh_axis_names = [\"data\"]\n\n[model]\n",
+             "CONFIG:10: distributed.mesh_axis_names ('data',): 1 name(s) for a 2-D mesh (1, 2)"),
         ]
         for old, new, expected in cases:
             with self.subTest(expected=expected):
