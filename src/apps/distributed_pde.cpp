@@ -136,9 +136,10 @@ int run(DistributedManager& dm, int argc, char** argv) {
   if (hidden < 1) throw ConfigError("--hidden", o.hidden + ": must be at least 1");
   if (layers < 0) throw ConfigError("--layers", o.layers + ": must be at least 0");
 
-  // Validate everything before any work: the mesh, then the training config against it.
+  // Validate everything before any work: the mesh, then the training config against it. An
+  // fsdp mesh may have no 'data' axis; the Trainer checks the batch against every shard.
   const DeviceMesh& mesh = dm.create_mesh(config.distributed_config);
-  config.validate(mesh.axis_size("data"));
+  config.validate(mesh.has_axis("data") ? mesh.axis_size("data") : 1);
 
   std::vector<int> widths{4};
   for (int l = 0; l < layers; ++l) widths.push_back(hidden);
@@ -152,7 +153,8 @@ int run(DistributedManager& dm, int argc, char** argv) {
   const std::string rule(70, '=');
   if (root) {
     const DistributedConfig& dc = mesh.config();
-    const ShardPlan plan = make_shard_plan(std::min(config.batch_size, samples), mesh.axis_size("data"));
+    const ShardPlan plan =
+        make_shard_plan(std::min(config.batch_size, samples), trainer.batch_group_size());
     std::printf("%s\nmeshtrain: Distributed Data-Parallel Training\n%s\n", rule.c_str(), rule.c_str());
     std::printf("Backend:      %s (Kokkos), gradient all-reduce over %s\n",
                 dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());

@@ -153,6 +153,17 @@ class Flags(unittest.TestCase):
                              r"\(4 buckets, overlap on, progress %s\)" % progress)
             self.assertEqual(field(r.stdout, "Final loss:"), field(off.stdout, "Final loss:"))
 
+    def test_fsdp_over_an_fsdp_axis_alone(self):
+        # No 'data' axis: the batch is split over 'fsdp'.
+        r = run(2, "--strategy", "fsdp", "--axis-names", "fsdp", "--epochs", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(field(r.stdout, "Axis names:"), "('fsdp',)")
+        self.assertIn("global batch: 32 (16 to 16 per rank)", r.stdout)
+        hybrid = run(4, "--strategy", "fsdp", "--mesh-shape", "2,2", "--axis-names", "data,fsdp",
+                     "--epochs", "1")
+        self.assertEqual(hybrid.returncode, 0, hybrid.stderr)
+        self.assertIn("global batch: 32 (8 to 8 per rank)", hybrid.stdout)
+
     def test_two_dimensional_data_mesh(self):
         r = run(4, "--mesh-shape", "2,2", "--axis-names", "data,replica", "--epochs", "2")
         self.assertEqual(r.returncode, 0, r.stderr)
