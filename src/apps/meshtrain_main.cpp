@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -55,11 +56,22 @@ void install_stop_handlers() {
   sigaction(SIGUSR1, &action, nullptr);
 }
 
+// How `train` shows its epochs: the program's own choice, with a table as the library's have.
+enum class Display { Auto, Bar, Lines };
+constexpr Choice<Display> kDisplayChoices[] = {
+    {Display::Auto, "auto",
+     "a progress bar redrawn in place when stdout is a terminal; under mpirun, whose ranks "
+     "always see one, only when MESHTRAIN_STDOUT_IS_TTY=1"},
+    {Display::Bar, "bar", ""},
+    {Display::Lines, "lines", "one line per epoch only"},
+};
+constexpr std::span<const Choice<Display>> choice_table(Display) { return kDisplayChoices; }
+
 struct TrainOptions {
   std::string config;
   std::vector<std::string> sets;
   std::string resume;
-  std::string progress = "auto";
+  std::string progress = name_of(Display::Auto);
 };
 
 struct PlotOptions {
@@ -99,12 +111,9 @@ struct CommandLine {
                      "file; the run's settings must match those that wrote it")
         ->type_name("latest|PATH");
     train
-        ->add_option("--progress", t.progress,
-                     "auto: a progress bar redrawn in place when stdout is a terminal (under "
-                     "mpirun, whose ranks always see one, only when MESHTRAIN_STDOUT_IS_TTY=1); "
-                     "bar; lines: one line per epoch only")
-        ->check(CLI::IsMember({"auto", "bar", "lines"}))
-        ->default_str("auto");
+        ->add_option("--progress", t.progress, choice_help<Display>())
+        ->check(CLI::IsMember(choice_names<Display>()))
+        ->default_str(t.progress);
     train->footer(config_reference() + "\n" + kExitCodes);
 
     plot = app.add_subcommand("plot", "Draw train and validation loss against epoch (gnuplot)");
@@ -230,8 +239,8 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   }
   if (root) print_header(config, trainer, dm, data, resumed);
 
-  const bool bar =
-      options.progress == "bar" || (options.progress == "auto" && stdout_is_terminal());
+  const Display display = parse_choice<Display>("--progress", options.progress);
+  const bool bar = display == Display::Bar || (display == Display::Auto && stdout_is_terminal());
   ProgressPrinter progress(bar, resumed ? resumed->state.epoch : 0);
   const std::size_t batches = trainer.batches_per_epoch();
   const int every = config.checkpoint.every_epochs;

@@ -472,6 +472,18 @@ class ReferenceExample(unittest.TestCase):
         self.assertIn("Model:       widths [4, 64, 1], relu, 385 parameters", r.stdout)
 
 
+class Display(unittest.TestCase):
+    def test_progress_bar_or_lines(self):
+        config = make_run("display", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 1"))
+        bar = launch(1, "train", "--config", config, "--progress", "bar")
+        self.assertEqual(bar.returncode, 0, bar.stderr)
+        self.assertIn("] 1/1 epochs", bar.stdout)
+        lines = launch(1, "train", "--config", config, "--progress", "lines")
+        self.assertEqual(lines.returncode, 0, lines.stderr)
+        self.assertNotIn("] 1/1 epochs", lines.stdout)
+        self.assertRegex(lines.stdout, r"(?m)^epoch 1/1: train loss")
+
+
 class Help(unittest.TestCase):
     def test_help_documents_subcommands_keys_and_exit_codes(self):
         top = launch(2, "--help")
@@ -555,6 +567,7 @@ class BadInput(unittest.TestCase):
             (["--set", "training.progress=sometimes"], "--set: training.progress: 'sometimes' is not one of auto, thread, poll"),
             (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
             (["--no-such-flag"], "--no-such-flag"),
+            (["--progress", "sometimes"], "--progress: sometimes not in {auto,bar,lines}"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):
