@@ -58,7 +58,7 @@ void BM_Adam(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
   Vector params("p", n), grads("g", n);
   Kokkos::deep_copy(grads, 1e-3f);
-  Optimizer adam(OptimizerConfig::from_name("adam"), n);
+  Optimizer adam(OptimizerConfig::of(OptimizerType::Adam), n);
   for (auto _ : state) {
     adam.step(params, grads, 1e-3);
     ExecSpace().fence();

@@ -34,7 +34,7 @@ void train_step(benchmark::State& state, std::vector<int> widths, int batch,
   if (interleave_peak) probe.emplace();
   std::size_t b = 0;
   double step_seconds = 0.0, peak_seconds = 0.0;
-  const GradientReducer* reducer = config.distributed_config.strategy == "data" &&
+  const GradientReducer* reducer = config.distributed_config.strategy == Strategy::Data &&
                                            !trainer.mesh().has_axis("model")
                                        ? &trainer.reducer()
                                        : nullptr;
@@ -97,20 +97,21 @@ void BM_TrainStep_MLP1024x3_OverlapOff(benchmark::State& state) {
 }
 void BM_TrainStep_MLP1024x3_Poll(benchmark::State& state) {
   TrainingConfig config;
-  config.progress = "poll";
+  config.progress = Progress::Poll;
   train_step(state, kBigMlp, 1024, {}, config, true);
 }
 void BM_TrainStep_MLP1024x3_Thread(benchmark::State& state) {
   TrainingConfig config;
-  config.progress = "thread";
+  config.progress = Progress::Thread;
   train_step(state, kBigMlp, 1024, {}, config, true);
 }
 // The same model and batch under each strategy: state bytes per rank and step time.
 void BM_Strategy_FSDP(benchmark::State& state) {
-  train_step(state, kBigMlp, 1024, DistributedConfig{{}, {}, "fsdp"});
+  train_step(state, kBigMlp, 1024, DistributedConfig{{}, {}, Strategy::Fsdp});
 }
 void BM_Strategy_TensorParallel(benchmark::State& state) {
-  train_step(state, kBigMlp, 1024, DistributedConfig{{1, world_size()}, {"data", "model"}, "data"});
+  train_step(state, kBigMlp, 1024,
+             DistributedConfig{{1, world_size()}, {"data", "model"}, Strategy::Data});
 }
 
 // Where a step of the big MLP goes, phase by phase, each fenced and timed on its own (so
@@ -129,7 +130,7 @@ void BM_StepPhases_MLP1024x3(benchmark::State& state) {
   const std::size_t p = model.num_parameters();
   Vector grads("grads", p + 1);
   Kokkos::View<float, MemSpace> loss("loss");
-  Optimizer adam(OptimizerConfig::from_name("adam"), p);
+  Optimizer adam(OptimizerConfig::of(OptimizerType::Adam), p);
   MpiCommunicator comm(MPI_COMM_WORLD);
   double t_forward = 0, t_backward = 0, t_skew = 0, t_reduce = 0, t_adam = 0;
   auto timed = [](double& total, auto&& f) {

@@ -85,7 +85,7 @@ TEST(CommBackend, ResolvesEveryCombination) {
 // node), and a build without NCCL must not have a working NCCL factory.
 TEST(CommBackend, TheRuntimeUsesNcclExactlyWhenBuildAndNodeAllowIt) {
   DistributedConfig config;
-  config.comm = "nccl";
+  config.comm = CommBackend::Nccl;
   const bool device_memory = !Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
   std::string expected;
   if (!nccl_built()) {

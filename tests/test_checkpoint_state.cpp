@@ -100,14 +100,14 @@ TEST(CheckpointState, SignatureNamesWhatDeterminesTheNumbers) {
   // Not the mesh, the rank count or the number of epochs.
   TrainingConfig other = config;
   other.num_epochs = 99;
-  other.distributed_config = DistributedConfig{{1, 1}, {"data", "model"}, "data"};
+  other.distributed_config = DistributedConfig{{1, 1}, {"data", "model"}, Strategy::Data};
   EXPECT_EQ(run_signature(model, other, 256), run_signature(model, config, 256));
 }
 
 TEST(CheckpointState, LayoutOfTensorsAndMetadata) {
   const Mlp model({4, 8, 1}, Activation::Tanh, 0);
   TrainingConfig config;
-  config.distributed_config = DistributedConfig{{2}, {"data"}, "data"};
+  config.distributed_config = DistributedConfig{{2}, {"data"}, Strategy::Data};
   const Checkpoint c = to_checkpoint(sample_state(model), model, config, kSamples);
 
   std::vector<std::string> names;
@@ -156,7 +156,7 @@ TEST(CheckpointState, RoundTripInMemoryAndThroughAFile) {
 TEST(CheckpointState, SgdStoresNoMoments) {
   const Mlp model({4, 8, 1}, Activation::ReLU, 0);
   TrainingConfig config;
-  config.optimizer = "sgd";
+  config.optimizer = OptimizerType::Sgd;
   TrainingState state = sample_state(model);
   state.first_moment = HostVector();
   state.second_moment = HostVector();
@@ -206,14 +206,14 @@ TEST(CheckpointState, ADifferentRunIsRefusedNamingTheDifference) {
             std::string::npos);
   EXPECT_NE(refusal(c, model, config, kSamples + 1).find("samples"), std::string::npos);
   TrainingConfig sgd = config;
-  sgd.optimizer = "sgd";
+  sgd.optimizer = OptimizerType::Sgd;
   EXPECT_NE(refusal(c, model, sgd).find("optimizer (checkpoint adam, this run sgd)"),
             std::string::npos);
 
   // What does not change the numbers is allowed to change.
   TrainingConfig longer = config;
   longer.num_epochs = 50;
-  longer.distributed_config = DistributedConfig{{1}, {"data"}, "fsdp"};
+  longer.distributed_config = DistributedConfig{{1}, {"data"}, Strategy::Fsdp};
   EXPECT_EQ(refusal(c, model, longer), "");
 }
 

@@ -1,4 +1,5 @@
-// Strict command-line value parsing and the field-to-flag renaming of error messages.
+// Strict command-line value parsing, ConfigError's field, and the field-to-flag naming of
+// error messages.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -170,33 +171,66 @@ TEST(ParseNameList, RejectsMalformedLists) {
 }
 
 // ---------------------------------------------------------------------------------------
-// with_flag_names
+// with_flag_name: the error's field, not its message, decides.
 
-TEST(WithFlagNames, RenamesALeadingFieldOnly) {
+TEST(WithFlagName, NamesTheFlagOfTheErrorsField) {
   const std::map<std::string, std::string> flags = {{"batch_size", "--batch-size"},
                                                     {"num_epochs", "--epochs"},
-                                                    {"mesh_shape", "--mesh-shape"}};
-  EXPECT_EQ(with_flag_names("batch_size 0: must be at least 1", flags),
+                                                    {"mesh_shape", "--mesh-shape"},
+                                                    {"model widths", "--hidden/--layers"}};
+  EXPECT_EQ(with_flag_name(ConfigError("batch_size", "0: must be at least 1"), flags),
             "--batch-size 0: must be at least 1");
-  EXPECT_EQ(with_flag_names("num_epochs -1: must be at least 1", flags),
+  EXPECT_EQ(with_flag_name(ConfigError("num_epochs", "-1: must be at least 1"), flags),
             "--epochs -1: must be at least 1");
-  EXPECT_EQ(with_flag_names("mesh_shape (2, 2): describes 4 devices", flags),
+  EXPECT_EQ(with_flag_name(ConfigError("mesh_shape", "(2, 2): describes 4 devices"), flags),
             "--mesh-shape (2, 2): describes 4 devices");
-  // Not a leading, whole field name: unchanged.
-  EXPECT_EQ(with_flag_names("batch_sizes 3: x", flags), "batch_sizes 3: x");
-  EXPECT_EQ(with_flag_names("learning_rate 0: must be > 0", flags), "learning_rate 0: must be > 0");
-  EXPECT_EQ(with_flag_names("the batch_size 3", flags), "the batch_size 3");
-  EXPECT_EQ(with_flag_names("batch_size", flags), "batch_size");
-  EXPECT_EQ(with_flag_names("", flags), "");
-  EXPECT_EQ(with_flag_names("batch_size 0: x", {}), "batch_size 0: x");
+  EXPECT_EQ(with_flag_name(ConfigError("model widths", "[4, 0, 1]: width 0 must be >= 1"), flags),
+            "--hidden/--layers [4, 0, 1]: width 0 must be >= 1");
+  // A field without a flag, or no field: the message as it is.
+  EXPECT_EQ(with_flag_name(ConfigError("learning_rate", "0: must be > 0"), flags),
+            "learning_rate 0: must be > 0");
+  EXPECT_EQ(with_flag_name(ConfigError("batch_size 0: x"), flags), "batch_size 0: x");
+  EXPECT_EQ(with_flag_name(ConfigError(""), flags), "");
+  EXPECT_EQ(with_flag_name(ConfigError("batch_size", "0: x"), {}), "batch_size 0: x");
+  // A flag's own error (field the flag) stays.
+  EXPECT_EQ(with_flag_name(config_error_object([] { parse_int("--epochs", "x"); }), flags),
+            "--epochs 'x': not an integer");
 }
 
-TEST(WithFlagNames, AppliesToValidationErrors) {
+TEST(WithFlagName, AppliesToValidationErrors) {
   TrainingConfig c;
   c.batch_size = 0;
-  const std::string m = config_error([&] { c.validate(1); });
-  EXPECT_TRUE(starts_with(with_flag_names(m, {{"batch_size", "--batch-size"}}), "--batch-size 0: "))
-      << m;
+  const ConfigError e = config_error_object([&] { c.validate(1); });
+  EXPECT_EQ(e.field(), "batch_size");
+  EXPECT_EQ(with_flag_name(e, {{"batch_size", "--batch-size"}}),
+            "--batch-size 0: must be at least 1");
+}
+
+// ---------------------------------------------------------------------------------------
+// ConfigError
+
+TEST(ConfigError, FieldAndDetailMakeTheMessage) {
+  const ConfigError e("batch_size", "0: must be at least 1");
+  EXPECT_STREQ(e.what(), "batch_size 0: must be at least 1");
+  EXPECT_EQ(e.field(), "batch_size");
+  EXPECT_EQ(e.detail(), "0: must be at least 1");
+  const ConfigError copy = e;  // what() is where both live
+  EXPECT_EQ(copy.field(), "batch_size");
+  EXPECT_EQ(copy.detail(), "0: must be at least 1");
+
+  const ConfigError plain("data: give train_x and train_y");
+  EXPECT_EQ(plain.field(), "");
+  EXPECT_EQ(plain.detail(), "data: give train_x and train_y");
+  const ConfigError no_field("", "just a detail");
+  EXPECT_STREQ(no_field.what(), "just a detail");
+  EXPECT_EQ(no_field.field(), "");
+  EXPECT_EQ(no_field.detail(), "just a detail");
+}
+
+TEST(ConfigError, FlagParsersSetTheFlagAsField) {
+  const ConfigError e = config_error_object([] { parse_double("--lr", "abc"); });
+  EXPECT_EQ(e.field(), "--lr");
+  EXPECT_EQ(e.detail(), "'abc': not a number");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "meshtrain/choices.hpp"
 #include "meshtrain/data/dataset.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
@@ -24,11 +25,11 @@ using namespace meshtrain;
 using namespace meshtrain::testing;
 
 DistributedConfig mesh(std::vector<int> shape, std::vector<std::string> names,
-                       std::string strategy = "data") {
+                       Strategy strategy = Strategy::Data) {
   DistributedConfig c;
   c.mesh_shape = std::move(shape);
   c.mesh_axis_names = std::move(names);
-  c.strategy = std::move(strategy);
+  c.strategy = strategy;
   return c;
 }
 
@@ -58,20 +59,20 @@ TEST(DistributedConfig, DefaultResolvesToOneDataAxisOverTheWorld) {
     const DistributedConfig r = c.resolved(world);
     EXPECT_EQ(r.mesh_shape, std::vector<int>{world});
     EXPECT_EQ(r.mesh_axis_names, std::vector<std::string>{"data"});
-    EXPECT_EQ(r.strategy, "data");
+    EXPECT_EQ(r.strategy, Strategy::Data);
     EXPECT_EQ(r.num_devices(), world);
     EXPECT_NO_THROW(c.validate(world));
   }
 }
 
 TEST(DistributedConfig, ResolvedKeepsExplicitValues) {
-  const DistributedConfig c = mesh({2, 2}, {"data", "fsdp"}, "fsdp");
+  const DistributedConfig c = mesh({2, 2}, {"data", "fsdp"}, Strategy::Fsdp);
   EXPECT_EQ(c.resolved(4), c);
   // A 2-D shape gets no default names (there is no sensible one).
   const DistributedConfig r = mesh({2, 2}, {}).resolved(4);
   EXPECT_TRUE(r.mesh_axis_names.empty());
   // Names alone: the shape defaults to the world.
-  const DistributedConfig n = mesh({}, {"fsdp"}, "fsdp").resolved(3);
+  const DistributedConfig n = mesh({}, {"fsdp"}, Strategy::Fsdp).resolved(3);
   EXPECT_EQ(n.mesh_shape, std::vector<int>{3});
   EXPECT_EQ(n.mesh_axis_names, std::vector<std::string>{"fsdp"});
 }
@@ -79,9 +80,9 @@ TEST(DistributedConfig, ResolvedKeepsExplicitValues) {
 TEST(DistributedConfig, ValidConfigs) {
   EXPECT_NO_THROW(mesh({2}, {"data"}).validate(2));
   EXPECT_NO_THROW(mesh({2, 2}, {"data", "fsdp"}).validate(4));
-  EXPECT_NO_THROW(mesh({2, 2}, {"data", "fsdp"}, "fsdp").validate(4));
-  EXPECT_NO_THROW(mesh({4}, {"fsdp"}, "fsdp").validate(4));
-  EXPECT_NO_THROW(mesh({4}, {"data"}, "fsdp").validate(4));
+  EXPECT_NO_THROW(mesh({2, 2}, {"data", "fsdp"}, Strategy::Fsdp).validate(4));
+  EXPECT_NO_THROW(mesh({4}, {"fsdp"}, Strategy::Fsdp).validate(4));
+  EXPECT_NO_THROW(mesh({4}, {"data"}, Strategy::Fsdp).validate(4));
   EXPECT_NO_THROW(mesh({1, 3}, {"model", "data"}).validate(3));
   EXPECT_EQ(mesh({2, 3, 2}, {"a", "b", "c"}).num_devices(), 12);
 }
@@ -131,21 +132,45 @@ TEST(DistributedConfig, DuplicateAndEmptyAxisNames) {
 }
 
 TEST(DistributedConfig, UnknownStrategy) {
-  const std::string m = config_error([] { mesh({2}, {"data"}, "tensor").validate(2); });
-  EXPECT_TRUE(starts_with(m, "strategy 'tensor'")) << m;
-  EXPECT_TRUE(contains(config_error([] { mesh({2}, {"data"}, "").validate(2); }), "strategy ''"));
-  EXPECT_TRUE(contains(config_error([] { mesh({2}, {"data"}, "Data").validate(2); }), "'Data'"));
+  // A name is parsed before it reaches the config; only a cast integer is not a strategy.
+  std::string m = config_error([] { parse_strategy("tensor"); });
+  EXPECT_EQ(m, "strategy 'tensor': unknown (choose data or fsdp)");
+  EXPECT_TRUE(contains(config_error([] { parse_strategy(""); }), "strategy ''"));
+  EXPECT_TRUE(contains(config_error([] { parse_strategy("Data"); }), "'Data'"));
+  const ConfigError e =
+      config_error_object([] { mesh({2}, {"data"}, static_cast<Strategy>(7)).validate(2); });
+  EXPECT_EQ(e.field(), "strategy");
+  EXPECT_EQ(e.detail(), "7: unknown (choose data or fsdp)");
+  const ConfigError comm = config_error_object([] {
+    DistributedConfig c;
+    c.comm = static_cast<CommBackend>(-1);
+    c.validate(1);
+  });
+  EXPECT_EQ(comm.field(), "comm");
+}
+
+TEST(DistributedConfig, ErrorsCarryTheirField) {
+  EXPECT_EQ(config_error_object([] { mesh({3}, {"data"}).validate(2); }).field(), "mesh_shape");
+  EXPECT_EQ(config_error_object([] { mesh({1, 2}, {"data", "data"}).validate(2); }).field(),
+            "mesh_axis_names");
+  EXPECT_EQ(config_error_object([] {
+              DistributedConfig c;
+              c.collective_timeout_seconds = -1;
+              c.validate(1);
+            }).field(),
+            "collective_timeout");
 }
 
 TEST(DistributedConfig, DataStrategyNeedsDataAxis) {
-  const std::string m = config_error([] { mesh({2}, {"fsdp"}, "data").validate(2); });
+  const std::string m = config_error([] { mesh({2}, {"fsdp"}, Strategy::Data).validate(2); });
   EXPECT_TRUE(starts_with(m, "mesh_axis_names ('fsdp',)")) << m;
   EXPECT_TRUE(contains(m, "'data'")) << m;
   EXPECT_THROW(mesh({2, 2}, {"model", "fsdp"}).validate(4), ConfigError);
 }
 
 TEST(DistributedConfig, FsdpStrategyNeedsFsdpOrDataAxis) {
-  const std::string m = config_error([] { mesh({2, 2}, {"model", "pipe"}, "fsdp").validate(4); });
+  const std::string m =
+      config_error([] { mesh({2, 2}, {"model", "pipe"}, Strategy::Fsdp).validate(4); });
   EXPECT_TRUE(starts_with(m, "mesh_axis_names ('model', 'pipe')")) << m;
   EXPECT_TRUE(contains(m, "'fsdp'")) << m;
 }
@@ -158,12 +183,16 @@ TEST(TrainingConfig, DefaultsAreValid) {
   EXPECT_EQ(c.num_epochs, 20);
   EXPECT_EQ(c.batch_size, 32);
   EXPECT_EQ(c.learning_rate, 1e-3);
-  EXPECT_EQ(c.optimizer, "adam");
+  EXPECT_EQ(c.optimizer, OptimizerType::Adam);
+  EXPECT_EQ(c.progress, Progress::Auto);
+  EXPECT_EQ(c.nonfinite, NonFinite::Abort);
+  EXPECT_EQ(c.distributed_config.strategy, Strategy::Data);
+  EXPECT_EQ(c.distributed_config.comm, CommBackend::Auto);
   for (int d : {1, 2, 3, 32}) EXPECT_NO_THROW(c.validate(d)) << d;
-  for (const char* name : {"adam", "adamw", "sgd"}) {
+  for (const auto& choice : choices<OptimizerType>()) {
     TrainingConfig o;
-    o.optimizer = name;
-    EXPECT_NO_THROW(o.validate(1)) << name;
+    o.optimizer = choice.value;
+    EXPECT_NO_THROW(o.validate(1)) << choice.name;
   }
 }
 
@@ -207,11 +236,140 @@ TEST(TrainingConfig, RejectsBadLearningRate) {
   EXPECT_NO_THROW(tiny.validate(1));
 }
 
-TEST(TrainingConfig, RejectsUnknownOptimizer) {
+TEST(TrainingConfig, RejectsValuesOutsideTheChoices) {
+  // Only an integer cast to the enum can be outside its table.
   TrainingConfig c;
-  c.optimizer = "lamb";
-  const std::string m = config_error([&] { c.validate(1); });
-  EXPECT_TRUE(starts_with(m, "optimizer 'lamb'")) << m;
+  c.optimizer = static_cast<OptimizerType>(9);
+  std::string m = config_error([&] { c.validate(1); });
+  EXPECT_EQ(m, "optimizer 9: unknown (choose adam, adamw or sgd)");
+  c = TrainingConfig{};
+  c.progress = static_cast<Progress>(9);
+  EXPECT_EQ(config_error_object([&] { c.validate(1); }).field(), "progress");
+  c = TrainingConfig{};
+  c.nonfinite = static_cast<NonFinite>(9);
+  EXPECT_EQ(config_error_object([&] { c.validate(1); }).field(), "nonfinite");
+}
+
+TEST(TrainingConfig, ErrorsCarryTheirField) {
+  // The programs name the flag or TOML key of field(); the message keeps its old text.
+  const auto error = [](auto change) {
+    TrainingConfig c;
+    change(c);
+    return config_error_object([&] { c.validate(2); });
+  };
+  struct Case {
+    ConfigError error;
+    std::string field;
+    std::string what;
+  };
+  const std::vector<Case> cases = {
+      {error([](TrainingConfig& c) { c.num_epochs = 0; }), "num_epochs",
+       "num_epochs 0: must be at least 1"},
+      {error([](TrainingConfig& c) { c.batch_size = 0; }), "batch_size",
+       "batch_size 0: must be at least 1"},
+      {error([](TrainingConfig& c) { c.batch_size = 1; }), "batch_size",
+       "batch_size 1: smaller than the 2 shards of the 'data' axis; every rank needs at least "
+       "one sample"},
+      {error([](TrainingConfig& c) { c.learning_rate = -1; }), "learning_rate",
+       "learning_rate -1: must be a finite number greater than 0"},
+      {error([](TrainingConfig& c) { c.bucket_bytes = 3; }), "bucket_bytes",
+       "bucket_bytes 3: must be at least 4"},
+      {error([](TrainingConfig& c) { c.validation_every = -2; }), "validation_every",
+       "validation_every -2: must be 0 (never) or a number of epochs"},
+  };
+  for (const auto& c : cases) {
+    EXPECT_EQ(c.error.field(), c.field);
+    EXPECT_EQ(c.error.what(), c.what);
+    EXPECT_EQ(c.field + " " + c.error.detail(), c.what);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// choices.hpp: one name table per choice
+
+template <class E>
+void expect_table_round_trips(const std::string& field) {
+  const auto table = choices<E>();
+  ASSERT_FALSE(table.empty());
+  std::vector<std::string> names;
+  for (const auto& c : table) {
+    names.emplace_back(c.name);
+    EXPECT_EQ(parse_choice<E>(field, c.name), c.value) << c.name;
+    EXPECT_EQ(name_of(c.value), c.name);
+    EXPECT_EQ(parse_choice<E>(field, name_of(c.value)), c.value) << c.name;
+  }
+  EXPECT_EQ(choice_names<E>(), names);
+  // Every value once, every name once.
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    for (std::size_t j = i + 1; j < table.size(); ++j) {
+      EXPECT_NE(table[i].value, table[j].value) << field;
+      EXPECT_NE(table[i].name, table[j].name) << field;
+    }
+  }
+  // "a, b or c" in the table's order.
+  std::string list;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    list += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  }
+  EXPECT_EQ(choice_list<E>(), list);
+  // --help lists every name with its help.
+  const std::string help = choice_help<E>();
+  for (const auto& c : table) {
+    EXPECT_TRUE(contains(help, std::string(c.name))) << help;
+    if (!c.help.empty()) {
+      EXPECT_TRUE(contains(help, std::string(c.help))) << help;
+    }
+  }
+  // Unknown names (names are exact) name the field and list the choices.
+  for (const std::string& bad :
+       std::vector<std::string>{"", "nope", names.front() + " ", "X" + names.front()}) {
+    const ConfigError e = config_error_object([&] { parse_choice<E>(field, bad); });
+    EXPECT_EQ(e.field(), field);
+    EXPECT_EQ(e.detail(), "'" + bad + "': unknown (choose " + list + ")");
+  }
+  const ConfigError e = config_error_object([&] { check_choice(field, static_cast<E>(99)); });
+  EXPECT_EQ(e.field(), field);
+  EXPECT_EQ(name_of(static_cast<E>(99)), "?");
+  EXPECT_NO_THROW(check_choice(field, table.front().value));
+}
+
+TEST(Choices, EveryTableRoundTrips) {
+  expect_table_round_trips<Strategy>("strategy");
+  expect_table_round_trips<CommBackend>("comm");
+  expect_table_round_trips<OptimizerType>("optimizer");
+  expect_table_round_trips<Progress>("progress");
+  expect_table_round_trips<NonFinite>("nonfinite");
+  expect_table_round_trips<Activation>("activation");
+}
+
+TEST(Choices, EveryEnumeratorHasAName) {
+  for (Strategy v : {Strategy::Data, Strategy::Fsdp}) EXPECT_NE(name_of(v), "?");
+  for (CommBackend v : {CommBackend::Auto, CommBackend::Mpi, CommBackend::Nccl})
+    EXPECT_NE(name_of(v), "?");
+  for (OptimizerType v : {OptimizerType::Adam, OptimizerType::AdamW, OptimizerType::Sgd})
+    EXPECT_NE(name_of(v), "?");
+  for (Progress v : {Progress::Auto, Progress::Poll, Progress::Thread}) EXPECT_NE(name_of(v), "?");
+  for (NonFinite v : {NonFinite::Abort, NonFinite::Skip}) EXPECT_NE(name_of(v), "?");
+  for (Activation v : {Activation::Identity, Activation::ReLU, Activation::Tanh})
+    EXPECT_NE(name_of(v), "?");
+}
+
+TEST(Choices, NamesUsersWrite) {
+  // Run signatures of checkpoints and TOML files hold these names: they must not change.
+  EXPECT_EQ(choice_names<Strategy>(), (std::vector<std::string>{"data", "fsdp"}));
+  EXPECT_EQ(choice_names<CommBackend>(), (std::vector<std::string>{"auto", "mpi", "nccl"}));
+  EXPECT_EQ(choice_names<OptimizerType>(), (std::vector<std::string>{"adam", "adamw", "sgd"}));
+  EXPECT_EQ(choice_names<Progress>(), (std::vector<std::string>{"auto", "thread", "poll"}));
+  EXPECT_EQ(choice_names<NonFinite>(), (std::vector<std::string>{"abort", "skip"}));
+  EXPECT_EQ(choice_names<Activation>(), (std::vector<std::string>{"relu", "tanh", "identity"}));
+  // The messages tests and users have long seen.
+  EXPECT_EQ(config_error([] { parse_progress("sometimes"); }),
+            "progress 'sometimes': unknown (choose auto, thread or poll)");
+  EXPECT_EQ(config_error([] { parse_activation("gelu"); }),
+            "activation 'gelu': unknown (choose relu, tanh or identity)");
+  EXPECT_EQ(parse_activation("linear"), Activation::Identity);  // the old alias
+  EXPECT_EQ(choice_help<CommBackend>(),
+            "auto (NCCL when a GPU is visible and NCCL was built), mpi or nccl");
 }
 
 // ---------------------------------------------------------------------------------------

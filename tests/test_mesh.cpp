@@ -37,7 +37,7 @@ TEST(DeviceMesh, DefaultIsOneDataAxisOverAllRanks) {
 
 TEST(DeviceMesh, RowMajorCoordinatesAndAxisGroups) {
   // A 2 x 3 x 2 mesh, every rank of it computed here: no communication involved.
-  const DistributedConfig config{{2, 3, 2}, {"data", "fsdp", "model"}, "data"};
+  const DistributedConfig config{{2, 3, 2}, {"data", "fsdp", "model"}, Strategy::Data};
   std::vector<std::vector<int>> coords;
   for (int r = 0; r < 12; ++r) coords.push_back(DeviceMesh(config, 12, r).coords());
   EXPECT_EQ(coords[0], (std::vector<int>{0, 0, 0}));
@@ -60,9 +60,11 @@ TEST(DeviceMesh, RowMajorCoordinatesAndAxisGroups) {
 
 TEST(DeviceMesh, BadConfigThrows) {
   const int n = world_size();
-  EXPECT_THROW(DeviceMesh(DistributedConfig{{n + 1}, {"data"}, "data"}, n, 0), ConfigError);
-  EXPECT_THROW(DeviceMesh(DistributedConfig{{n, 1}, {"data"}, "data"}, n, 0), ConfigError);
-  EXPECT_THROW(DeviceMesh(DistributedConfig{{n}, {"data"}, "pipeline"}, n, 0), ConfigError);
+  EXPECT_THROW(DeviceMesh(DistributedConfig{{n + 1}, {"data"}, Strategy::Data}, n, 0), ConfigError);
+  EXPECT_THROW(DeviceMesh(DistributedConfig{{n, 1}, {"data"}, Strategy::Data}, n, 0), ConfigError);
+  // Not a strategy: only an integer cast to the enum can be.
+  EXPECT_THROW(DeviceMesh(DistributedConfig{{n}, {"data"}, static_cast<Strategy>(7)}, n, 0),
+               ConfigError);
 }
 
 TEST(ProcessGroups, AxisGroupsOfEvery2DMesh) {
@@ -70,7 +72,7 @@ TEST(ProcessGroups, AxisGroupsOfEvery2DMesh) {
   for (const auto& shape : two_d_shapes(n)) {
     // fsdp over a (data, fsdp) mesh: shard over 'fsdp', replicas over 'data'.
     const auto groups = DistributedManager::current().process_groups(
-        DistributedConfig{shape, {"data", "fsdp"}, "fsdp"});
+        DistributedConfig{shape, {"data", "fsdp"}, Strategy::Fsdp});
     const DeviceMesh& mesh = groups->mesh();
     const int r = world_rank();
     EXPECT_EQ(mesh.coords()[0], r / shape[1]);
@@ -107,11 +109,11 @@ TEST(ProcessGroups, RolesFollowTheStrategy) {
   EXPECT_EQ(data->world().size(), n);
   EXPECT_EQ(data->backend(), "mpi");
 
-  const auto fsdp = dm.process_groups(DistributedConfig{{n}, {"data"}, "fsdp"});
+  const auto fsdp = dm.process_groups(DistributedConfig{{n}, {"data"}, Strategy::Fsdp});
   EXPECT_EQ(fsdp->shard().size(), n);
   EXPECT_EQ(fsdp->replica().size(), 1);  // nothing is replicated on a 1-D mesh
 
-  const auto tensor = dm.process_groups(DistributedConfig{{1, n}, {"data", "model"}, "data"});
+  const auto tensor = dm.process_groups(DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data});
   EXPECT_EQ(tensor->model().size(), n);
   EXPECT_EQ(tensor->data().size(), 1);
   EXPECT_EQ(tensor->batch_parts(), 1);  // every rank of the model axis computes the same rows
@@ -162,7 +164,8 @@ TEST(DistributedManager, AdoptsTheRunningMpiAndKokkos) {
 TEST(DistributedManager, ShardBatchFollowsTheDataAxisOfA2DMesh) {
   const int n = world_size();
   for (const auto& shape : two_d_shapes(n)) {
-    DistributedManager manager(nullptr, nullptr, DistributedConfig{shape, {"fsdp", "data"}, "data"});
+    DistributedManager manager(nullptr, nullptr,
+                               DistributedConfig{shape, {"fsdp", "data"}, Strategy::Data});
     EXPECT_EQ(manager.shard_batch(7), make_shard_plan(7, shape[1]));
   }
 }
@@ -170,8 +173,8 @@ TEST(DistributedManager, ShardBatchFollowsTheDataAxisOfA2DMesh) {
 TEST(DistributedManager, BadConfigThrowsOnEveryRankWithoutHanging) {
   const int n = world_size();
   DistributedManager& dm = DistributedManager::current();
-  EXPECT_THROW(dm.process_groups(DistributedConfig{{n + 1}, {"data"}, "data"}), ConfigError);
-  EXPECT_THROW(dm.process_groups(DistributedConfig{{n}, {"model"}, "fsdp"}), ConfigError);
+  EXPECT_THROW(dm.process_groups(DistributedConfig{{n + 1}, {"data"}, Strategy::Data}), ConfigError);
+  EXPECT_THROW(dm.process_groups(DistributedConfig{{n}, {"model"}, Strategy::Fsdp}), ConfigError);
   // Still in step: a collective after the failures completes.
   dm.world().barrier();
 }

@@ -169,13 +169,13 @@ TEST(Adam, EpsIsAddedOutsideTheSqrt) {
 
 TEST(Adam, DefaultsAreOptaxDefaults) {
   const OptimizerConfig c = OptimizerConfig::from_name("adam");
-  EXPECT_EQ(c.name, "adam");
+  EXPECT_EQ(c.type, OptimizerType::Adam);
   EXPECT_EQ(c.beta1, 0.9);
   EXPECT_EQ(c.beta2, 0.999);
   EXPECT_EQ(c.eps, 1e-8);
   EXPECT_EQ(c.weight_decay, 0.0);
   const OptimizerConfig w = OptimizerConfig::from_name("adamw");
-  EXPECT_EQ(w.name, "adamw");
+  EXPECT_EQ(w.type, OptimizerType::AdamW);
   EXPECT_EQ(w.weight_decay, 1e-4);
 }
 
@@ -282,11 +282,24 @@ TEST(Optimizer, UnknownNameIsConfigError) {
   } catch (const ConfigError& e) {
     EXPECT_EQ(std::string(e.what()).rfind("optimizer 'rmsprop'", 0), 0u) << e.what();
   }
+  // Only a cast integer is outside the table.
   OptimizerConfig config;
-  config.name = "Adam";
+  config.type = static_cast<OptimizerType>(3);
   EXPECT_THROW(Optimizer(config, 4), ConfigError);
-  config.name = "";
+  config.type = static_cast<OptimizerType>(-1);
   EXPECT_THROW(Optimizer(config, 4), ConfigError);
+}
+
+TEST(Optimizer, ConfigOfEachType) {
+  EXPECT_EQ(OptimizerConfig::of(OptimizerType::Adam).type, OptimizerType::Adam);
+  EXPECT_EQ(OptimizerConfig::of(OptimizerType::Adam).weight_decay, 0.0);
+  EXPECT_EQ(OptimizerConfig::of(OptimizerType::AdamW).weight_decay, 1e-4);
+  EXPECT_EQ(OptimizerConfig::of(OptimizerType::Sgd).momentum, 0.0);
+  for (const auto& c : choices<OptimizerType>()) {
+    EXPECT_EQ(OptimizerConfig::from_name(c.name).type, c.value);
+    EXPECT_EQ(OptimizerConfig::from_name(c.name).weight_decay,
+              OptimizerConfig::of(c.value).weight_decay);
+  }
 }
 
 TEST(Optimizer, StepsOnlyTheGivenParameters) {

@@ -40,6 +40,21 @@ std::string config_error(F&& f) {
   return error_of<ConfigError>(std::forward<F>(f));
 }
 
+// Runs f, which must throw ConfigError; returns the error itself, for its field() and detail().
+template <class F>
+ConfigError config_error_object(F&& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected a ConfigError, got: " << e.what();
+    return ConfigError("");
+  }
+  ADD_FAILURE() << "expected a ConfigError, nothing was thrown";
+  return ConfigError("");
+}
+
 // The process groups of config over base (e.g. MPI_COMM_SELF: a 1-rank reference run on
 // every rank of a multi-rank test), from the runtime as a program gets them.
 inline std::shared_ptr<ProcessGroups> groups_over(MPI_Comm base, const DistributedConfig& config) {

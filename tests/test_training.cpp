@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <span>
+#include <stdexcept>
 #include <string_view>
 #include <vector>
 
@@ -108,7 +109,8 @@ TEST(Training, DataAxisOfATwoDimensionalMesh) {
   for (int data = 1; data <= n; ++data) {
     if (n % data != 0) continue;
     expect_world_equals_single({64, 16, 2, {4, 8, 1}},
-                               DistributedConfig{{data, n / data}, {"data", "replica"}, "data"});
+                               DistributedConfig{{data, n / data}, {"data", "replica"},
+                                                 Strategy::Data});
   }
 }
 
@@ -154,9 +156,9 @@ TEST(Training, BadConfigsAreConfigErrorsOnEveryRank) {
   config.distributed_config.mesh_shape = {n + 1};
   EXPECT_THROW(Trainer(Mlp::simple_pde_model(0), config), ConfigError);
   config = TrainingConfig{};
-  config.progress = "sometimes";
+  config.progress = static_cast<Progress>(7);  // not in the table
   EXPECT_TRUE(starts_with(config_error([&] { Trainer(Mlp::simple_pde_model(0), config); }),
-                          "progress 'sometimes'"));
+                          "progress 7"));
 
   Trainer trainer(Mlp::simple_pde_model(0), TrainingConfig{});
   const ReferenceData wrong = make_reference_data(16, 3, 0);  // 3 features for a 4-input model
@@ -202,7 +204,7 @@ TEST(Training, BucketsAndOverlapDoNotChangeTheResult) {
       config.num_epochs = 2;
       config.bucket_bytes = bucket_bytes;
       config.overlap_communication = std::string(mode) != "off";
-      if (config.overlap_communication) config.progress = mode;
+      if (config.overlap_communication) config.progress = parse_progress(mode);
       Trainer trainer(Mlp({4, 16, 16, 1}, Activation::ReLU, 5), config);
       const FitResult result = trainer.fit(data.x, data.y);
       results.push_back(host_params(result.model));
@@ -231,7 +233,7 @@ TEST(Training, RingSizedBucketsAgreeAcrossProgressModes) {
     config.num_epochs = 2;
     config.bucket_bytes = MpiCommunicator::kRingMinBytes;  // 128 x 128 kernels: one bucket each
     config.overlap_communication = std::string(mode) != "off";
-    config.progress = config.overlap_communication ? mode : "auto";
+    config.progress = config.overlap_communication ? parse_progress(mode) : Progress::Auto;
     Trainer trainer(Mlp({4, 128, 128, 1}, Activation::ReLU, 3), config);
     results.push_back(host_params(trainer.fit(data.x, data.y).model));
   }
@@ -324,6 +326,17 @@ TEST(GradientReducer, EveryProgressModeSumsEveryBucket) {
   EXPECT_EQ(reduce_with(world, model, Progress::Thread, true), off);
 }
 
+TEST(GradientReducer, TakesAResolvedProgressOnly) {
+  MpiCommunicator world(MPI_COMM_WORLD);
+  const Mlp model({4, 16, 1}, Activation::ReLU, 0);
+  // Auto is the config's choice; the Trainer decides it before building a reducer.
+  for (bool overlap : {true, false}) {
+    EXPECT_THROW(GradientReducer(make_gradient_buckets(model, 1, 64), world, overlap,
+                                 Progress::Auto),
+                 std::logic_error);
+  }
+}
+
 TEST(GradientReducer, AFailureInTheCommunicationThreadReachesFinish) {
   MpiCommunicator world(MPI_COMM_WORLD);
   const Mlp model({4, 16, 16, 1}, Activation::ReLU, 0);
@@ -365,12 +378,12 @@ TEST(GradientBuckets, CoverTheBufferInBackwardOrderWithWholeLayers) {
 
 // FSDP (ZeRO-3) and hybrid sharding give the data-parallel run's losses and parameters.
 TEST(Fsdp, OneDimensionalMeshShardsOverData) {
-  expect_world_equals_single({256, 32, 5, {4, 64, 1}}, DistributedConfig{{}, {}, "fsdp"});
+  expect_world_equals_single({256, 32, 5, {4, 64, 1}}, DistributedConfig{{}, {}, Strategy::Fsdp});
 }
 
 TEST(Fsdp, LayerSizesThatDoNotDivideByTheShardCount) {
   // Layers of 35, 40 and 6 parameters: padded chunks on 2, 3 and 4 shards.
-  expect_world_equals_single({90, 20, 3, {4, 7, 5, 1}}, DistributedConfig{{}, {}, "fsdp"});
+  expect_world_equals_single({90, 20, 3, {4, 7, 5, 1}}, DistributedConfig{{}, {}, Strategy::Fsdp});
 }
 
 TEST(Fsdp, HybridShardingOnEveryTwoDimensionalMesh) {
@@ -378,7 +391,8 @@ TEST(Fsdp, HybridShardingOnEveryTwoDimensionalMesh) {
   for (int data = 1; data <= n; ++data) {
     if (n % data != 0) continue;
     expect_world_equals_single({64, 16, 2, {4, 9, 1}},
-                               DistributedConfig{{data, n / data}, {"data", "fsdp"}, "fsdp"});
+                               DistributedConfig{{data, n / data}, {"data", "fsdp"},
+                                                 Strategy::Fsdp});
   }
 }
 
@@ -388,7 +402,7 @@ TEST(Fsdp, HoldsAShardOfTheState) {
   TrainingConfig config;
   Trainer dp(Mlp({4, 256, 256, 1}, Activation::ReLU, 0), config);
   dp.prepare(data.x, data.y);
-  config.distributed_config.strategy = "fsdp";
+  config.distributed_config.strategy = Strategy::Fsdp;
   Trainer fsdp(Mlp({4, 256, 256, 1}, Activation::ReLU, 0), config);
   fsdp.prepare(data.x, data.y);
   const StateBytes full = dp.state_bytes();
@@ -413,12 +427,12 @@ TEST(Fsdp, RefitAndBenchmarkStyleStepsKeepTheParameters) {
   const ReferenceData data = make_reference_data(64, 4, 2);
   TrainingConfig config;
   config.num_epochs = 2;
-  config.distributed_config.strategy = "fsdp";
+  config.distributed_config.strategy = Strategy::Fsdp;
   Trainer fsdp(Mlp({4, 16, 1}, Activation::ReLU, 2), config);
   fsdp.fit(data.x, data.y);
   const FitResult twice = fsdp.fit(data.x, data.y);
 
-  config.distributed_config.strategy = "data";
+  config.distributed_config.strategy = Strategy::Data;
   config.num_epochs = 4;
   Trainer dp(Mlp({4, 16, 1}, Activation::ReLU, 2), config);
   const FitResult once = dp.fit(data.x, data.y);
@@ -440,9 +454,11 @@ TEST(TensorParallel, EveryMeshWithAModelAxisMatchesOneRank) {
     // Widths of 12 divide by every model-axis size used here (1 to 4); an odd layer count
     // leaves the last layer replicated.
     expect_world_equals_single({48, 12, 2, {4, 12, 12, 12, 1}},
-                               DistributedConfig{{data, n / data}, {"data", "model"}, "data"});
+                               DistributedConfig{{data, n / data}, {"data", "model"},
+                                                 Strategy::Data});
     expect_world_equals_single({48, 12, 2, {4, 12, 12, 1}},
-                               DistributedConfig{{data, n / data}, {"data", "model"}, "data"});
+                               DistributedConfig{{data, n / data}, {"data", "model"},
+                                                 Strategy::Data});
   }
 }
 
@@ -450,7 +466,7 @@ TEST(TensorParallel, HoldsASliceOfEachSplitLayer) {
   const int n = world_size();
   const ReferenceData data = make_reference_data(16, 4, 0);
   TrainingConfig config;
-  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, "data"};
+  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data};
   Trainer tp(Mlp({4, 24, 1}, Activation::ReLU, 0), config);
   tp.prepare(data.x, data.y);
   // Layer 0 (4x24 + 24) split by columns, layer 1 (24x1) by rows, its bias (1) replicated.
@@ -502,7 +518,7 @@ TEST(TensorParallel, OnePassGradientEqualsOneRank) {
 TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {
   const int n = world_size();
   TrainingConfig config;
-  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, "data"};
+  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data};
   if (n > 1) {
     // 7 hidden units cannot be split over 2, 3 or 4 ranks.
     EXPECT_THROW(Trainer(Mlp({4, 7, 1}, Activation::ReLU, 0), config), ConfigError);
@@ -510,7 +526,7 @@ TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {
   Mlp unpaired({4, 12, 12, 1}, Activation::ReLU, 0);
   unpaired.set_partition(0, {"", "model"});  // column-parallel without a row-parallel partner
   EXPECT_THROW(Trainer(unpaired, config), ConfigError);
-  config.distributed_config.strategy = "fsdp";
+  config.distributed_config.strategy = Strategy::Fsdp;
   EXPECT_THROW(Trainer(Mlp({4, 12, 1}, Activation::ReLU, 0), config), ConfigError);
   MpiCommunicator(MPI_COMM_WORLD).barrier();
 }
@@ -602,7 +618,7 @@ TEST(NonFinite, SkipLeavesTheParametersFiniteAndCountsTheSteps) {
   TrainingConfig config;
   config.batch_size = 10;
   config.num_epochs = 3;
-  config.nonfinite = "skip";
+  config.nonfinite = NonFinite::Skip;
   const ReferenceData data = data_with_a_nan();
   Trainer trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config);
   const FitResult r = trainer.fit(data.x, data.y);
@@ -649,8 +665,9 @@ std::pair<std::vector<float>, std::vector<float>> straight_and_resumed(
 
 TEST(Resume, BitIdenticalToAnUninterruptedRunUnderEveryStrategy) {
   const int n = world_size();
-  std::vector<DistributedConfig> meshes{DistributedConfig{}, DistributedConfig{{}, {}, "fsdp"},
-                                        DistributedConfig{{1, n}, {"data", "model"}, "data"}};
+  std::vector<DistributedConfig> meshes{
+      DistributedConfig{}, DistributedConfig{{}, {}, Strategy::Fsdp},
+      DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data}};
   for (const auto& dist : meshes) {
     TrainingConfig config;
     config.num_epochs = 4;
@@ -659,7 +676,7 @@ TEST(Resume, BitIdenticalToAnUninterruptedRunUnderEveryStrategy) {
     config.distributed_config = dist;
     const auto [straight, resumed] =
         straight_and_resumed(config, {4, 12, 12, 1}, 1, MPI_COMM_WORLD, config);
-    EXPECT_EQ(straight, resumed) << "strategy " << dist.strategy << " mesh "
+    EXPECT_EQ(straight, resumed) << "strategy " << name_of(dist.strategy) << " mesh "
                                  << format_shape(dist.mesh_shape);
   }
 }

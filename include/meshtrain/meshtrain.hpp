@@ -1,5 +1,6 @@
 #pragma once
 // Everything a training program needs.
+#include "meshtrain/choices.hpp"
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"

@@ -12,6 +12,9 @@ namespace {
 
 using namespace meshtrain;
 
+// The library's ConfigErrors name a config field (ConfigError::field()); these are the flags
+// that set them. bucket_bytes is missing on purpose: --bucket-mb is checked here, in its own
+// unit, before it becomes bytes.
 const std::map<std::string, std::string> kFieldFlags = {
     {"num_epochs", "--epochs"},       {"batch_size", "--batch-size"},
     {"learning_rate", "--lr"},        {"samples", "--samples"},
@@ -19,14 +22,21 @@ const std::map<std::string, std::string> kFieldFlags = {
     {"strategy", "--strategy"},       {"optimizer", "--optimizer"},
     {"model widths", "--hidden/--layers"}, {"comm", "--comm"},
     {"collective_timeout", "--collective-timeout"}, {"nonfinite", "--nonfinite"},
+    {"progress", "--progress"},
 };
 
 struct Options {
   std::string epochs = "20", batch_size = "32", lr = "1e-3", samples = "256", seed = "0";
-  std::string mesh_shape, axis_names, strategy = "data", optimizer = "adam";
+  std::string mesh_shape, axis_names;
+  // The choices' defaults are the library's, by name.
+  std::string strategy = name_of(DistributedConfig{}.strategy);
+  std::string optimizer = name_of(TrainingConfig{}.optimizer);
   std::string hidden = "64", layers = "1";
-  std::string bucket_mb = "4", overlap = "on", progress = "auto", comm = "auto";
-  std::string collective_timeout = "600", nonfinite = "abort";
+  std::string bucket_mb = "4", overlap = "on";
+  std::string progress = name_of(TrainingConfig{}.progress);
+  std::string comm = name_of(DistributedConfig{}.comm);
+  std::string collective_timeout = "600";
+  std::string nonfinite = name_of(TrainingConfig{}.nonfinite);
   bool debug_collectives = false;
 };
 
@@ -43,14 +53,13 @@ void add_options(CLI::App& app, Options& o) {
                  "Device mesh shape, e.g. 4 or 2,2 (default: one axis over all ranks)");
   app.add_option("--axis-names", o.axis_names,
                  "Mesh axis names, e.g. data or data,fsdp (default: data)");
-  app.add_option("--strategy", o.strategy, "Parallel strategy: data or fsdp")
+  app.add_option("--strategy", o.strategy, "Parallel strategy: " + choice_help<Strategy>())
       ->default_str(o.strategy);
-  app.add_option("--optimizer", o.optimizer, "adam, adamw or sgd")->default_str(o.optimizer);
+  app.add_option("--optimizer", o.optimizer, "Optimizer: " + choice_help<OptimizerType>())
+      ->default_str(o.optimizer);
   app.add_option("--hidden", o.hidden, "Width of each hidden layer")->default_str(o.hidden);
   app.add_option("--layers", o.layers, "Number of hidden layers")->default_str(o.layers);
-  app.add_option("--comm", o.comm,
-                 "Gradient collectives: auto (NCCL when a GPU is visible and NCCL was built), "
-                 "mpi or nccl")
+  app.add_option("--comm", o.comm, "Gradient collectives: " + choice_help<CommBackend>())
       ->default_str(o.comm);
   app.add_option("--collective-timeout", o.collective_timeout,
                  "Seconds a rank may wait in one collective before the watchdog aborts the job "
@@ -58,7 +67,8 @@ void add_options(CLI::App& app, Options& o) {
       ->default_str(o.collective_timeout);
   app.add_flag("--debug-collectives", o.debug_collectives,
                "Compare every collective across ranks before running it; report mismatches");
-  app.add_option("--nonfinite", o.nonfinite, "A NaN/Inf loss or gradient: abort or skip the step")
+  app.add_option("--nonfinite", o.nonfinite,
+                 "A step with a NaN/Inf loss or gradient: " + choice_help<NonFinite>())
       ->default_str(o.nonfinite);
   app.add_option("--bucket-mb", o.bucket_mb, "Gradient all-reduce bucket size in MiB")
       ->default_str(o.bucket_mb);
@@ -66,9 +76,7 @@ void add_options(CLI::App& app, Options& o) {
                  "on: start each bucket's all-reduce during backward; off: after backward")
       ->default_str(o.overlap);
   app.add_option("--progress", o.progress,
-                 "How overlapped MPI all-reduces advance: thread (a communication thread per "
-                 "rank; needs a spare core), poll (tested between kernels), auto (thread when "
-                 "every rank has a spare core)")
+                 "How overlapped MPI all-reduces advance: " + choice_help<Progress>())
       ->default_str(o.progress);
 }
 
@@ -92,7 +100,7 @@ int run(DistributedManager& dm, int argc, char** argv) {
   config.batch_size = cli::parse_int("--batch-size", o.batch_size);
   config.learning_rate = cli::parse_double("--lr", o.lr);
   config.seed = cli::parse_uint64("--seed", o.seed);
-  config.optimizer = o.optimizer;
+  config.optimizer = parse_choice<OptimizerType>("--optimizer", o.optimizer);
   const int samples = cli::parse_int("--samples", o.samples);
   const int hidden = cli::parse_int("--hidden", o.hidden);
   const int layers = cli::parse_int("--layers", o.layers);
@@ -102,28 +110,31 @@ int run(DistributedManager& dm, int argc, char** argv) {
   if (!o.axis_names.empty()) {
     config.distributed_config.mesh_axis_names = cli::parse_name_list("--axis-names", o.axis_names);
   }
-  config.distributed_config.strategy = o.strategy;
-  config.distributed_config.comm = o.comm;
+  config.distributed_config.strategy = parse_choice<Strategy>("--strategy", o.strategy);
+  config.distributed_config.comm = parse_choice<CommBackend>("--comm", o.comm);
   config.distributed_config.collective_timeout_seconds =
       cli::parse_double("--collective-timeout", o.collective_timeout);
   config.distributed_config.debug_collectives = o.debug_collectives;
-  config.nonfinite = o.nonfinite;
+  config.nonfinite = parse_choice<NonFinite>("--nonfinite", o.nonfinite);
   const double bucket_mb = cli::parse_double("--bucket-mb", o.bucket_mb);
   if (!(bucket_mb > 0) || bucket_mb > 1024) {
-    throw ConfigError("--bucket-mb " + o.bucket_mb + ": must be in (0, 1024]");
+    throw ConfigError("--bucket-mb", o.bucket_mb + ": must be in (0, 1024]");
   }
   config.bucket_bytes = static_cast<std::size_t>(bucket_mb * 1024 * 1024);
+  // Checked here in MiB, as given: the library's own check would name bucket_bytes.
+  if (config.bucket_bytes < sizeof(float)) {
+    throw ConfigError("--bucket-mb", o.bucket_mb + ": " + std::to_string(config.bucket_bytes) +
+                                         " bytes; a bucket must hold at least 4 bytes (one "
+                                         "float)");
+  }
   if (o.overlap != "on" && o.overlap != "off") {
-    throw ConfigError("--overlap '" + o.overlap + "': choose on or off");
+    throw ConfigError("--overlap", "'" + o.overlap + "': choose on or off");
   }
   config.overlap_communication = o.overlap == "on";
-  if (o.progress != "auto" && o.progress != "thread" && o.progress != "poll") {
-    throw ConfigError("--progress '" + o.progress + "': choose auto, thread or poll");
-  }
-  config.progress = o.progress;
-  if (samples < 1) throw ConfigError("--samples " + o.samples + ": must be at least 1");
-  if (hidden < 1) throw ConfigError("--hidden " + o.hidden + ": must be at least 1");
-  if (layers < 0) throw ConfigError("--layers " + o.layers + ": must be at least 0");
+  config.progress = parse_choice<Progress>("--progress", o.progress);
+  if (samples < 1) throw ConfigError("--samples", o.samples + ": must be at least 1");
+  if (hidden < 1) throw ConfigError("--hidden", o.hidden + ": must be at least 1");
+  if (layers < 0) throw ConfigError("--layers", o.layers + ": must be at least 0");
 
   // Validate everything before any work: the mesh, then the training config against it.
   const std::shared_ptr<ProcessGroups> groups = dm.process_groups(config.distributed_config);
@@ -151,12 +162,12 @@ int run(DistributedManager& dm, int argc, char** argv) {
     std::printf("Model parameters: %zu\n", model.num_parameters());
     std::printf("Mesh shape:   %s\n", format_shape(dc.mesh_shape).c_str());
     std::printf("Axis names:   %s\n", format_axis_names(dc.mesh_axis_names).c_str());
-    std::printf("Strategy:     %s\n", dc.strategy.c_str());
+    std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
     std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", samples, samples);
     std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
     std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g\n",
                 config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
-                config.optimizer.c_str(), config.learning_rate);
+                name_of(config.optimizer).c_str(), config.learning_rate);
     std::fflush(stdout);
   }
 

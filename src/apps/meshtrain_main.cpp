@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -55,11 +56,22 @@ void install_stop_handlers() {
   sigaction(SIGUSR1, &action, nullptr);
 }
 
+// How `train` shows its epochs: the program's own choice, with a table as the library's have.
+enum class Display { Auto, Bar, Lines };
+constexpr Choice<Display> kDisplayChoices[] = {
+    {Display::Auto, "auto",
+     "a progress bar redrawn in place when stdout is a terminal; under mpirun, whose ranks "
+     "always see one, only when MESHTRAIN_STDOUT_IS_TTY=1"},
+    {Display::Bar, "bar", ""},
+    {Display::Lines, "lines", "one line per epoch only"},
+};
+constexpr std::span<const Choice<Display>> choice_table(Display) { return kDisplayChoices; }
+
 struct TrainOptions {
   std::string config;
   std::vector<std::string> sets;
   std::string resume;
-  std::string progress = "auto";
+  std::string progress = name_of(Display::Auto);
 };
 
 struct PlotOptions {
@@ -99,12 +111,9 @@ struct CommandLine {
                      "file; the run's settings must match those that wrote it")
         ->type_name("latest|PATH");
     train
-        ->add_option("--progress", t.progress,
-                     "auto: a progress bar redrawn in place when stdout is a terminal (under "
-                     "mpirun, whose ranks always see one, only when MESHTRAIN_STDOUT_IS_TTY=1); "
-                     "bar; lines: one line per epoch only")
-        ->check(CLI::IsMember({"auto", "bar", "lines"}))
-        ->default_str("auto");
+        ->add_option("--progress", t.progress, choice_help<Display>())
+        ->check(CLI::IsMember(choice_names<Display>()))
+        ->default_str(t.progress);
     train->footer(config_reference() + "\n" + kExitCodes);
 
     plot = app.add_subcommand("plot", "Draw train and validation loss against epoch (gnuplot)");
@@ -126,13 +135,13 @@ bool stdout_is_terminal() {
   return ::isatty(STDOUT_FILENO) != 0;
 }
 
-// Library ConfigErrors name a field ("batch_size 1: ..."); say where the run set it.
+// Library ConfigErrors name a config field (batch_size); say where the run set it.
 template <class F>
 auto locating_errors(const RunConfig& config, F&& work) {
   try {
     return work();
   } catch (const ConfigError& e) {
-    throw ConfigError(locate_library_error(config, e.what()));
+    throw ConfigError(locate_library_error(config, e));
   }
 }
 
@@ -152,12 +161,12 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
   std::printf("Ranks:       %d (%s, gradient collectives over %s)\n", dm.size(),
               dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());
   std::printf("Mesh:        shape %s, axes %s, strategy %s\n", format_shape(d.mesh_shape).c_str(),
-              format_axis_names(d.mesh_axis_names).c_str(), d.strategy.c_str());
+              format_axis_names(d.mesh_axis_names).c_str(), name_of(d.strategy).c_str());
   std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(model.widths()).c_str(),
               name_of(config.model.activation).c_str(), model.num_parameters());
   std::printf("Data:        %s\n", data.description.c_str());
   std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g, shuffle %s\n",
-              t.num_epochs, trainer.batches_per_epoch(), t.batch_size, t.optimizer.c_str(),
+              t.num_epochs, trainer.batches_per_epoch(), t.batch_size, name_of(t.optimizer).c_str(),
               t.learning_rate, t.shuffle ? "on" : "off");
   const CheckpointSettings& c = config.checkpoint;
   if (c.dir.empty()) {
@@ -207,7 +216,9 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   // The mesh first: a config that does not fit the job fails before the model is built.
   const auto groups = locating_errors(
       config, [&] { return dm.process_groups(config.training.distributed_config); });
-  Mlp model(config.model.widths, config.model.activation, config.training.seed);
+  Mlp model = locating_errors(config, [&] {
+    return Mlp(config.model.widths, config.model.activation, config.training.seed);
+  });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, groups); });
   const TrainingData data = load_training_data(config, world);
@@ -230,8 +241,8 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   }
   if (root) print_header(config, trainer, dm, data, resumed);
 
-  const bool bar =
-      options.progress == "bar" || (options.progress == "auto" && stdout_is_terminal());
+  const Display display = parse_choice<Display>("--progress", options.progress);
+  const bool bar = display == Display::Bar || (display == Display::Auto && stdout_is_terminal());
   ProgressPrinter progress(bar, resumed ? resumed->state.epoch : 0);
   const int every = config.checkpoint.every_epochs;
   trainer.set_epoch_callback([&](const EpochReport& report) {

@@ -26,9 +26,9 @@ namespace fs = std::filesystem;
 
 struct KeySpec {
   std::string_view key;
-  std::string_view type;
-  std::string_view default_value;
-  std::string_view meaning;
+  std::string type;  // built from the choice tables for the choices
+  std::string default_value;
+  std::string meaning;
 };
 
 struct SectionSpec {
@@ -36,36 +36,53 @@ struct SectionSpec {
   std::vector<KeySpec> keys;
 };
 
+// "\"auto\" | \"thread\" | \"poll\"": the TOML type of a choice, from its table.
+template <NamedChoice E>
+std::string choice_type() {
+  std::string out;
+  for (const auto& name : choice_names<E>()) out += (out.empty() ? "\"" : " | \"") + name + "\"";
+  return out;
+}
+
+// "\"auto\"": a choice's default, from the library's default config.
+template <NamedChoice E>
+std::string quoted(E value) {
+  return "\"" + name_of(value) + "\"";
+}
+
 // The one list of settings: the unknown-key check and --help both read it.
 const std::vector<SectionSpec>& schema() {
+  const TrainingConfig training;
+  const DistributedConfig& distributed = training.distributed_config;
   static const std::vector<SectionSpec> sections = {
       {"training",
        {{"num_epochs", "integer >= 1", "20", "epochs to train"},
         {"learning_rate", "number > 0", "0.001", "learning rate"},
         {"batch_size", "integer >= 1", "32", "global batch, split over the 'data' axis"},
         {"seed", "integer >= 0", "0", "parameter initialisation, shuffle and synthetic data"},
-        {"optimizer", "\"adam\" | \"adamw\" | \"sgd\"", "\"adam\"", "optax defaults"},
+        {"optimizer", choice_type<OptimizerType>(), quoted(training.optimizer),
+         "optax defaults: " + choice_help<OptimizerType>()},
         {"shuffle", "boolean", "false", "a seeded permutation of the samples every epoch"},
         {"validation_every", "integer >= 0", "1",
          "validation loss every N epochs and after the last; 0: never"},
-        {"nonfinite", "\"abort\" | \"skip\"", "\"abort\"",
-         "a step with a NaN/Inf loss or gradient ends the run (exit 3) or is skipped"},
+        {"nonfinite", choice_type<NonFinite>(), quoted(training.nonfinite),
+         "a step with a NaN/Inf loss or gradient: " + choice_help<NonFinite>() +
+             "; abort exits with code 3"},
         {"bucket_mb", "number in (0, 1024]", "4", "gradient all-reduce bucket size in MiB"},
         {"bucket_bytes", "integer >= 4", "4194304", "the same in bytes (give one of the two)"},
         {"overlap_communication", "boolean", "true",
          "start each bucket's all-reduce during backward"},
-        {"progress", "\"auto\" | \"thread\" | \"poll\"", "\"auto\"",
-         "how overlapped MPI all-reduces advance: a communication thread per rank (needs a "
-         "spare core), or polling between kernels; auto: thread when every rank has a spare "
-         "core"}}},
+        {"progress", choice_type<Progress>(), quoted(training.progress),
+         "how overlapped MPI all-reduces advance: " + choice_help<Progress>()}}},
       {"distributed",
        {{"mesh_shape", "array of integers >= 1", "[RANKS]",
          "device mesh; its product must equal the rank count"},
         {"mesh_axis_names", "array of strings", "[\"data\"]",
          "one per axis: 'data' splits the batch, 'fsdp' shards, 'model' is tensor parallel"},
-        {"strategy", "\"data\" | \"fsdp\"", "\"data\"", "data parallel, or fully sharded"},
-        {"comm", "\"auto\" | \"mpi\" | \"nccl\"", "\"auto\"",
-         "gradient collectives (auto: NCCL when a GPU is visible and built)"},
+        {"strategy", choice_type<Strategy>(), quoted(distributed.strategy),
+         "parallel strategy: " + choice_help<Strategy>()},
+        {"comm", choice_type<CommBackend>(), quoted(distributed.comm),
+         "gradient collectives: " + choice_help<CommBackend>()},
         {"collective_timeout", "number >= 0", "600",
          "seconds a rank may wait in one collective before the watchdog aborts the job; 0: off"},
         {"debug_collectives", "boolean", "false",
@@ -77,7 +94,7 @@ const std::vector<SectionSpec>& schema() {
         {"hidden", "integer >= 1", "64", "width of each hidden layer"},
         {"layers", "integer >= 0", "1", "number of hidden layers"},
         {"output", "integer >= 1", "1", "outputs"},
-        {"activation", "\"relu\" | \"tanh\" | \"identity\"", "\"relu\"",
+        {"activation", choice_type<Activation>(), quoted(ModelSettings{}.activation),
          "after each hidden layer; the output layer is linear"}}},
       {"data",
        {{"train_x", "path", "-", ".npy (samples, inputs), float32/float64, C order"},
@@ -330,6 +347,14 @@ class SettingsReader {
     return value;
   }
 
+  // A value of a named choice, its names from the choice's table.
+  template <NamedChoice E>
+  std::optional<E> choice(const std::string& section, const std::string& key) {
+    const auto value = choice(section, key, choice_names<E>());
+    if (!value) return std::nullopt;
+    return parse_choice<E>(section + "." + key, *value);  // a name from the table: cannot fail
+  }
+
   // A path from the file is relative to the file's directory; from --set, to the working
   // directory.
   std::optional<std::string> path(const std::string& section, const std::string& key) {
@@ -423,12 +448,12 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
   if (auto v = r.integer(s, "seed", 0, std::numeric_limits<std::int64_t>::max())) {
     t.seed = static_cast<std::uint64_t>(*v);
   }
-  if (auto v = r.choice(s, "optimizer", {"adam", "adamw", "sgd"})) t.optimizer = *v;
+  if (auto v = r.choice<OptimizerType>(s, "optimizer")) t.optimizer = *v;
   if (auto v = r.boolean(s, "shuffle")) t.shuffle = *v;
   if (auto v = r.integer(s, "validation_every", 0)) t.validation_every = static_cast<int>(*v);
-  if (auto v = r.choice(s, "nonfinite", {"abort", "skip"})) t.nonfinite = *v;
+  if (auto v = r.choice<NonFinite>(s, "nonfinite")) t.nonfinite = *v;
   if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
-  if (auto v = r.choice(s, "progress", {"auto", "thread", "poll"})) t.progress = *v;
+  if (auto v = r.choice<Progress>(s, "progress")) t.progress = *v;
   const bool mb = r.has(s, "bucket_mb");
   if (mb && r.has(s, "bucket_bytes")) {
     r.fail(*r.find(s, "bucket_bytes"), "training.bucket_bytes",
@@ -446,8 +471,8 @@ void read_distributed(SettingsReader& r, DistributedConfig& d) {
   const std::string s = "distributed";
   if (auto v = r.integer_list(s, "mesh_shape", 1)) d.mesh_shape = *v;
   if (auto v = r.string_list(s, "mesh_axis_names")) d.mesh_axis_names = *v;
-  if (auto v = r.choice(s, "strategy", {"data", "fsdp"})) d.strategy = *v;
-  if (auto v = r.choice(s, "comm", {"auto", "mpi", "nccl"})) d.comm = *v;
+  if (auto v = r.choice<Strategy>(s, "strategy")) d.strategy = *v;
+  if (auto v = r.choice<CommBackend>(s, "comm")) d.comm = *v;
   if (auto v = r.number(s, "collective_timeout", 0.0, Bound::Inclusive, 1e7)) {
     d.collective_timeout_seconds = *v;
   }
@@ -476,9 +501,7 @@ void read_model(SettingsReader& r, ModelSettings& m) {
     for (int l = 0; l < layers; ++l) m.widths.push_back(hidden);
     m.widths.push_back(output);
   }
-  if (auto v = r.choice(s, "activation", {"relu", "tanh", "identity"})) {
-    m.activation = parse_activation(*v);
-  }
+  if (auto v = r.choice<Activation>(s, "activation")) m.activation = *v;
 }
 
 void read_data(SettingsReader& r, DataSettings& d, const std::string& file) {
@@ -529,7 +552,7 @@ void read_checkpoint(SettingsReader& r, CheckpointSettings& c) {
   }
 }
 
-// Library field names (as ConfigError messages start) and the keys that set them.
+// The library's config fields (ConfigError::field()) and the keys that set them.
 const std::map<std::string, std::string>& library_fields() {
   static const std::map<std::string, std::string> fields = {
       {"num_epochs", "training.num_epochs"},
@@ -539,11 +562,16 @@ const std::map<std::string, std::string>& library_fields() {
       {"validation_every", "training.validation_every"},
       {"nonfinite", "training.nonfinite"},
       {"optimizer", "training.optimizer"},
+      {"progress", "training.progress"},
       {"mesh_shape", "distributed.mesh_shape"},
       {"mesh_axis_names", "distributed.mesh_axis_names"},
       {"strategy", "distributed.strategy"},
       {"comm", "distributed.comm"},
       {"collective_timeout", "distributed.collective_timeout"},
+      {"model widths", "model.widths"},
+      {"activation", "model.activation"},
+      {"samples", "data.samples"},
+      {"dim", "data.dim"},
   };
   return fields;
 }
@@ -582,11 +610,10 @@ RunConfig parse_run_config(const std::string& path, const std::string& text,
   return config;
 }
 
-std::string locate_library_error(const RunConfig& config, const std::string& message) {
-  for (const auto& [field, key] : library_fields()) {
-    if (message.starts_with(field + " ")) return config.where(key) + message.substr(field.size());
-  }
-  return message;
+std::string locate_library_error(const RunConfig& config, const ConfigError& error) {
+  const auto it = library_fields().find(error.field());
+  if (it == library_fields().end()) return error.what();
+  return config.where(it->second) + " " + error.detail();
 }
 
 std::string config_reference() {

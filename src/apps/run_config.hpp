@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "meshtrain/error.hpp"
 #include "meshtrain/nn/kernels.hpp"
 #include "meshtrain/train/training_config.hpp"
 
@@ -62,9 +63,10 @@ RunConfig parse_run_config(const std::string& path, const std::string& text,
                            const std::vector<std::string>& overrides);
 
 // The library validates a config against the job (mesh against the rank count, batch size
-// against the data axis) and reports "FIELD VALUE: why"; this rewrites such a message as
-// "run.toml:12: training.batch_size VALUE: why". Other messages are returned unchanged.
-std::string locate_library_error(const RunConfig& config, const std::string& message);
+// against the data axis) and throws ConfigError(FIELD, "VALUE: why"); this is its message with
+// the key that set the field in the field's place: "run.toml:12: training.batch_size VALUE:
+// why". The message of an error about no known field is returned unchanged.
+std::string locate_library_error(const RunConfig& config, const ConfigError& error);
 
 // Every section and key with its type, default and meaning, for `meshtrain train --help`.
 std::string config_reference();

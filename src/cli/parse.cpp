@@ -25,7 +25,7 @@ std::string trim(const std::string& s) {
 }
 
 [[noreturn]] void bad(const std::string& flag, const std::string& text, const std::string& why) {
-  throw ConfigError(flag + " '" + text + "': " + why);
+  throw ConfigError(flag, "'" + text + "': " + why);
 }
 
 template <class T>
@@ -133,12 +133,11 @@ std::vector<std::string> parse_name_list(const std::string& flag, const std::str
   return out;
 }
 
-std::string with_flag_names(const std::string& message,
-                            const std::map<std::string, std::string>& field_to_flag) {
-  for (const auto& [field, flag] : field_to_flag) {
-    if (message.starts_with(field + " ")) return flag + message.substr(field.size());
-  }
-  return message;
+std::string with_flag_name(const ConfigError& error,
+                           const std::map<std::string, std::string>& field_to_flag) {
+  const auto it = field_to_flag.find(error.field());
+  if (it == field_to_flag.end()) return error.what();
+  return it->second + " " + error.detail();
 }
 
 int run_main(const std::string& program, int argc, char** argv,
@@ -159,7 +158,7 @@ int run_main(const std::string& program, int argc, char** argv,
   } catch (const ConfigError& e) {
     if (rank == 0) {
       std::fprintf(stderr, "%s: error: %s\n", program.c_str(),
-                   with_flag_names(e.what(), field_to_flag).c_str());
+                   with_flag_name(e, field_to_flag).c_str());
       std::fflush(stderr);
     }
     manager.reset();

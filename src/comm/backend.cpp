@@ -13,22 +13,6 @@
 
 namespace meshtrain {
 
-CommBackend parse_comm_backend(const std::string& text) {
-  if (text == "auto") return CommBackend::Auto;
-  if (text == "mpi") return CommBackend::Mpi;
-  if (text == "nccl") return CommBackend::Nccl;
-  throw ConfigError("comm '" + text + "': unknown (choose auto, mpi or nccl)");
-}
-
-std::string name_of(CommBackend backend) {
-  switch (backend) {
-    case CommBackend::Auto: return "auto";
-    case CommBackend::Mpi: return "mpi";
-    case CommBackend::Nccl: return "nccl";
-  }
-  return "?";
-}
-
 bool nccl_built() { return MESHTRAIN_HAS_NCCL != 0; }
 
 void bind_cuda_device([[maybe_unused]] int device) {
@@ -61,11 +45,11 @@ CommBackend resolve_comm_backend(CommBackend requested, int visible_gpus, bool n
     case CommBackend::Mpi: return CommBackend::Mpi;
     case CommBackend::Nccl:
       if (!nccl_is_built) {
-        throw ConfigError(
-            "comm 'nccl': this build of meshtrain has no NCCL (configure with "
-            "-DMESHTRAIN_ENABLE_NCCL=ON)");
+        throw ConfigError("comm",
+                          "'nccl': this build of meshtrain has no NCCL (configure with "
+                          "-DMESHTRAIN_ENABLE_NCCL=ON)");
       }
-      if (visible_gpus < 1) throw ConfigError("comm 'nccl': no GPU is visible on this node");
+      if (visible_gpus < 1) throw ConfigError("comm", "'nccl': no GPU is visible on this node");
       return CommBackend::Nccl;
   }
   return CommBackend::Mpi;
@@ -78,9 +62,9 @@ std::unique_ptr<Communicator> make_communicator(CommBackend resolved, MPI_Comm c
 #if MESHTRAIN_HAS_NCCL
       return std::make_unique<NcclCommunicator>(comm);
 #else
-      throw ConfigError(
-          "comm 'nccl': this build of meshtrain has no NCCL (configure with "
-          "-DMESHTRAIN_ENABLE_NCCL=ON)");
+      throw ConfigError("comm",
+                        "'nccl': this build of meshtrain has no NCCL (configure with "
+                        "-DMESHTRAIN_ENABLE_NCCL=ON)");
 #endif
     case CommBackend::Auto: break;
   }

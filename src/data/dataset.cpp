@@ -12,8 +12,8 @@ constexpr std::uint64_t kDataStream = 2;
 }
 
 ReferenceData make_reference_data(int samples, int dim, std::uint64_t seed) {
-  if (samples < 1) throw ConfigError("samples " + std::to_string(samples) + ": must be at least 1");
-  if (dim < 1) throw ConfigError("dim " + std::to_string(dim) + ": must be at least 1");
+  if (samples < 1) throw ConfigError("samples", std::to_string(samples) + ": must be at least 1");
+  if (dim < 1) throw ConfigError("dim", std::to_string(dim) + ": must be at least 1");
   ReferenceData data{HostMatrix("meshtrain::x", samples, dim), HostMatrix("meshtrain::y", samples, 1)};
   Random rng(derive_seed(seed, kDataStream));
   for (int i = 0; i < samples; ++i) {

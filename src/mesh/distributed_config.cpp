@@ -3,7 +3,7 @@
 #include <set>
 #include <string>
 
-#include "meshtrain/comm/backend.hpp"
+#include "meshtrain/choices.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -49,44 +49,48 @@ void DistributedConfig::validate(int world_size) const {
   const std::string shape = format_shape(c.mesh_shape);
   for (int d : c.mesh_shape) {
     if (d < 1) {
-      throw ConfigError("mesh_shape " + shape + ": every dimension must be at least 1");
+      throw ConfigError("mesh_shape", shape + ": every dimension must be at least 1");
     }
   }
   const int devices = c.num_devices();
   if (devices != world_size) {
-    throw ConfigError("mesh_shape " + shape + ": describes " +
-                      (devices < 0 ? std::string("too many") : std::to_string(devices)) +
-                      " devices but the job has " + std::to_string(world_size) + " rank" +
-                      (world_size == 1 ? "" : "s"));
+    throw ConfigError("mesh_shape", shape + ": describes " +
+                                        (devices < 0 ? std::string("too many")
+                                                     : std::to_string(devices)) +
+                                        " devices but the job has " +
+                                        std::to_string(world_size) + " rank" +
+                                        (world_size == 1 ? "" : "s"));
   }
   const std::string names = format_axis_names(c.mesh_axis_names);
   if (c.mesh_axis_names.size() != c.mesh_shape.size()) {
-    throw ConfigError("mesh_axis_names " + names + ": " +
-                      std::to_string(c.mesh_axis_names.size()) + " name(s) for a " +
-                      std::to_string(c.mesh_shape.size()) + "-D mesh_shape " + shape);
+    throw ConfigError("mesh_axis_names", names + ": " +
+                                             std::to_string(c.mesh_axis_names.size()) +
+                                             " name(s) for a " +
+                                             std::to_string(c.mesh_shape.size()) +
+                                             "-D mesh " + shape);
   }
   std::set<std::string> seen;
   for (const auto& name : c.mesh_axis_names) {
-    if (name.empty()) throw ConfigError("mesh_axis_names " + names + ": an axis name is empty");
+    if (name.empty()) throw ConfigError("mesh_axis_names", names + ": an axis name is empty");
     if (!seen.insert(name).second) {
-      throw ConfigError("mesh_axis_names " + names + ": axis '" + name + "' appears twice");
+      throw ConfigError("mesh_axis_names", names + ": axis '" + name + "' appears twice");
     }
   }
-  if (c.strategy != "data" && c.strategy != "fsdp") {
-    throw ConfigError("strategy '" + c.strategy + "': unknown strategy (choose data or fsdp)");
-  }
-  parse_comm_backend(c.comm);
+  // The choices are enums: only a value cast from an integer can be outside their tables.
+  check_choice("strategy", c.strategy);
+  check_choice("comm", c.comm);
   if (!(c.collective_timeout_seconds >= 0) || c.collective_timeout_seconds > 1e7) {
-    throw ConfigError("collective_timeout " + std::to_string(c.collective_timeout_seconds) +
-                      ": must be a number of seconds >= 0 (0 turns the watchdog off)");
+    throw ConfigError("collective_timeout",
+                      std::to_string(c.collective_timeout_seconds) +
+                          ": must be a number of seconds >= 0 (0 turns the watchdog off)");
   }
-  if (c.strategy == "data" && !seen.count("data")) {
-    throw ConfigError("mesh_axis_names " + names +
-                      ": strategy 'data' needs an axis named 'data' to split the batch over");
+  if (c.strategy == Strategy::Data && !seen.count("data")) {
+    throw ConfigError("mesh_axis_names", names + ": strategy 'data' needs an axis named 'data' "
+                                                 "to split the batch over");
   }
-  if (c.strategy == "fsdp" && !seen.count("fsdp") && !seen.count("data")) {
-    throw ConfigError("mesh_axis_names " + names +
-                      ": strategy 'fsdp' needs an axis named 'fsdp' or 'data' to shard over");
+  if (c.strategy == Strategy::Fsdp && !seen.count("fsdp") && !seen.count("data")) {
+    throw ConfigError("mesh_axis_names", names + ": strategy 'fsdp' needs an axis named 'fsdp' "
+                                                 "or 'data' to shard over");
   }
 }
 

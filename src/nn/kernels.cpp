@@ -6,22 +6,6 @@
 
 namespace meshtrain {
 
-Activation parse_activation(const std::string& name) {
-  if (name == "relu") return Activation::ReLU;
-  if (name == "tanh") return Activation::Tanh;
-  if (name == "identity" || name == "linear") return Activation::Identity;
-  throw ConfigError("activation '" + name + "': unknown (choose relu, tanh or identity)");
-}
-
-std::string name_of(Activation activation) {
-  switch (activation) {
-    case Activation::Identity: return "identity";
-    case Activation::ReLU: return "relu";
-    case Activation::Tanh: return "tanh";
-  }
-  return "?";
-}
-
 namespace {
 using Policy2D = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
 }

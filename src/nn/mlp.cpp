@@ -9,9 +9,16 @@ namespace meshtrain {
 namespace {
 
 std::vector<DenseSpec> dense_specs(const std::vector<int>& widths, Activation hidden) {
-  if (widths.size() < 2) throw ConfigError("model widths: need at least an input and an output");
+  std::string listed = "[";
+  for (std::size_t i = 0; i < widths.size(); ++i) listed += (i ? ", " : "") + std::to_string(widths[i]);
+  listed += "]";
+  if (widths.size() < 2) {
+    throw ConfigError("model widths", listed + ": need at least an input and an output");
+  }
   for (int w : widths) {
-    if (w < 1) throw ConfigError("model widths: width " + std::to_string(w) + " must be >= 1");
+    if (w < 1) {
+      throw ConfigError("model widths", listed + ": width " + std::to_string(w) + " must be >= 1");
+    }
   }
   std::vector<DenseSpec> specs;
   for (std::size_t l = 0; l + 1 < widths.size(); ++l) {

@@ -13,26 +13,23 @@ constexpr std::size_t kHostChunk =
     Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 512 : 1;
 }  // namespace
 
-OptimizerConfig OptimizerConfig::from_name(const std::string& name) {
+OptimizerConfig OptimizerConfig::of(OptimizerType type) {
   OptimizerConfig c;
-  c.name = name;
-  if (name == "adam" || name == "sgd") return c;
-  if (name == "adamw") {
-    c.weight_decay = 1e-4;
-    return c;
-  }
-  throw ConfigError("optimizer '" + name + "': unknown (choose adam, adamw or sgd)");
+  c.type = type;
+  if (type == OptimizerType::AdamW) c.weight_decay = 1e-4;
+  return c;
+}
+
+OptimizerConfig OptimizerConfig::from_name(std::string_view name) {
+  return of(parse_choice<OptimizerType>("optimizer", name));
 }
 
 Optimizer::Optimizer(OptimizerConfig config, std::size_t num_parameters)
     : config_(std::move(config)) {
-  if (config_.name != "adam" && config_.name != "adamw" && config_.name != "sgd") {
-    throw ConfigError("optimizer '" + config_.name + "': unknown (choose adam, adamw or sgd)");
-  }
-  if (config_.name != "sgd" || config_.momentum != 0.0) {
-    mu_ = Vector("meshtrain::adam_mu", num_parameters);
-  }
-  if (config_.name != "sgd") nu_ = Vector("meshtrain::adam_nu", num_parameters);
+  check_choice("optimizer", config_.type);
+  const bool sgd = config_.type == OptimizerType::Sgd;
+  if (!sgd || config_.momentum != 0.0) mu_ = Vector("meshtrain::adam_mu", num_parameters);
+  if (!sgd) nu_ = Vector("meshtrain::adam_nu", num_parameters);
 }
 
 void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rate) {
@@ -40,7 +37,7 @@ void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rat
   const std::size_t n = params.extent(0);
   auto mu = mu_;
   auto nu = nu_;
-  if (config_.name == "sgd") {
+  if (config_.type == OptimizerType::Sgd) {
     const float lr = static_cast<float>(learning_rate);
     if (config_.momentum == 0.0) {
       Kokkos::parallel_for(
@@ -69,7 +66,7 @@ void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rat
   const float c2 = static_cast<float>(1.0 / (1.0 - std::pow(config_.beta2, t)));
   const float eps = static_cast<float>(config_.eps);
   const float lr = static_cast<float>(learning_rate);
-  const double wd_config = config_.name == "adamw" && config_.weight_decay < 0 ? 1e-4
+  const double wd_config = config_.type == OptimizerType::AdamW && config_.weight_decay < 0 ? 1e-4
                                                                                : config_.weight_decay;
   const float wd = static_cast<float>(wd_config);
   // Each work item updates a chunk of elements through restrict-qualified pointers: on host

@@ -108,15 +108,14 @@ class Assembler {
 };
 
 CommBackend training_backend(const DistributedConfig& config) {
-  const CommBackend backend =
-      resolve_comm_backend(parse_comm_backend(config.comm), visible_gpu_count(), nccl_built());
+  const CommBackend backend = resolve_comm_backend(config.comm, visible_gpu_count(), nccl_built());
   using MemSpace = Kokkos::DefaultExecutionSpace::memory_space;
   if (backend == CommBackend::Nccl &&
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
-    throw ConfigError("comm 'nccl': this build's Kokkos (" +
-                      std::string(Kokkos::DefaultExecutionSpace::name()) +
-                      ") keeps tensors in host memory; NCCL needs a CUDA-enabled Kokkos "
-                      "(configure with -DKokkos_ROOT=<its prefix>)");
+    throw ConfigError("comm", "'nccl': this build's Kokkos (" +
+                                  std::string(Kokkos::DefaultExecutionSpace::name()) +
+                                  ") keeps tensors in host memory; NCCL needs a CUDA-enabled "
+                                  "Kokkos (configure with -DKokkos_ROOT=<its prefix>)");
   }
   return backend;
 }
@@ -149,12 +148,13 @@ std::shared_ptr<ProcessGroups> assemble_process_groups(MPI_Comm base,
   parts->mesh = std::make_unique<DeviceMesh>(config, size, rank);
   const DeviceMesh& mesh = *parts->mesh;
   const DistributedConfig& dist = mesh.config();
-  const bool fsdp = dist.strategy == "fsdp";
+  const bool fsdp = dist.strategy == Strategy::Fsdp;
   const bool tensor_parallel = mesh.has_axis("model");
   if (tensor_parallel && fsdp) {
-    throw ConfigError("mesh_axis_names " + format_axis_names(dist.mesh_axis_names) +
-                      ": strategy 'fsdp' with a 'model' axis is not supported; use strategy "
-                      "data for tensor parallelism over 'model'");
+    throw ConfigError("mesh_axis_names", format_axis_names(dist.mesh_axis_names) +
+                                             ": strategy 'fsdp' with a 'model' axis is not "
+                                             "supported; use strategy data for tensor "
+                                             "parallelism over 'model'");
   }
   const CommBackend backend = training_backend(dist);
   CollectiveChecks defaults;

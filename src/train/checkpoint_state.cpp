@@ -73,9 +73,10 @@ struct MomentKinds {
   bool first = false;
   bool second = false;
 };
-MomentKinds moment_kinds(const std::string& optimizer) {
-  const OptimizerConfig c = OptimizerConfig::from_name(optimizer);
-  return {c.name != "sgd" || c.momentum != 0.0, c.name != "sgd"};
+MomentKinds moment_kinds(OptimizerType optimizer) {
+  const OptimizerConfig c = OptimizerConfig::of(optimizer);
+  const bool sgd = c.type == OptimizerType::Sgd;
+  return {!sgd || c.momentum != 0.0, !sgd};
 }
 
 // "key=value;..." as a map, for telling which settings differ.
@@ -189,7 +190,8 @@ std::string run_signature(const Mlp& model, const TrainingConfig& config, std::s
     activations += name_of(model.layers()[l].activation);
   }
   return "widths=" + join_ints(model.widths(), ",") + ";activations=" + activations +
-         ";optimizer=" + config.optimizer + ";learning_rate=" + format_g17(config.learning_rate) +
+         ";optimizer=" + name_of(config.optimizer) +
+         ";learning_rate=" + format_g17(config.learning_rate) +
          ";batch_size=" + std::to_string(config.batch_size) +
          ";seed=" + std::to_string(config.seed) +
          ";shuffle=" + (config.shuffle ? "true" : "false") + ";samples=" + std::to_string(samples);
@@ -273,8 +275,8 @@ Checkpoint to_checkpoint(const TrainingState& raw_state, const Mlp& model,
   m["run"] = signature;
   m["model_widths"] = "[" + join_ints(model.widths(), ", ") + "]";
   m["activation"] = model.layers().size() > 1 ? name_of(model.layers().front().activation) : "none";
-  m["optimizer"] = config.optimizer;
-  m["strategy"] = dist.strategy;
+  m["optimizer"] = name_of(config.optimizer);
+  m["strategy"] = name_of(dist.strategy);
   m["mesh_shape"] = format_shape(dist.mesh_shape);
   m["world_size"] = dist.mesh_shape.empty() ? "unknown" : std::to_string(dist.num_devices());
   m["created"] = utc_now();
@@ -334,7 +336,7 @@ TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& s
   for (const CheckpointTensor& tensor : checkpoint.tensors) {
     if (!expected_names.count(tensor.name)) {
       meta.fail("unexpected tensor " + tensor.name + " for this model and optimizer (" +
-                config.optimizer + ")");
+                name_of(config.optimizer) + ")");
     }
   }
 

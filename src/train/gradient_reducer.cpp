@@ -5,6 +5,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <stdexcept>
 
 #include "meshtrain/clock.hpp"
 #include "meshtrain/error.hpp"
@@ -31,16 +32,6 @@ std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_
   }
   if (end > 0) buckets.push_back({0, end, 0});
   return buckets;
-}
-
-Progress parse_progress(const std::string& name) {
-  if (name == "poll") return Progress::Poll;
-  if (name == "thread") return Progress::Thread;
-  throw ConfigError("progress '" + name + "': choose poll or thread");
-}
-
-std::string name_of(Progress progress) {
-  return progress == Progress::Thread ? "thread" : "poll";
 }
 
 struct GradientReducer::State {
@@ -76,12 +67,16 @@ GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicat
                                  bool overlap, Progress progress)
     : state_(std::make_unique<State>(std::move(buckets), comm, overlap, progress)) {
   State& s = *state_;
+  // Auto is the config's choice; the caller decides it (alike on every rank) before building one.
+  if (s.progress == Progress::Auto) {
+    throw std::logic_error("GradientReducer: progress auto must be resolved to poll or thread");
+  }
   if (!s.overlap) s.progress = Progress::Poll;
   if (s.progress == Progress::Thread) {
     if (!s.comm.callable_from_another_thread()) {
-      throw ConfigError("progress 'thread': the gradient communicator cannot be called from a "
-                        "communication thread (MPI initialised below the SERIALIZED thread "
-                        "level); use progress poll");
+      throw ConfigError("progress", "'thread': the gradient communicator cannot be called "
+                                    "from a communication thread (MPI initialised below the "
+                                    "SERIALIZED thread level); use progress poll");
     }
     s.thread = std::thread([&s] { s.run_thread(); });
   }

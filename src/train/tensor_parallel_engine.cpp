@@ -164,8 +164,8 @@ void prepare_tensor_parallel(Model& model, const std::vector<int>& mesh_shape,
       const TensorSpec& tensor = model.tensors()[model.first_tensor(l) + t];
       for (std::size_t dim = 0; dim < tensor.shape.size(); ++dim) {
         if (tensor.partition[dim] == kAxis && tensor.shape[dim] % m != 0) {
-          throw ConfigError("mesh_shape " + format_shape(mesh_shape) +
-                            ": the 'model' axis of size " + std::to_string(m) +
+          throw ConfigError("mesh_shape", format_shape(mesh_shape) +
+                                              ": the 'model' axis of size " + std::to_string(m) +
                             " does not divide width " + std::to_string(tensor.shape[dim]) +
                             " of layer " + std::to_string(l) +
                             ", which tensor parallelism splits");

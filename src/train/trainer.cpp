@@ -40,7 +40,7 @@ Trainer::Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups
 Trainer::~Trainer() = default;
 
 Progress Trainer::resolve_progress() const {
-  if (config_.progress != "auto") return parse_progress(config_.progress);
+  if (config_.progress != Progress::Auto) return config_.progress;
   // A communication thread when it can be used and has something to do, and every rank has
   // a core to spare for it (a fact the runtime agreed on over the job): the same choice on
   // every rank, since a blocking all-reduce on one never matches a non-blocking one on
@@ -118,7 +118,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
 
   max_rows_ = static_cast<std::size_t>(
       *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
-  const OptimizerConfig optimizer = OptimizerConfig::from_name(config_.optimizer);
+  const OptimizerConfig optimizer = OptimizerConfig::of(config_.optimizer);
   if (groups_->has_model()) {
     engine_ = make_tensor_parallel_engine(model_, groups_->model(), groups_->data(), optimizer,
                                           max_rows_);
@@ -217,7 +217,7 @@ bool Trainer::step(std::size_t batch) {
 
   auto losses = epoch_batch_losses_;
   if (flags[0]) {
-    if (config_.nonfinite == "abort") {
+    if (config_.nonfinite == NonFinite::Abort) {
       float value = 0.0f;
       Kokkos::deep_copy(value, loss);
       throw TrainingError("step " + std::to_string(run_steps_) + " (epoch " +

@@ -84,6 +84,29 @@ class Flags(unittest.TestCase):
             self.assertIn(flag, r.stdout)
         self.assertEqual(r.stdout.count("--mesh-shape"), 1)  # rank 0 only
 
+    def test_help_lists_each_choice_with_its_default(self):
+        r = run(1, "--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        choices = {"--strategy": ("data", ["data", "fsdp"]),
+                   "--optimizer": ("adam", ["adam", "adamw", "sgd"]),
+                   "--comm": ("auto", ["auto", "mpi", "nccl"]),
+                   "--nonfinite": ("abort", ["abort", "skip"]),
+                   "--progress": ("auto", ["auto", "thread", "poll"])}
+        for flag, (default, names) in choices.items():
+            with self.subTest(flag=flag):
+                lines = [l.strip() for l in r.stdout.splitlines()
+                         if l.strip().startswith(flag + " ")]
+                self.assertEqual(len(lines), 1, r.stdout)
+                self.assertTrue(lines[0].startswith("%s TEXT=%s " % (flag, default)), lines[0])
+                text = lines[0].split(":", 1)[1]  # the help, after "Parallel strategy:"
+                # Every name, in the table's order, each followed by its help or a separator.
+                positions = [re.search(r"\b%s( \(|,| or|$)" % name, text) for name in names]
+                self.assertTrue(all(positions), lines[0])
+                starts = [p.start() for p in positions]
+                self.assertEqual(starts, sorted(starts), lines[0])
+        self.assertIn("Gradient collectives: auto (NCCL when a GPU is visible and NCCL was built), "
+                      "mpi or nccl", r.stdout)
+
     def test_flags_override_the_run(self):
         r = run(2, "--epochs", "3", "--batch-size", "10", "--samples", "95", "--lr", "0.01",
                 "--seed", "7", "--mesh-shape", "(2,)", "--axis-names", "('data',)")
@@ -130,6 +153,17 @@ class Flags(unittest.TestCase):
                              r"\(4 buckets, overlap on, progress %s\)" % progress)
             self.assertEqual(field(r.stdout, "Final loss:"), field(off.stdout, "Final loss:"))
 
+    def test_fsdp_over_an_fsdp_axis_alone(self):
+        # No 'data' axis: the batch is split over 'fsdp'.
+        r = run(2, "--strategy", "fsdp", "--axis-names", "fsdp", "--epochs", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(field(r.stdout, "Axis names:"), "('fsdp',)")
+        self.assertIn("global batch: 32 (16 to 16 per rank)", r.stdout)
+        hybrid = run(4, "--strategy", "fsdp", "--mesh-shape", "2,2", "--axis-names", "data,fsdp",
+                     "--epochs", "1")
+        self.assertEqual(hybrid.returncode, 0, hybrid.stderr)
+        self.assertIn("global batch: 32 (8 to 8 per rank)", hybrid.stdout)
+
     def test_two_dimensional_data_mesh(self):
         r = run(4, "--mesh-shape", "2,2", "--axis-names", "data,replica", "--epochs", "2")
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -165,6 +199,9 @@ class BadInput(unittest.TestCase):
         (["--seed", "-1"], "--seed '-1'"),
         (["--optimizer", "lbfgs"], "--optimizer 'lbfgs'"),
         (["--bucket-mb", "0"], "--bucket-mb 0"),
+        (["--bucket-mb", "1e-9"], "--bucket-mb 1e-9: 0 bytes"),  # not the internal bucket_bytes
+        (["--nonfinite", "sometimes"], "--nonfinite 'sometimes': unknown (choose abort or skip)"),
+        (["--axis-names", "data", "--mesh-shape", "1,2"], "--axis-names ('data',): 1 name(s)"),
         (["--overlap", "maybe"], "--overlap 'maybe'"),
         (["--progress", "sometimes"], "--progress 'sometimes'"),
         (["--hidden", "0"], "--hidden 0"),
@@ -179,6 +216,9 @@ class BadInput(unittest.TestCase):
         (["--epochs"], "--epochs"),
     ]
 
+    INTERNAL_FIELDS = ("num_epochs", "batch_size", "learning_rate", "bucket_bytes", "mesh_shape",
+                       "mesh_axis_names", "collective_timeout", "model widths")
+
     def test_each_bad_input(self):
         for args, expected in self.CASES:
             with self.subTest(args=args):
@@ -188,6 +228,9 @@ class BadInput(unittest.TestCase):
                 self.assertEqual(len(lines), 1, f"stderr: {r.stderr!r}")
                 self.assertTrue(lines[0].startswith("distributed_pde: error: "), lines[0])
                 self.assertIn(expected, lines[0])
+                # Flags only: no config field of the library.
+                for internal in self.INTERNAL_FIELDS:
+                    self.assertNotIn(internal, lines[0])
                 self.assertNotIn("RESULTS", r.stdout)
                 for bad in ("Traceback", "core dumped", "terminate called", "Abort"):
                     self.assertNotIn(bad, r.stderr)

@@ -472,6 +472,18 @@ class ReferenceExample(unittest.TestCase):
         self.assertIn("Model:       widths [4, 64, 1], relu, 385 parameters", r.stdout)
 
 
+class Display(unittest.TestCase):
+    def test_progress_bar_or_lines(self):
+        config = make_run("display", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 1"))
+        bar = launch(1, "train", "--config", config, "--progress", "bar")
+        self.assertEqual(bar.returncode, 0, bar.stderr)
+        self.assertIn("] 1/1 epochs", bar.stdout)
+        lines = launch(1, "train", "--config", config, "--progress", "lines")
+        self.assertEqual(lines.returncode, 0, lines.stderr)
+        self.assertNotIn("] 1/1 epochs", lines.stdout)
+        self.assertRegex(lines.stdout, r"(?m)^epoch 1/1: train loss")
+
+
 class Help(unittest.TestCase):
     def test_help_documents_subcommands_keys_and_exit_codes(self):
         top = launch(2, "--help")
@@ -488,6 +500,13 @@ class Help(unittest.TestCase):
                      "strategy", "comm", "widths", "activation", "train_x", "val_y", "synthetic",
                      "every_epochs", "keep_last", "prefix", "EXIT CODES"):
             self.assertIn(word, r.stdout)
+        # The choices' types and defaults, from the library's tables.
+        for line in ('optimizer = "adam"', '"adam" | "adamw" | "sgd"', 'progress = "auto"',
+                     '"auto" | "thread" | "poll"', 'nonfinite = "abort"', '"abort" | "skip"',
+                     'strategy = "data"', '"data" | "fsdp"', 'comm = "auto"',
+                     '"auto" | "mpi" | "nccl"', 'activation = "relu"',
+                     '"relu" | "tanh" | "identity"'):
+            self.assertIn(line, r.stdout)
 
 
 class BadInput(unittest.TestCase):
@@ -525,6 +544,13 @@ class BadInput(unittest.TestCase):
              "CONFIG:9: distributed.mesh_shape (3,): describes 3 devices but the job has 2 ranks"),
             ("batch_size = 16\n", "batch_size = 1\n",
              "CONFIG:3: training.batch_size 1: smaller than the 2 shards"),
+            # The library's errors, located by their field: the Trainer's backend check, and
+            # the mesh's axis names.
+            ("[model]\n", "[distributed]\ncomm = \"nccl\"\n\n[model]\n",
+             "CONFIG:9: distributed.comm 'nccl': "),
+            ("[model]\n",
+             "[distributed]\nmesh_shape = [1, 2]\nmesh_axis_names = [\"data\"]\n\n[model]\n",
+             "CONFIG:10: distributed.mesh_axis_names ('data',): 1 name(s) for a 2-D mesh (1, 2)"),
         ]
         for old, new, expected in cases:
             with self.subTest(expected=expected):
@@ -541,6 +567,7 @@ class BadInput(unittest.TestCase):
             (["--set", "training.progress=sometimes"], "--set: training.progress: 'sometimes' is not one of auto, thread, poll"),
             (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
             (["--no-such-flag"], "--no-such-flag"),
+            (["--progress", "sometimes"], "--progress: sometimes not in {auto,bar,lines}"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):

@@ -8,11 +8,13 @@
 
 namespace meshtrain {
 
+class ConfigError;
 class DistributedManager;
 
 namespace cli {
 
-// Each throws ConfigError "FLAG 'TEXT': why" for anything but a complete, in-range value.
+// Each throws ConfigError "FLAG 'TEXT': why" (its field() the flag) for anything but a
+// complete, in-range value.
 int parse_int(const std::string& flag, const std::string& text);
 std::uint64_t parse_uint64(const std::string& flag, const std::string& text);
 double parse_double(const std::string& flag, const std::string& text);
@@ -21,14 +23,16 @@ std::vector<int> parse_int_list(const std::string& flag, const std::string& text
 // "data", "data,fsdp", "('data', 'fsdp')".
 std::vector<std::string> parse_name_list(const std::string& flag, const std::string& text);
 
-// A ConfigError message that starts with a config field ("batch_size 0: ...") reads as the
-// flag that sets it ("--batch-size 0: ...").
-std::string with_flag_names(const std::string& message,
-                            const std::map<std::string, std::string>& field_to_flag);
+// The message of a ConfigError about a config field ("batch_size 0: ...") with the flag that
+// sets the field in its place ("--batch-size 0: ..."); error.what() for a field not in the map
+// (or none).
+std::string with_flag_name(const ConfigError& error,
+                           const std::map<std::string, std::string>& field_to_flag);
 
 // Runs body(manager) inside a DistributedManager with meshtrain's error policy:
 //  - ConfigError (bad input, raised identically on every rank): rank 0 prints
-//    "PROGRAM: error: MESSAGE" on stderr, every rank finalises cleanly, exit code 2;
+//    "PROGRAM: error: MESSAGE" on stderr (the error's field named by its flag in
+//    field_to_flag), every rank finalises cleanly, exit code 2;
 //  - TrainingError (e.g. a NaN loss, raised at the same step on every rank): the same, exit
 //    code 3;
 //  - any other exception: the failing rank prints "PROGRAM: rank R: error: MESSAGE" and

@@ -6,15 +6,10 @@
 #include <memory>
 #include <string>
 
+#include "meshtrain/choices.hpp"  // CommBackend, parse_comm_backend, name_of
 #include "meshtrain/comm/communicator.hpp"
 
 namespace meshtrain {
-
-enum class CommBackend { Auto, Mpi, Nccl };
-
-// "auto", "mpi" or "nccl"; throws ConfigError for anything else.
-CommBackend parse_comm_backend(const std::string& text);
-std::string name_of(CommBackend backend);
 
 // Whether this build of meshtrain contains the NCCL communicator.
 bool nccl_built();

@@ -2,6 +2,8 @@
 #include <string>
 #include <vector>
 
+#include "meshtrain/choices.hpp"
+
 namespace meshtrain {
 
 // How the devices of a job are arranged, as in the reference tutorial:
@@ -9,10 +11,10 @@ namespace meshtrain {
 struct DistributedConfig {
   std::vector<int> mesh_shape;               // empty: one axis spanning every rank
   std::vector<std::string> mesh_axis_names;  // empty: ("data",) for a 1-D mesh
-  std::string strategy = "data";             // "data" or "fsdp"
-  // Gradient collectives: "auto" (NCCL when a GPU is visible and NCCL was built, else
-  // MPI), "mpi" or "nccl".
-  std::string comm = "auto";
+  Strategy strategy = Strategy::Data;
+  // Gradient collectives: Auto (NCCL when a GPU is visible and NCCL was built, else MPI),
+  // Mpi or Nccl.
+  CommBackend comm = CommBackend::Auto;
   // Watchdog: abort the job when a rank has waited this long in one collective (0: off).
   // MESHTRAIN_COLLECTIVE_TIMEOUT (seconds) overrides it.
   double collective_timeout_seconds = 600.0;
@@ -23,7 +25,8 @@ struct DistributedConfig {
   // The config with defaults filled in for a job of world_size ranks.
   DistributedConfig resolved(int world_size) const;
   // Throws ConfigError (naming the field and value) unless the resolved config describes a
-  // mesh of exactly world_size devices with distinct, non-empty axis names and a known strategy.
+  // mesh of exactly world_size devices with distinct, non-empty axis names that the strategy
+  // can use.
   void validate(int world_size) const;
 
   int num_devices() const;  // product of mesh_shape

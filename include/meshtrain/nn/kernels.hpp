@@ -3,14 +3,10 @@
 // kernel W (in x out), bias b (out), y and dy (n x out).
 #include <string>
 
+#include "meshtrain/choices.hpp"  // Activation, parse_activation, name_of
 #include "meshtrain/nn/types.hpp"
 
 namespace meshtrain {
-
-enum class Activation { Identity, ReLU, Tanh };
-
-Activation parse_activation(const std::string& name);  // "relu", "tanh", "identity"
-std::string name_of(Activation activation);
 
 // y = act(x W + b): one gemm, then bias and activation fused in one kernel.
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,

@@ -1,7 +1,8 @@
 #pragma once
 #include <cstdint>
-#include <string>
+#include <string_view>
 
+#include "meshtrain/choices.hpp"
 #include "meshtrain/nn/types.hpp"
 
 namespace meshtrain {
@@ -11,14 +12,15 @@ namespace meshtrain {
 //   adam  : optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), bias-corrected, eps outside the sqrt
 //   adamw : adam plus decoupled weight decay (optax default 1e-4) applied as lr * wd * p
 struct OptimizerConfig {
-  std::string name = "adam";  // "adam", "adamw" or "sgd"
+  OptimizerType type = OptimizerType::Adam;
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;  // adamw: negative means optax's default, 1e-4
   double momentum = 0.0;      // sgd
 
-  static OptimizerConfig from_name(const std::string& name);  // ConfigError if unknown
+  static OptimizerConfig of(OptimizerType type);  // with that optimizer's defaults
+  static OptimizerConfig from_name(std::string_view name);  // ConfigError if unknown
 };
 
 // One fused Kokkos kernel over the flat parameter buffer per step; state (moments) is

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "meshtrain/choices.hpp"
 #include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/nn/model.hpp"
 
@@ -23,19 +24,8 @@ struct GradientBucket {
 std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes);
 
-// How overlapped all-reduces advance while backward computes.
-//   Poll:   non-blocking all-reduces (MPI_Iallreduce, or NCCL on its own stream), polled
-//           between backward's kernels. MPI moves a non-blocking collective on only inside an
-//           MPI call, and on shared memory the copying and summing is done by the polling
-//           core itself.
-//   Thread: a communication thread per rank runs each bucket's blocking all-reduce (MPI's
-//           tuned algorithms, about half the CPU time of the non-blocking ones here) as soon
-//           as backward hands it over. It pays off when each rank has a core of its own for
-//           it; MPI must provide MPI_THREAD_SERIALIZED (only that thread calls MPI while a
-//           step's buckets are in flight).
-enum class Progress { Poll, Thread };
-Progress parse_progress(const std::string& name);  // "poll" or "thread"; ConfigError otherwise
-std::string name_of(Progress progress);
+// How overlapped all-reduces advance (Progress::Poll or Thread) is described with the enum in
+// meshtrain/choices.hpp; a GradientReducer takes one of those two, never Auto.
 
 // Sums the gradient buffer over a communicator, bucket by bucket. With overlap on, each
 // bucket's all-reduce starts as soon as backward has produced it (on_layer_grads) and

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 
+#include "meshtrain/choices.hpp"
 #include "meshtrain/mesh/distributed_config.hpp"
 
 namespace meshtrain {
@@ -13,25 +14,25 @@ struct TrainingConfig {
   double learning_rate = 1e-3;
   int batch_size = 32;  // global: split across the mesh's "data" axis
   std::uint64_t seed = 0;
-  std::string optimizer = "adam";  // "adam", "adamw" or "sgd"
+  OptimizerType optimizer = OptimizerType::Adam;
   DistributedConfig distributed_config;
   // Gradient all-reduce: buckets of about this many bytes (whole tensors each), started
   // during backward as soon as each is complete when overlap_communication is on.
   std::size_t bucket_bytes = 4u << 20;
   bool overlap_communication = true;
-  // How the overlapped MPI all-reduces advance during backward: "thread" (a communication
-  // thread per rank runs them; needs a core to spare per rank), "poll" (non-blocking
-  // all-reduces tested between backward's kernels) or "auto" (thread when every rank has a
+  // How the overlapped MPI all-reduces advance during backward: Thread (a communication
+  // thread per rank runs them; needs a core to spare per rank), Poll (non-blocking
+  // all-reduces tested between backward's kernels) or Auto (thread when every rank has a
   // spare core in its CPU mask, else poll). NCCL always runs on its own stream.
-  std::string progress = "auto";
+  Progress progress = Progress::Auto;
   // A seeded permutation of the samples each epoch, the same on every rank (rank 0's is
   // broadcast). Off, as in the reference: batches are contiguous slices in order.
   bool shuffle = false;
   // Validation loss every this many epochs (and after the last); 0: never.
   int validation_every = 1;
-  // A step whose loss or gradient is NaN or Inf: "abort" the run (TrainingError on every
-  // rank) or "skip" it (no update; counted in the metrics).
-  std::string nonfinite = "abort";
+  // A step whose loss or gradient is NaN or Inf: Abort the run (TrainingError on every
+  // rank) or Skip it (no update; counted in the metrics).
+  NonFinite nonfinite = NonFinite::Abort;
 
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
