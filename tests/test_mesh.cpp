@@ -107,7 +107,7 @@ TEST(ProcessGroups, RolesFollowTheStrategy) {
   EXPECT_FALSE(data->has_model());
   EXPECT_EQ(data->batch_parts(), n);
   EXPECT_EQ(data->world().size(), n);
-  EXPECT_EQ(data->backend(), "mpi");
+  EXPECT_EQ(data->backend(), CommBackend::Mpi);
 
   const auto fsdp = dm.process_groups(DistributedConfig{{n}, {"data"}, Strategy::Fsdp});
   EXPECT_EQ(fsdp->shard().size(), n);

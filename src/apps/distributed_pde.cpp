@@ -157,7 +157,7 @@ int run(DistributedManager& dm, int argc, char** argv) {
         make_shard_plan(std::min(config.batch_size, samples), groups->batch_parts());
     std::printf("%s\nmeshtrain: Distributed Data-Parallel Training\n%s\n", rule.c_str(), rule.c_str());
     std::printf("Backend:      %s (Kokkos), gradient all-reduce over %s\n",
-                dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());
+                dm.backend_name().c_str(), trainer.gradient_backend().c_str());
     std::printf("Devices:      %d (one per MPI rank, %d per node)\n", dm.size(), dm.local_size());
     std::printf("Model parameters: %zu\n", model.num_parameters());
     std::printf("Mesh shape:   %s\n", format_shape(dc.mesh_shape).c_str());

@@ -159,7 +159,7 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
   const Mlp& model = trainer.model();
   std::printf("meshtrain: %s\n", config.source.c_str());
   std::printf("Ranks:       %d (%s, gradient collectives over %s)\n", dm.size(),
-              dm.backend_name().c_str(), std::string(trainer.gradient_backend()).c_str());
+              dm.backend_name().c_str(), trainer.gradient_backend().c_str());
   std::printf("Mesh:        shape %s, axes %s, strategy %s\n", format_shape(d.mesh_shape).c_str(),
               format_axis_names(d.mesh_axis_names).c_str(), name_of(d.strategy).c_str());
   std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(model.widths()).c_str(),

@@ -24,7 +24,7 @@ std::atomic<int> g_alive{0};
 struct ProcessGroups::Parts {
   std::unique_ptr<DeviceMesh> mesh;
   Topology topology;
-  std::string backend;
+  CommBackend backend = CommBackend::Mpi;
   std::shared_ptr<Communicator> world;
   std::shared_ptr<Communicator> data, shard, replica, model;
   int batch_parts = 1;
@@ -40,7 +40,7 @@ int ProcessGroups::alive() { return g_alive.load(); }
 
 const DeviceMesh& ProcessGroups::mesh() const { return *parts_->mesh; }
 const Topology& ProcessGroups::topology() const { return parts_->topology; }
-std::string_view ProcessGroups::backend() const { return parts_->backend; }
+CommBackend ProcessGroups::backend() const { return parts_->backend; }
 Communicator& ProcessGroups::world() const { return *parts_->world; }
 
 namespace {
@@ -166,7 +166,7 @@ std::shared_ptr<ProcessGroups> assemble_process_groups(MPI_Comm base,
     parts->fault = std::make_shared<FaultTrigger>(*plan, rank);
   }
 
-  parts->backend = name_of(backend);
+  parts->backend = backend;
   parts->topology = probe_topology(base, device_id);
   Assembler assemble(base, backend, checks, parts->fault);
   parts->world = assemble.decorate(std::move(world), base, "world", false);

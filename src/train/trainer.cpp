@@ -46,7 +46,7 @@ Progress Trainer::resolve_progress() const {
   // every rank, since a blocking all-reduce on one never matches a non-blocking one on
   // another.
   const Communicator& gradients = groups_->data();
-  const bool usable = groups_->backend() == "mpi" && config_.overlap_communication &&
+  const bool usable = groups_->backend() == CommBackend::Mpi && config_.overlap_communication &&
                       gradients.size() > 1 && gradients.callable_from_another_thread();
   return usable && groups_->topology().spare_core_per_rank ? Progress::Thread : Progress::Poll;
 }

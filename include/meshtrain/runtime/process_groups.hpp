@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
 
+#include "meshtrain/choices.hpp"
 #include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/mesh/device_mesh.hpp"
 
@@ -36,8 +36,9 @@ class ProcessGroups {
   const DeviceMesh& mesh() const;
   const DistributedConfig& config() const { return mesh().config(); }  // resolved
   const Topology& topology() const;
-  // The backend of the training groups: "mpi" or "nccl" (world is always MPI, host memory).
-  std::string_view backend() const;
+  // The backend of the training groups, resolved: Mpi or Nccl (world is always MPI, on host
+  // memory).
+  CommBackend backend() const;
 
   // Control collectives: plans, flags, broadcasts of host data.
   Communicator& world() const;

@@ -135,7 +135,7 @@ class Trainer {
   const TrainingConfig& config() const { return config_; }
   const ShardPlan& plan_for_batch(std::size_t batch) const;
   // The backend the gradient collectives run on: "mpi" or "nccl".
-  std::string_view gradient_backend() const { return groups_->backend(); }
+  std::string gradient_backend() const { return name_of(groups_->backend()); }
 
  private:
   // Totals of one fit() call.
