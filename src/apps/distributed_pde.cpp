@@ -80,41 +80,33 @@ void add_options(CLI::App& app, Options& o) {
       ->default_str(o.progress);
 }
 
-int run(DistributedManager& dm, int argc, char** argv) {
-  CLI::App app{"distributed_pde: data-parallel training of the reference 4->64->1 MLP on y = sum(x^2)\n"
-               "Launch with mpirun -np N (or launch/mpirun.sh -np N); every rank owns one device.",
-               "distributed_pde"};
-  Options o;
-  add_options(app, o);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    if (dm.rank() == 0) std::printf("%s", app.help().c_str());
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    throw ConfigError(std::string(e.what()) + " (see --help)");
-  }
-
+// The run the options describe: every value parsed and checked, naming its flag.
+struct Run {
   TrainingConfig config;
+  int samples = 0;
+  std::vector<int> widths;
+};
+
+Run parse_run(const Options& o) {
+  Run run;
+  TrainingConfig& config = run.config;
   config.num_epochs = cli::parse_int("--epochs", o.epochs);
   config.batch_size = cli::parse_int("--batch-size", o.batch_size);
   config.learning_rate = cli::parse_double("--lr", o.lr);
   config.seed = cli::parse_uint64("--seed", o.seed);
   config.optimizer = parse_choice<OptimizerType>("--optimizer", o.optimizer);
-  const int samples = cli::parse_int("--samples", o.samples);
+  run.samples = cli::parse_int("--samples", o.samples);
   const int hidden = cli::parse_int("--hidden", o.hidden);
   const int layers = cli::parse_int("--layers", o.layers);
-  if (!o.mesh_shape.empty()) {
-    config.distributed_config.mesh_shape = cli::parse_int_list("--mesh-shape", o.mesh_shape);
-  }
+  DistributedConfig& dist = config.distributed_config;
+  if (!o.mesh_shape.empty()) dist.mesh_shape = cli::parse_int_list("--mesh-shape", o.mesh_shape);
   if (!o.axis_names.empty()) {
-    config.distributed_config.mesh_axis_names = cli::parse_name_list("--axis-names", o.axis_names);
+    dist.mesh_axis_names = cli::parse_name_list("--axis-names", o.axis_names);
   }
-  config.distributed_config.strategy = parse_choice<Strategy>("--strategy", o.strategy);
-  config.distributed_config.comm = parse_choice<CommBackend>("--comm", o.comm);
-  config.distributed_config.collective_timeout_seconds =
-      cli::parse_double("--collective-timeout", o.collective_timeout);
-  config.distributed_config.debug_collectives = o.debug_collectives;
+  dist.strategy = parse_choice<Strategy>("--strategy", o.strategy);
+  dist.comm = parse_choice<CommBackend>("--comm", o.comm);
+  dist.collective_timeout_seconds = cli::parse_double("--collective-timeout", o.collective_timeout);
+  dist.debug_collectives = o.debug_collectives;
   config.nonfinite = parse_choice<NonFinite>("--nonfinite", o.nonfinite);
   const double bucket_mb = cli::parse_double("--bucket-mb", o.bucket_mb);
   if (!(bucket_mb > 0) || bucket_mb > 1024) {
@@ -132,61 +124,82 @@ int run(DistributedManager& dm, int argc, char** argv) {
   }
   config.overlap_communication = o.overlap == "on";
   config.progress = parse_choice<Progress>("--progress", o.progress);
-  if (samples < 1) throw ConfigError("--samples", o.samples + ": must be at least 1");
+  if (run.samples < 1) throw ConfigError("--samples", o.samples + ": must be at least 1");
   if (hidden < 1) throw ConfigError("--hidden", o.hidden + ": must be at least 1");
   if (layers < 0) throw ConfigError("--layers", o.layers + ": must be at least 0");
+  run.widths = {4};
+  for (int l = 0; l < layers; ++l) run.widths.push_back(hidden);
+  run.widths.push_back(1);
+  return run;
+}
+
+const std::string kRule(70, '=');
+
+void print_header(const DistributedManager& dm, const Trainer& trainer, const Run& run) {
+  const TrainingConfig& config = trainer.config();
+  const DistributedConfig& dc = config.distributed_config;
+  const ShardPlan plan =
+      make_shard_plan(std::min(config.batch_size, run.samples), trainer.batch_group_size());
+  std::printf("%s\nmeshtrain: Distributed Data-Parallel Training\n%s\n", kRule.c_str(),
+              kRule.c_str());
+  std::printf("Backend:      %s (Kokkos), gradient all-reduce over %s\n",
+              dm.backend_name().c_str(), trainer.gradient_backend().c_str());
+  std::printf("Devices:      %d (one per MPI rank, %d per node)\n", dm.size(), dm.local_size());
+  std::printf("Model parameters: %zu\n", trainer.model().num_parameters());
+  std::printf("Mesh shape:   %s\n", format_shape(dc.mesh_shape).c_str());
+  std::printf("Axis names:   %s\n", format_axis_names(dc.mesh_axis_names).c_str());
+  std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
+  std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", run.samples, run.samples);
+  std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
+  std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g\n",
+              config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
+              name_of(config.optimizer).c_str(), config.learning_rate);
+  std::fflush(stdout);
+}
+
+void print_results(const DistributedManager& dm, const TrainingConfig& config,
+                   const TrainingMetrics& m) {
+  std::printf("%s\nRESULTS\n%s\n", kRule.c_str(), kRule.c_str());
+  std::printf("Devices used: %d\n", dm.size());
+  std::printf("Initial loss: %.6f\n", m.initial_loss);
+  std::printf("Final loss:   %.6f\n", m.final_loss);
+  std::printf("Training time: %.4f s (%lld steps, %.0f steps/s, %.0f samples/s)\n",
+              m.wall_seconds, static_cast<long long>(m.steps), m.steps_per_second,
+              m.samples_per_second);
+  std::printf("Communication: %.4f s blocked on the gradient all-reduce (%zu bucket%s, overlap %s%s)\n",
+              m.communication_seconds, m.gradient_buckets, m.gradient_buckets == 1 ? "" : "s",
+              config.overlap_communication ? "on" : "off",
+              m.gradient_progress.empty() ? "" : (", progress " + m.gradient_progress).c_str());
+  std::fflush(stdout);
+}
+
+int run(DistributedManager& dm, int argc, char** argv) {
+  CLI::App app{"distributed_pde: data-parallel training of the reference 4->64->1 MLP on y = sum(x^2)\n"
+               "Launch with mpirun -np N (or launch/mpirun.sh -np N); every rank owns one device.",
+               "distributed_pde"};
+  Options o;
+  add_options(app, o);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    if (dm.rank() == 0) std::printf("%s", app.help().c_str());
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    throw ConfigError(std::string(e.what()) + " (see --help)");
+  }
+  const Run run = parse_run(o);
 
   // Validate everything before any work: the mesh, then the training config against it.
-  const std::shared_ptr<ProcessGroups> groups = dm.process_groups(config.distributed_config);
-  const DeviceMesh& mesh = groups->mesh();
-  config.validate(groups->batch_parts());
-
-  std::vector<int> widths{4};
-  for (int l = 0; l < layers; ++l) widths.push_back(hidden);
-  widths.push_back(1);
-  Mlp model(widths, Activation::ReLU, config.seed);
-  const ReferenceData data = make_reference_data(samples, 4, config.seed);
-  Trainer trainer(model, config, groups);
+  const std::shared_ptr<ProcessGroups> groups = dm.process_groups(run.config.distributed_config);
+  run.config.validate(groups->batch_parts());
+  const ReferenceData data = make_reference_data(run.samples, 4, run.config.seed);
+  Trainer trainer(Mlp(run.widths, Activation::ReLU, run.config.seed), run.config, groups);
   trainer.prepare(data.x, data.y);
 
   const bool root = dm.rank() == 0;
-  const std::string rule(70, '=');
-  if (root) {
-    const DistributedConfig& dc = mesh.config();
-    const ShardPlan plan =
-        make_shard_plan(std::min(config.batch_size, samples), groups->batch_parts());
-    std::printf("%s\nmeshtrain: Distributed Data-Parallel Training\n%s\n", rule.c_str(), rule.c_str());
-    std::printf("Backend:      %s (Kokkos), gradient all-reduce over %s\n",
-                dm.backend_name().c_str(), trainer.gradient_backend().c_str());
-    std::printf("Devices:      %d (one per MPI rank, %d per node)\n", dm.size(), dm.local_size());
-    std::printf("Model parameters: %zu\n", model.num_parameters());
-    std::printf("Mesh shape:   %s\n", format_shape(dc.mesh_shape).c_str());
-    std::printf("Axis names:   %s\n", format_axis_names(dc.mesh_axis_names).c_str());
-    std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
-    std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", samples, samples);
-    std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
-    std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g\n",
-                config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
-                name_of(config.optimizer).c_str(), config.learning_rate);
-    std::fflush(stdout);
-  }
-
+  if (root) print_header(dm, trainer, run);
   const FitResult result = trainer.fit();
-  const TrainingMetrics& m = result.metrics;
-  if (root) {
-    std::printf("%s\nRESULTS\n%s\n", rule.c_str(), rule.c_str());
-    std::printf("Devices used: %d\n", dm.size());
-    std::printf("Initial loss: %.6f\n", m.initial_loss);
-    std::printf("Final loss:   %.6f\n", m.final_loss);
-    std::printf("Training time: %.4f s (%lld steps, %.0f steps/s, %.0f samples/s)\n",
-                m.wall_seconds, static_cast<long long>(m.steps), m.steps_per_second,
-                m.samples_per_second);
-    std::printf("Communication: %.4f s blocked on the gradient all-reduce (%zu bucket%s, overlap %s%s)\n",
-                m.communication_seconds, m.gradient_buckets, m.gradient_buckets == 1 ? "" : "s",
-                config.overlap_communication ? "on" : "off",
-                m.gradient_progress.empty() ? "" : (", progress " + m.gradient_progress).c_str());
-    std::fflush(stdout);
-  }
+  if (root) print_results(dm, trainer.config(), result.metrics);
   return 0;
 }
 
