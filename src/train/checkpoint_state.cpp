@@ -283,9 +283,9 @@ Checkpoint to_checkpoint(const TrainingState& raw_state, const Mlp& model,
   return checkpoint;
 }
 
-TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
-                              const Mlp& model, const TrainingConfig& config, std::size_t samples) {
-  const MetadataReader meta(checkpoint, source);
+namespace {
+
+void check_format(const Checkpoint& checkpoint, const MetadataReader& meta) {
   const auto format = checkpoint.metadata.find(kFormatKey);
   if (format == checkpoint.metadata.end() || format->second != kFormatName) {
     meta.fail("not a meshtrain training-state checkpoint (metadata " + std::string(kFormatKey) +
@@ -296,28 +296,30 @@ TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& s
     meta.fail("format version " + std::to_string(version) + "; this meshtrain reads version " +
               std::to_string(kTrainingStateFormatVersion));
   }
+}
 
-  const std::string signature = run_signature(model, config, samples);
+void check_fingerprint(const Checkpoint& checkpoint, const MetadataReader& meta,
+                       const std::string& signature) {
   const std::string expected = fingerprint_of(signature);
   const std::string& stored = meta.text("fingerprint");
-  if (stored != expected) {
-    const auto run = checkpoint.metadata.find("run");
-    const std::string differences =
-        run == checkpoint.metadata.end() ? "" : describe_differences(run->second, signature);
-    meta.fail("made for a different run (fingerprint " + stored + ", this run " + expected + ")" +
-              (differences.empty() ? std::string("") : "; differs in " + differences));
-  }
+  if (stored == expected) return;
+  const auto run = checkpoint.metadata.find("run");
+  const std::string differences =
+      run == checkpoint.metadata.end() ? "" : describe_differences(run->second, signature);
+  meta.fail("made for a different run (fingerprint " + stored + ", this run " + expected + ")" +
+            (differences.empty() ? std::string("") : "; differs in " + differences));
+}
 
-  // Every expected tensor with the model's shape, and nothing else.
-  const MomentKinds moments = moment_kinds(config.optimizer);
+// Every expected tensor with the model's shape, and nothing else, into state's vectors.
+void read_tensors(const Checkpoint& checkpoint, const MetadataReader& meta, const Mlp& model,
+                  OptimizerType optimizer, TrainingState& state) {
+  const MomentKinds moments = moment_kinds(optimizer);
   std::vector<std::string> groups{"params/"};
   if (moments.first) groups.push_back("adam/mu/");
   if (moments.second) groups.push_back("adam/nu/");
-  const std::size_t p = model.num_parameters();
-  TrainingState state;
   std::set<std::string> expected_names;
   for (const std::string& group : groups) {
-    HostVector flat(group + "values", p);
+    HostVector flat(group + "values", model.num_parameters());
     for (const TensorSpec& spec : model.tensors()) {
       const std::string name = group + spec.name;
       expected_names.insert(name);
@@ -336,10 +338,13 @@ TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& s
   for (const CheckpointTensor& tensor : checkpoint.tensors) {
     if (!expected_names.count(tensor.name)) {
       meta.fail("unexpected tensor " + tensor.name + " for this model and optimizer (" +
-                name_of(config.optimizer) + ")");
+                name_of(optimizer) + ")");
     }
   }
+}
 
+// The position and history, checked against each other and against this run's epochs.
+void read_position(const MetadataReader& meta, std::size_t batches, TrainingState& state) {
   state.optimizer_step = meta.integer("optimizer_step", 0);
   state.steps = meta.integer("steps", 0);
   state.epoch = static_cast<int>(meta.integer("epoch", 0));
@@ -355,10 +360,22 @@ TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& s
               std::to_string(state.epoch_losses.size()) + " epoch_losses and " +
               std::to_string(state.validation_losses.size()) + " validation_losses");
   }
-  if (state.batch >= batches_per_epoch(config, samples)) {
+  if (state.batch >= batches) {
     meta.fail("metadata batch " + std::to_string(state.batch) + ": an epoch of this run has " +
-              std::to_string(batches_per_epoch(config, samples)) + " batches");
+              std::to_string(batches) + " batches");
   }
+}
+
+}  // namespace
+
+TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
+                              const Mlp& model, const TrainingConfig& config, std::size_t samples) {
+  const MetadataReader meta(checkpoint, source);
+  check_format(checkpoint, meta);
+  check_fingerprint(checkpoint, meta, run_signature(model, config, samples));
+  TrainingState state;
+  read_tensors(checkpoint, meta, model, config.optimizer, state);
+  read_position(meta, batches_per_epoch(config, samples), state);
   return state;
 }
 
