@@ -138,6 +138,10 @@ void DistributedManager::abort(int code) const {
   std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
 }
 
+std::shared_ptr<ProcessGroups> current_process_groups(const DistributedConfig& config) {
+  return DistributedManager::current().process_groups(config);
+}
+
 bool DistributedManager::started_by_launcher() {
   return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr;
 }

@@ -14,7 +14,6 @@
 #include <string>
 
 #include "meshtrain/clock.hpp"
-#include "meshtrain/runtime/distributed_manager.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 
@@ -22,7 +21,7 @@ namespace meshtrain {
 
 Trainer::Trainer(Mlp model, TrainingConfig config)
     : Trainer(std::move(model), config,
-              DistributedManager::current().process_groups(config.distributed_config)) {}
+              current_process_groups(config.distributed_config)) {}
 
 Trainer::Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups)
     : model_(std::move(model)), config_(std::move(config)), groups_(std::move(groups)) {

@@ -71,4 +71,9 @@ class ProcessGroups {
   std::unique_ptr<Parts> parts_;
 };
 
+// Collective: the groups that the DistributedManager alive in this process assembles for
+// config (DistributedManager::process_groups), for code that must not see MPI.
+// std::logic_error when no manager is alive.
+std::shared_ptr<ProcessGroups> current_process_groups(const DistributedConfig& config);
+
 }  // namespace meshtrain
