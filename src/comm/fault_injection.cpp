@@ -1,36 +1,64 @@
 #include "comm/fault_injection.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <thread>
 
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
 
+namespace {
+constexpr const char* kKinds[] = {"hang", "kill", "extra", "term", "usr1"};
+
+// "RANK" (a number) or "*" (every rank, -1).
+bool parse_rank(const std::string& text, int& rank) {
+  if (text == "*") {
+    rank = FaultPlan::kEveryRank;
+    return true;
+  }
+  char* end = nullptr;
+  const long value = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || value < 0 || value > 1 << 30) return false;
+  rank = static_cast<int>(value);
+  return true;
+}
+}  // namespace
+
 std::optional<FaultPlan> FaultPlan::from_environment() {
   const char* text = std::getenv("MESHTRAIN_FAULT_INJECT");
   if (!text || !*text) return std::nullopt;
+  const std::string value = text;
+  const auto first = value.find(':');
+  const auto second = first == std::string::npos ? first : value.find(':', first + 1);
   FaultPlan plan;
-  char kind[16] = {};
-  long long step = -1;
-  if (std::sscanf(text, "%15[a-z]:%d:%lld", kind, &plan.rank, &step) != 3 ||
-      (std::string(kind) != "hang" && std::string(kind) != "kill" &&
-       std::string(kind) != "extra") ||
-      plan.rank < 0 || step < 0) {
-    throw ConfigError(std::string("MESHTRAIN_FAULT_INJECT '") + text +
-                      "': expected KIND:RANK:STEP with KIND hang, kill or extra");
+  bool ok = second != std::string::npos && value.find(':', second + 1) == std::string::npos;
+  if (ok) {
+    plan.kind = value.substr(0, first);
+    ok = std::find(std::begin(kKinds), std::end(kKinds), plan.kind) != std::end(kKinds) &&
+         parse_rank(value.substr(first + 1, second - first - 1), plan.rank);
+    const std::string step = value.substr(second + 1);
+    char* end = nullptr;
+    const long long parsed = std::strtoll(step.c_str(), &end, 10);
+    ok = ok && !step.empty() && *end == '\0' && parsed >= 0;
+    plan.step = parsed;
   }
-  plan.kind = kind;
-  plan.step = step;
+  if (!ok) {
+    throw ConfigError("MESHTRAIN_FAULT_INJECT", "'" + value +
+                                                    "': expected KIND:RANK:STEP with KIND hang, "
+                                                    "kill, extra, term or usr1 and RANK a rank or *");
+  }
   return plan;
 }
 
 void FaultTrigger::begin_step(std::int64_t step) {
   step_ = step;
-  if (plan_.rank == world_rank_ && plan_.step == step) armed_ = true;
+  const bool here = plan_.rank == FaultPlan::kEveryRank || plan_.rank == world_rank_;
+  if (here && plan_.step == step) armed_ = true;
 }
 
 void FaultTrigger::before_collective(Communicator& group) {
@@ -39,6 +67,12 @@ void FaultTrigger::before_collective(Communicator& group) {
                plan_.kind.c_str(), static_cast<long long>(step_));
   std::fflush(stderr);
   if (plan_.kind == "kill") std::raise(SIGKILL);
+  // A scheduler's warning at a known step: the program's handler raises its stop flag, which
+  // every rank agrees on when this step ends.
+  if (plan_.kind == "term" || plan_.kind == "usr1") {
+    std::raise(plan_.kind == "term" ? SIGTERM : SIGUSR1);
+    return;
+  }
   if (plan_.kind == "extra") {
     group.barrier();  // where the other ranks are about to run their own collective
     return;

@@ -3,7 +3,10 @@
 // no training code knows about it. MESHTRAIN_FAULT_INJECT=KIND:RANK:STEP makes world rank
 // RANK misbehave at its first collective on a training group (data, fsdp, model, replica)
 // in optimizer step STEP of a run: "hang" stops there (sleeps forever), "kill" dies at once
-// with SIGKILL, "extra" first calls one collective (a barrier) that the other ranks do not.
+// with SIGKILL, "extra" first calls one collective (a barrier) that the other ranks do not,
+// "term" and "usr1" raise SIGTERM or SIGUSR1 in the process (a scheduler's preemption warning,
+// delivered at a known step so that tests of it do not depend on timing). RANK "*" is every
+// rank.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -15,8 +18,9 @@
 namespace meshtrain {
 
 struct FaultPlan {
-  std::string kind;  // "hang", "kill" or "extra"
-  int rank = -1;
+  static constexpr int kEveryRank = -1;
+  std::string kind;  // "hang", "kill", "extra", "term" or "usr1"
+  int rank = kEveryRank;
   std::int64_t step = -1;
 
   // The plan in MESHTRAIN_FAULT_INJECT, if set; ConfigError naming the variable and value
