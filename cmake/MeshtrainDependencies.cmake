@@ -31,3 +31,8 @@ endif()
 if(Kokkos_LIBRARY_DIRS)
   target_link_directories(meshtrain_kokkos INTERFACE ${Kokkos_LIBRARY_DIRS})
 endif()
+
+# FFTW in single precision (Debian's libfftw3-dev) for spectral layers and PDE data on host
+# memory spaces; it ships pkg-config files, not a CMake package.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(FFTW3F REQUIRED IMPORTED_TARGET fftw3f)

@@ -11,6 +11,7 @@ packages=(
   libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
+  libfftw3-dev
   python3 bc
   gnuplot-nox
 )
