@@ -30,7 +30,7 @@ using meshtrain::testing::world_size;
 
 namespace {
 
-std::vector<float> host_params(const Mlp& model) {
+std::vector<float> host_params(const Model& model) {
   HostVector p = model.parameters_on_host();
   return std::vector<float>(p.data(), p.data() + p.extent(0));
 }

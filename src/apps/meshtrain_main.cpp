@@ -156,13 +156,13 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
                   const TrainingData& data, const std::optional<ResumePoint>& resumed) {
   const TrainingConfig& t = trainer.config();
   const DistributedConfig& d = t.distributed_config;
-  const Mlp& model = trainer.model();
+  const Model& model = trainer.model();
   std::printf("meshtrain: %s\n", config.source.c_str());
   std::printf("Ranks:       %d (%s, gradient collectives over %s)\n", dm.size(),
               dm.backend_name().c_str(), trainer.gradient_backend().c_str());
   std::printf("Mesh:        shape %s, axes %s, strategy %s\n", format_shape(d.mesh_shape).c_str(),
               format_axis_names(d.mesh_axis_names).c_str(), name_of(d.strategy).c_str());
-  std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(model.widths()).c_str(),
+  std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(config.model.widths).c_str(),
               name_of(config.model.activation).c_str(), model.num_parameters());
   std::printf("Data:        %s\n", data.description.c_str());
   std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g, shuffle %s\n",

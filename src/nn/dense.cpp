@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 namespace meshtrain {
 
@@ -139,6 +140,11 @@ void Dense::join_shards(const float* shards, float* full, const std::string& axi
     const float* own = shards + static_cast<std::size_t>(rank) * size + in * out;
     std::copy(own, own + out, b);
   }
+}
+
+std::string Dense::describe() const {
+  return "dense(" + std::to_string(in_) + ", " + std::to_string(out_) + ", " +
+         name_of(activation_) + ")";
 }
 
 }  // namespace meshtrain

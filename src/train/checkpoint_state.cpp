@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <set>
 #include <span>
 #include <string_view>
@@ -15,6 +16,7 @@
 
 #include "meshtrain/comm/broadcast.hpp"
 #include "meshtrain/error.hpp"
+#include "meshtrain/nn/dense.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 
 namespace meshtrain {
@@ -183,14 +185,45 @@ std::size_t batches_per_epoch(const TrainingConfig& config, std::size_t samples)
 
 }  // namespace
 
-std::string run_signature(const Mlp& model, const TrainingConfig& config, std::size_t samples) {
-  std::string activations;
-  for (std::size_t l = 0; l < model.layers().size(); ++l) {
-    if (l > 0) activations += ",";
-    activations += name_of(model.layers()[l].activation);
+namespace {
+
+// The widths and activations of a model made of Dense layers only (an MLP), else nothing.
+struct DenseStack {
+  std::vector<int> widths;
+  std::vector<std::string> activations;
+};
+std::optional<DenseStack> dense_stack(const Model& model) {
+  DenseStack stack;
+  for (std::size_t l = 0; l < model.num_layers(); ++l) {
+    const auto* dense = dynamic_cast<const Dense*>(&model.layer(l));
+    if (!dense) return std::nullopt;
+    if (l == 0) stack.widths.push_back(static_cast<int>(dense->in_features()));
+    stack.widths.push_back(static_cast<int>(dense->out_features()));
+    stack.activations.push_back(name_of(dense->activation()));
   }
-  return "widths=" + join_ints(model.widths(), ",") + ";activations=" + activations +
-         ";optimizer=" + name_of(config.optimizer) +
+  return stack;
+}
+
+std::string join(const std::vector<std::string>& parts, const char* separator) {
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
+// An MLP as its checkpoints have always described it; any other model by its layers.
+std::string model_signature(const Model& model) {
+  if (const auto stack = dense_stack(model)) {
+    return "widths=" + join_ints(stack->widths, ",") + ";activations=" + join(stack->activations, ",");
+  }
+  std::vector<std::string> layers;
+  for (std::size_t l = 0; l < model.num_layers(); ++l) layers.push_back(model.layer(l).describe());
+  return "layers=" + join(layers, "|");
+}
+
+}  // namespace
+
+std::string run_signature(const Model& model, const TrainingConfig& config, std::size_t samples) {
+  return model_signature(model) + ";optimizer=" + name_of(config.optimizer) +
          ";learning_rate=" + format_g17(config.learning_rate) +
          ";batch_size=" + std::to_string(config.batch_size) +
          ";seed=" + std::to_string(config.seed) +
@@ -237,7 +270,7 @@ void broadcast_state(Communicator& comm, TrainingState& s, std::size_t parameter
   vector(s.second_moment, header[1] != 0, "meshtrain::state_nu");
 }
 
-Checkpoint to_checkpoint(const TrainingState& raw_state, const Mlp& model,
+Checkpoint to_checkpoint(const TrainingState& raw_state, const Model& model,
                          const TrainingConfig& config, std::size_t samples) {
   const TrainingState state = at_epoch_boundary(raw_state, batches_per_epoch(config, samples));
   const std::size_t p = model.num_parameters();
@@ -273,8 +306,14 @@ Checkpoint to_checkpoint(const TrainingState& raw_state, const Mlp& model,
   m["validation_losses"] = format_list(state.validation_losses);
   m["fingerprint"] = fingerprint_of(signature);
   m["run"] = signature;
-  m["model_widths"] = "[" + join_ints(model.widths(), ", ") + "]";
-  m["activation"] = model.layers().size() > 1 ? name_of(model.layers().front().activation) : "none";
+  if (const auto stack = dense_stack(model)) {
+    m["model_widths"] = "[" + join_ints(stack->widths, ", ") + "]";
+    m["activation"] = stack->activations.size() > 1 ? stack->activations.front() : "none";
+  } else {
+    std::vector<std::string> layers;
+    for (std::size_t l = 0; l < model.num_layers(); ++l) layers.push_back(model.layer(l).describe());
+    m["model_layers"] = join(layers, ", ");
+  }
   m["optimizer"] = name_of(config.optimizer);
   m["strategy"] = name_of(dist.strategy);
   m["mesh_shape"] = format_shape(dist.mesh_shape);
@@ -311,7 +350,7 @@ void check_fingerprint(const Checkpoint& checkpoint, const MetadataReader& meta,
 }
 
 // Every expected tensor with the model's shape, and nothing else, into state's vectors.
-void read_tensors(const Checkpoint& checkpoint, const MetadataReader& meta, const Mlp& model,
+void read_tensors(const Checkpoint& checkpoint, const MetadataReader& meta, const Model& model,
                   OptimizerType optimizer, TrainingState& state) {
   const MomentKinds moments = moment_kinds(optimizer);
   std::vector<std::string> groups{"params/"};
@@ -369,7 +408,7 @@ void read_position(const MetadataReader& meta, std::size_t batches, TrainingStat
 }  // namespace
 
 TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
-                              const Mlp& model, const TrainingConfig& config, std::size_t samples) {
+                              const Model& model, const TrainingConfig& config, std::size_t samples) {
   const MetadataReader meta(checkpoint, source);
   check_format(checkpoint, meta);
   check_fingerprint(checkpoint, meta, run_signature(model, config, samples));

@@ -19,11 +19,11 @@
 
 namespace meshtrain {
 
-Trainer::Trainer(Mlp model, TrainingConfig config)
+Trainer::Trainer(Model model, TrainingConfig config)
     : Trainer(std::move(model), config,
               current_process_groups(config.distributed_config)) {}
 
-Trainer::Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups)
+Trainer::Trainer(Model model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups)
     : model_(std::move(model)), config_(std::move(config)), groups_(std::move(groups)) {
   if (!Kokkos::is_initialized()) {
     throw std::logic_error("Trainer: Kokkos is not initialised; create a DistributedManager first");
@@ -67,7 +67,7 @@ const ShardPlan& Trainer::plan_for_batch(std::size_t batch) const {
 }
 
 namespace {
-void check_pair(const HostMatrix& x, const HostMatrix& y, const Mlp& model, const char* what) {
+void check_pair(const HostMatrix& x, const HostMatrix& y, const Model& model, const char* what) {
   const std::string name(what);
   if (y.extent(0) != x.extent(0)) {
     throw ConfigError(name + " targets: " + std::to_string(y.extent(0)) + " rows for " +

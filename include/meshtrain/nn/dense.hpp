@@ -13,6 +13,7 @@ class Dense final : public Layer {
   Dense(std::size_t in, std::size_t out, Activation activation);
 
   std::unique_ptr<Layer> clone() const override { return std::make_unique<Dense>(*this); }
+  std::string describe() const override;
   std::size_t in_features() const override { return in_; }
   std::size_t out_features() const override { return out_; }
   Activation activation() const { return activation_; }

@@ -80,6 +80,10 @@ class Layer {
   virtual ~Layer() = default;
   virtual std::unique_ptr<Layer> clone() const = 0;
 
+  // What the layer computes, its shape and settings in one line, e.g. "dense(4, 64, relu)":
+  // checkpoints identify a model by its layers' descriptions.
+  virtual std::string describe() const = 0;
+
   // Per-sample features in and out (the columns of x and y).
   virtual std::size_t in_features() const = 0;
   virtual std::size_t out_features() const = 0;

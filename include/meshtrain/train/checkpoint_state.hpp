@@ -11,14 +11,14 @@
 //   epoch_loss_sum: "%.17g"; epoch_losses, validation_losses: "[a, b, ...]" with "%.17g"
 //     (NaN, where an epoch had no validation, as "nan")
 //   fingerprint: 16 hex digits of FNV-1a 64 over `run`, the canonical run signature
-//   run: "widths=4,64,1;activation=relu;optimizer=adam;..." (see run_signature)
-//   model_widths, activation, optimizer, strategy, mesh_shape, world_size, created (UTC,
-//     ISO 8601): for people; never read back.
+//   run: "widths=4,64,1;activations=relu,identity;optimizer=adam;..." (see run_signature)
+//   model_widths and activation (an MLP) or model_layers (any other model), optimizer,
+//     strategy, mesh_shape, world_size, created (UTC, ISO 8601): for people; never read back.
 #include <cstddef>
 #include <string>
 
 #include "meshtrain/comm/communicator.hpp"
-#include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/nn/model.hpp"
 #include "meshtrain/train/checkpoint.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "meshtrain/train/training_config.hpp"
@@ -28,11 +28,12 @@ namespace meshtrain {
 inline constexpr int kTrainingStateFormatVersion = 1;
 
 // What determines a run's numbers, so that a checkpoint is only resumed by the run that made
-// it: the model's widths and activation, optimizer, learning rate, global batch, seed,
-// shuffle and the number of training samples. Not the mesh, the rank count or num_epochs:
+// it: the model (an MLP, a model of Dense layers only, by its widths and activations as
+// checkpoints have always said; any other by its layers' descriptions, "layers=a|b|..."),
+// optimizer, learning rate, global batch, seed, shuffle and the number of training samples. Not the mesh, the rank count or num_epochs:
 // a data-parallel run may resume on another rank count, or continue for more epochs.
 // Format: "key=value;key=value;..." in a fixed order, doubles as "%.17g".
-std::string run_signature(const Mlp& model, const TrainingConfig& config, std::size_t samples);
+std::string run_signature(const Model& model, const TrainingConfig& config, std::size_t samples);
 
 // 16 lowercase hex digits of the 64-bit FNV-1a hash of text.
 std::string fingerprint_of(const std::string& text);
@@ -45,7 +46,7 @@ void broadcast_state(Communicator& comm, TrainingState& state, std::size_t param
 // The checkpoint of state for a run of model under config on `samples` training samples.
 // The human-readable metadata comes from config (its distributed_config as resolved by the
 // Trainer).
-Checkpoint to_checkpoint(const TrainingState& state, const Mlp& model, const TrainingConfig& config,
+Checkpoint to_checkpoint(const TrainingState& state, const Model& model, const TrainingConfig& config,
                          std::size_t samples);
 
 // The state stored in checkpoint, checked against the run about to resume it. Throws
@@ -54,6 +55,6 @@ Checkpoint to_checkpoint(const TrainingState& state, const Mlp& model, const Tra
 // ("made for a different run (fingerprint X, this run Y); differs in: ..."), or a tensor is
 // missing, unexpected or of the wrong shape.
 TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
-                              const Mlp& model, const TrainingConfig& config, std::size_t samples);
+                              const Model& model, const TrainingConfig& config, std::size_t samples);
 
 }  // namespace meshtrain

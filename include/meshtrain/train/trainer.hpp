@@ -38,7 +38,7 @@ struct TrainingMetrics {
 };
 
 struct FitResult {
-  Mlp model;
+  Model model;
   TrainingMetrics metrics;
 };
 
@@ -91,9 +91,9 @@ class Trainer {
   // Trains with the process groups that the current DistributedManager assembles for
   // config.distributed_config (collective; the same groups when they exist already).
   // Throws ConfigError for a bad config.
-  Trainer(Mlp model, TrainingConfig config);
+  Trainer(Model model, TrainingConfig config);
   // Trains with the given groups (their config replaces config.distributed_config).
-  Trainer(Mlp model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups);
+  Trainer(Model model, TrainingConfig config, std::shared_ptr<ProcessGroups> groups);
   ~Trainer();
 
   // Trains on (x, y), which every rank holds in full: x (samples x in), y (samples x out).
@@ -129,7 +129,7 @@ class Trainer {
   StateBytes state_bytes() const;  // after prepare()
   int batch_group_size() const { return groups_->batch_parts(); }
 
-  const Mlp& model() const { return model_; }
+  const Model& model() const { return model_; }
   const DeviceMesh& mesh() const { return groups_->mesh(); }
   const ProcessGroups& groups() const { return *groups_; }
   const TrainingConfig& config() const { return config_; }
@@ -157,7 +157,7 @@ class Trainer {
   // including what a resumed epoch carried in.
   std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;
 
-  Mlp model_;
+  Model model_;
   TrainingConfig config_;
   std::shared_ptr<ProcessGroups> groups_;
   Communicator* world_ = nullptr;  // groups_->world(): control collectives
