@@ -102,6 +102,12 @@ TEST(CheckpointState, SignatureNamesWhatDeterminesTheNumbers) {
   other.num_epochs = 99;
   other.distributed_config = DistributedConfig{{1, 1}, {"data", "model"}, Strategy::Data};
   EXPECT_EQ(run_signature(model, other, 256), run_signature(model, config, 256));
+  // The loss, when it is not the default (older checkpoints keep their fingerprints).
+  TrainingConfig relative = config;
+  relative.loss = Loss::RelativeL2;
+  EXPECT_EQ(run_signature(model, relative, 256),
+            "widths=4,8,1;activations=relu,identity;loss=relative_l2;optimizer=adam;"
+            "learning_rate=0.001;batch_size=32;seed=0;shuffle=false;samples=256");
 }
 
 TEST(CheckpointState, LayoutOfTensorsAndMetadata) {

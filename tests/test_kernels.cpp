@@ -538,6 +538,83 @@ TEST(MseLossGrad, ZeroRowsGiveZeroLoss) {
 }
 
 // ---------------------------------------------------------------------------------------
+// relative_l2_loss_grad
+
+MseResult run_relative_l2(const Matrix& pred, const Matrix& target, float scale) {
+  Matrix dpred("dpred", pred.extent(0), pred.extent(1));
+  Kokkos::deep_copy(dpred, 42.0f);
+  Kokkos::View<float, MemSpace> loss("loss");
+  Kokkos::deep_copy(loss, 5.0f);  // must be overwritten, not accumulated into
+  relative_l2_loss_grad(pred, target, scale, dpred,
+                        Kokkos::View<float, MemSpace, Unmanaged>(loss.data()));
+  Kokkos::fence();
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss);
+  return {host_values(dpred), static_cast<double>(h())};
+}
+
+TEST(RelativeL2LossGrad, MatchesReferenceAndFiniteDifferences) {
+  const std::size_t n = 4, cols = 37, global_rows = 10;  // 37: not a multiple of a team
+  const float scale = 1.0f / static_cast<float>(global_rows);
+  Random rng(53);
+  const auto pv = random_values(n * cols, rng, 1.0);
+  const auto tv = random_values(n * cols, rng, 1.0);
+  Matrix pred = make_matrix(n, cols, pv), target = make_matrix(n, cols, tv);
+
+  const MseResult r = run_relative_l2(pred, target, scale);
+  double expected_loss = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    double e2 = 0.0, y2 = 0.0;
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double d = pv[i * cols + j] - tv[i * cols + j];
+      e2 += d * d;
+      y2 += static_cast<double>(tv[i * cols + j]) * tv[i * cols + j];
+    }
+    expected_loss += scale * std::sqrt(e2) / std::sqrt(y2);
+    for (std::size_t j = 0; j < cols; ++j) {
+      const double want = scale * (pv[i * cols + j] - tv[i * cols + j]) /
+                          (std::sqrt(e2) * std::sqrt(y2));
+      EXPECT_NEAR(r.grad[i * cols + j], want, 1e-5 * std::abs(want) + 1e-9);
+    }
+  }
+  EXPECT_NEAR(r.loss, expected_loss, 1e-5 * expected_loss);
+
+  // The gradient is the derivative of the loss the kernel itself reports.
+  const double h = 1e-2;
+  for (std::size_t k = 0; k < n * cols; k += 5) {
+    auto ps = pv;
+    const Step s = float_step(pv[k], h);
+    ps[k] = s.plus;
+    set_values(pred, ps);
+    const double lp = run_relative_l2(pred, target, scale).loss;
+    ps[k] = s.minus;
+    set_values(pred, ps);
+    const double lm = run_relative_l2(pred, target, scale).loss;
+    EXPECT_NEAR(r.grad[k], (lp - lm) / (s.plus - s.minus), 2e-2 * std::abs(r.grad[k]) + 2e-5)
+        << "k=" << k;
+  }
+}
+
+TEST(RelativeL2LossGrad, ShardLossesSumToGlobalMeanAndAnExactRowGivesZero) {
+  const std::size_t n = 6, cols = 5;
+  const float scale = 1.0f / static_cast<float>(n);
+  Random rng(54);
+  auto pv = random_values(n * cols, rng, 1.0);
+  const auto tv = random_values(n * cols, rng, 1.0);
+  for (std::size_t j = 0; j < cols; ++j) pv[2 * cols + j] = tv[2 * cols + j];  // row 2 exact
+  Matrix pred = make_matrix(n, cols, pv), target = make_matrix(n, cols, tv);
+  const MseResult whole = run_relative_l2(pred, target, scale);
+  for (std::size_t j = 0; j < cols; ++j) EXPECT_EQ(whole.grad[2 * cols + j], 0.0);
+  auto shard = [&](std::size_t b, std::size_t e) {
+    Matrix p("p", e - b, cols), t("t", e - b, cols);
+    Kokkos::deep_copy(p, rows(pred, b, e));
+    Kokkos::deep_copy(t, rows(target, b, e));
+    return run_relative_l2(p, t, scale).loss;
+  };
+  EXPECT_NEAR(shard(0, 4) + shard(4, n), whole.loss, 1e-5 * whole.loss);
+  EXPECT_EQ(run_relative_l2(Matrix("p", 0, cols), Matrix("t", 0, cols), scale).loss, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
 // Mlp: layout
 
 TEST(Mlp, SimplePdeModelLayout) {

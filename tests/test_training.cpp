@@ -22,6 +22,7 @@
 
 using namespace meshtrain;
 using meshtrain::testing::config_error;
+using meshtrain::testing::config_error_object;
 using meshtrain::testing::groups_over;
 using meshtrain::testing::contains;
 using meshtrain::testing::error_of;
@@ -51,15 +52,32 @@ struct Case {
   int batch;
   int epochs;
   std::vector<int> widths;
+  Loss loss = Loss::Mse;
 };
+
+// The reference data, or with several outputs targets that differ per column.
+ReferenceData case_data(const Case& c, std::uint64_t seed) {
+  ReferenceData data = make_reference_data(c.samples, c.widths.front(), seed);
+  const auto outputs = static_cast<std::size_t>(c.widths.back());
+  if (outputs == 1) return data;
+  HostMatrix y("y", data.x.extent(0), outputs);
+  for (std::size_t i = 0; i < y.extent(0); ++i) {
+    for (std::size_t j = 0; j < outputs; ++j) {
+      y(i, j) = data.y(i, 0) * static_cast<float>(j + 1) + data.x(i, j % data.x.extent(1));
+    }
+  }
+  data.y = y;
+  return data;
+}
 
 void expect_world_equals_single(const Case& c, const DistributedConfig& dist) {
   TrainingConfig config;
   config.num_epochs = c.epochs;
   config.batch_size = c.batch;
   config.seed = 3;
+  config.loss = c.loss;
   config.distributed_config = dist;
-  const ReferenceData data = make_reference_data(c.samples, c.widths.front(), config.seed);
+  const ReferenceData data = case_data(c, config.seed);
 
   Trainer distributed(Mlp(c.widths, Activation::ReLU, config.seed), config);
   const FitResult n_ranks = distributed.fit(data.x, data.y);
@@ -112,6 +130,28 @@ TEST(Training, DataAxisOfATwoDimensionalMesh) {
                                DistributedConfig{{data, n / data}, {"data", "replica"},
                                                  Strategy::Data});
   }
+}
+
+TEST(Training, RelativeL2UnderEveryStrategyMatchesOneRank) {
+  // Uneven shards and a partial last batch: each sample's error counts once, with weight
+  // 1 / global batch, whichever rank holds it.
+  const Case c{90, 32, 3, {4, 12, 12, 3}, Loss::RelativeL2};  // 12: split by 1-4 ranks
+  const int n = world_size();
+  expect_world_equals_single(c, DistributedConfig{});
+  expect_world_equals_single(c, DistributedConfig{{n}, {"data"}, Strategy::Fsdp});
+  expect_world_equals_single(c, DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data});
+}
+
+TEST(Training, RelativeL2RefusesAZeroTarget) {
+  TrainingConfig config;
+  config.loss = Loss::RelativeL2;
+  const ReferenceData data = make_reference_data(16, 4, 0);
+  data.y(5, 0) = 0.0f;
+  Trainer trainer(Mlp::simple_pde_model(0), config);
+  const ConfigError e = config_error_object([&] { trainer.prepare(data.x, data.y); });
+  EXPECT_EQ(e.field(), "loss");
+  EXPECT_EQ(e.detail(),
+            "relative_l2: training target 5 is all zeros, and its relative error is undefined");
 }
 
 TEST(Training, ReferenceRunLearns) {

@@ -90,6 +90,15 @@ inline constexpr Choice<NonFinite> kNonFiniteChoices[] = {
 };
 constexpr std::span<const Choice<NonFinite>> choice_table(NonFinite) { return kNonFiniteChoices; }
 
+// The training loss, a mean over the global batch.
+enum class Loss { Mse, RelativeL2 };
+inline constexpr Choice<Loss> kLossChoices[] = {
+    {Loss::Mse, "mse", "mean squared error over every output"},
+    {Loss::RelativeL2, "relative_l2",
+     "per-sample ||pred - y|| / ||y||, averaged (the neural-operator papers' metric)"},
+};
+constexpr std::span<const Choice<Loss>> choice_table(Loss) { return kLossChoices; }
+
 // After each hidden layer (the output layer is linear).
 enum class Activation { Identity, ReLU, Tanh };
 inline constexpr Choice<Activation> kActivationChoices[] = {

@@ -62,6 +62,7 @@ const std::vector<SectionSpec>& schema() {
         {"seed", "integer >= 0", "0", "parameter initialisation, shuffle and synthetic data"},
         {"optimizer", choice_type<OptimizerType>(), quoted(training.optimizer),
          "optax defaults: " + choice_help<OptimizerType>()},
+        {"loss", choice_type<Loss>(), quoted(training.loss), choice_help<Loss>()},
         {"shuffle", "boolean", "false", "a seeded permutation of the samples every epoch"},
         {"validation_every", "integer >= 0", "1",
          "validation loss every N epochs and after the last; 0: never"},
@@ -449,6 +450,7 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
     t.seed = static_cast<std::uint64_t>(*v);
   }
   if (auto v = r.choice<OptimizerType>(s, "optimizer")) t.optimizer = *v;
+  if (auto v = r.choice<Loss>(s, "loss")) t.loss = *v;
   if (auto v = r.boolean(s, "shuffle")) t.shuffle = *v;
   if (auto v = r.integer(s, "validation_every", 0)) t.validation_every = static_cast<int>(*v);
   if (auto v = r.choice<NonFinite>(s, "nonfinite")) t.nonfinite = *v;
@@ -562,6 +564,7 @@ const std::map<std::string, std::string>& library_fields() {
       {"validation_every", "training.validation_every"},
       {"nonfinite", "training.nonfinite"},
       {"optimizer", "training.optimizer"},
+      {"loss", "training.loss"},
       {"progress", "training.progress"},
       {"mesh_shape", "distributed.mesh_shape"},
       {"mesh_axis_names", "distributed.mesh_axis_names"},

@@ -125,4 +125,38 @@ void mse_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale, Matr
       loss_out);
 }
 
+void relative_l2_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale,
+                           MatrixRef dpred, Kokkos::View<float, MemSpace, Unmanaged> loss_out) {
+  using Team = Kokkos::TeamPolicy<ExecSpace>;
+  const auto cols = pred.extent(1);
+  // One team per sample: its two norms are reductions over the sample's columns (spread over
+  // the team's threads), then its gradient row; the samples' losses sum into loss_out.
+  Kokkos::parallel_reduce(
+      "meshtrain::relative_l2", Team(static_cast<int>(pred.extent(0)), Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team::member_type& team, float& sum) {
+        const auto i = static_cast<std::size_t>(team.league_rank());
+        double error2 = 0.0, target2 = 0.0;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, cols),
+            [&](std::size_t j, double& acc) {
+              const double d = static_cast<double>(pred(i, j)) - target(i, j);
+              acc += d * d;
+            },
+            error2);
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, cols),
+            [&](std::size_t j, double& acc) { acc += static_cast<double>(target(i, j)) * target(i, j); },
+            target2);
+        const double error = Kokkos::Experimental::sqrt(error2);
+        const double norm = Kokkos::Experimental::sqrt(target2);
+        // d(|e| / |y|)/d pred = e / (|e| |y|); at e = 0 the loss is at its minimum: 0.
+        const float g = error > 0.0 ? static_cast<float>(scale / (error * norm)) : 0.0f;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols),
+                             [&](std::size_t j) { dpred(i, j) = g * (pred(i, j) - target(i, j)); });
+        Kokkos::single(Kokkos::PerTeam(team),
+                       [&] { sum += static_cast<float>(scale * error / norm); });
+      },
+      loss_out);
+}
+
 }  // namespace meshtrain

@@ -44,6 +44,7 @@ void Model::copy_layers_from(const Model& other) {
   layer_offset_ = other.layer_offset_;
   first_tensor_ = other.first_tensor_;
   num_parameters_ = other.num_parameters_;
+  loss_ = other.loss_;
 }
 
 void Model::lay_out() {
@@ -122,6 +123,7 @@ void Model::set_megatron_partitioning(const std::string& axis) {
 }
 
 float Model::loss_scale(int rows) const {
+  if (loss_ == Loss::RelativeL2) return 1.0f / static_cast<float>(rows);
   return 1.0f / (static_cast<float>(rows) * static_cast<float>(out_features()));
 }
 
@@ -151,7 +153,12 @@ ConstMatrixRef Model::forward_loss(ConstMatrixRef x, ConstMatrixRef y, float sca
                                    Kokkos::View<float, MemSpace, Unmanaged> loss_out,
                                    ModelWorkspace& ws, const PassHooks& hooks) const {
   const ConstMatrixRef pred = forward(x, ws, hooks);
-  mse_loss_grad(pred, y, scale, rows(ws.output_grad_, 0, x.extent(0)), loss_out);
+  const MatrixRef dpred = rows(ws.output_grad_, 0, x.extent(0));
+  if (loss_ == Loss::RelativeL2) {
+    relative_l2_loss_grad(pred, y, scale, dpred, loss_out);
+  } else {
+    mse_loss_grad(pred, y, scale, dpred, loss_out);
+  }
   return pred;
 }
 

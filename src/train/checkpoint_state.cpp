@@ -223,7 +223,10 @@ std::string model_signature(const Model& model) {
 }  // namespace
 
 std::string run_signature(const Model& model, const TrainingConfig& config, std::size_t samples) {
-  return model_signature(model) + ";optimizer=" + name_of(config.optimizer) +
+  // The loss only when it is not the default, so that older checkpoints keep their
+  // fingerprints.
+  const std::string loss = config.loss == Loss::Mse ? "" : ";loss=" + name_of(config.loss);
+  return model_signature(model) + loss + ";optimizer=" + name_of(config.optimizer) +
          ";learning_rate=" + format_g17(config.learning_rate) +
          ";batch_size=" + std::to_string(config.batch_size) +
          ";seed=" + std::to_string(config.seed) +

@@ -22,7 +22,9 @@ Model shard_model(const Model& model, int parts) {
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     layers.push_back(model.layer(l).shard(kAxis, parts));
   }
-  return Model(std::move(layers));
+  Model local(std::move(layers));
+  local.set_loss(model.loss());  // the loss is taken on the full (replicated) output
+  return local;
 }
 
 class TensorParallelEngine final : public StepEngine {

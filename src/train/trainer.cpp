@@ -30,6 +30,7 @@ Trainer::Trainer(Model model, TrainingConfig config, std::shared_ptr<ProcessGrou
   }
   config_.distributed_config = groups_->config();
   config_.validate(groups_->batch_parts());
+  model_.set_loss(config_.loss);
   world_ = &groups_->world();
   if (groups_->has_model()) {
     prepare_tensor_parallel(model_, mesh().shape(), mesh().axis_size("model"));
@@ -82,6 +83,17 @@ void check_pair(const HostMatrix& x, const HostMatrix& y, const Model& model, co
     throw ConfigError(name + " targets: " + std::to_string(y.extent(1)) +
                       " columns for a model with " + std::to_string(model.out_features()) +
                       " outputs");
+  }
+  // The relative error divides by each target's norm.
+  if (model.loss() == Loss::RelativeL2) {
+    for (std::size_t i = 0; i < y.extent(0); ++i) {
+      bool zero = true;
+      for (std::size_t j = 0; j < y.extent(1) && zero; ++j) zero = y(i, j) == 0.0f;
+      if (zero) {
+        throw ConfigError("loss", "relative_l2: " + name + " target " + std::to_string(i) +
+                                      " is all zeros, and its relative error is undefined");
+      }
+    }
   }
 }
 

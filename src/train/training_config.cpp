@@ -41,6 +41,7 @@ void TrainingConfig::validate(int data_axis_size) const {
   }
   // The choices are enums: only a value cast from an integer can be outside their tables.
   check_choice("optimizer", optimizer);
+  check_choice("loss", loss);
   check_choice("progress", progress);
   check_choice("nonfinite", nonfinite);
 }

@@ -38,4 +38,12 @@ void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);
 void mse_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale, MatrixRef dpred,
                    Kokkos::View<float, MemSpace, Unmanaged> loss_out);
 
+// Relative L2 error over a global batch of which (pred, target) is this rank's shard: each
+// sample (row) contributes scale * ||pred_i - target_i|| / ||target_i|| to loss_out() and
+// dpred_i = scale * (pred_i - target_i) / (||pred_i - target_i|| ||target_i||), where
+// scale = 1 / global rows (every target row must have a non-zero norm). Summing over the
+// shards gives the global mean and its gradient, as for mse_loss_grad.
+void relative_l2_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale,
+                           MatrixRef dpred, Kokkos::View<float, MemSpace, Unmanaged> loss_out);
+
 }  // namespace meshtrain

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "meshtrain/choices.hpp"
 #include "meshtrain/nn/layer.hpp"
 
 namespace meshtrain {
@@ -53,15 +54,18 @@ class Model {
   // pairs over `axis`; with an odd layer count the last layer stays replicated.
   void set_megatron_partitioning(const std::string& axis = "model");
 
-  // The mean squared error's scale for a global batch of `rows` rows: 1 / (rows * outputs).
+  // The loss forward_loss computes (MSE unless set), and its scale for a global batch of
+  // `rows` rows: 1 / (rows * outputs) for MSE, 1 / rows for the relative L2 error.
+  void set_loss(Loss loss) { loss_ = loss; }
+  Loss loss() const { return loss_; }
   float loss_scale(int rows) const;
 
   // Forward pass over x (n x in) into the workspace; returns the output rows (n x out).
   ConstMatrixRef forward(ConstMatrixRef x, ModelWorkspace& ws, const PassHooks& hooks = {}) const;
-  // Forward, then the mean squared error against y over this rank's rows:
-  // loss_out() = scale * sum (pred - y)^2 and the workspace's output gradient
-  // dL/dpred = 2 (pred - y) * scale, ready for backward(x, ws, hooks). Written on the
-  // device, without a host synchronisation. Returns pred.
+  // Forward, then the loss against y over this rank's rows (mse_loss_grad or
+  // relative_l2_loss_grad): loss_out() and the workspace's output gradient dL/dpred, ready
+  // for backward(x, ws, hooks). Written on the device, without a host synchronisation.
+  // Returns pred.
   ConstMatrixRef forward_loss(ConstMatrixRef x, ConstMatrixRef y, float scale,
                     Kokkos::View<float, MemSpace, Unmanaged> loss_out, ModelWorkspace& ws,
                     const PassHooks& hooks = {}) const;
@@ -90,6 +94,7 @@ class Model {
   std::vector<std::size_t> layer_offset_;
   std::vector<std::size_t> first_tensor_;
   std::size_t num_parameters_ = 0;
+  Loss loss_ = Loss::Mse;
   Vector params_;
 };
 

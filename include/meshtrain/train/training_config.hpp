@@ -15,6 +15,8 @@ struct TrainingConfig {
   int batch_size = 32;  // global: split across the mesh's "data" axis
   std::uint64_t seed = 0;
   OptimizerType optimizer = OptimizerType::Adam;
+  // Mean squared error (the tutorial's) or the relative L2 error of each sample, averaged.
+  Loss loss = Loss::Mse;
   DistributedConfig distributed_config;
   // Gradient all-reduce: buckets of about this many bytes (whole tensors each), started
   // during backward as soon as each is complete when overlap_communication is on.
