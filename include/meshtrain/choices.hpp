@@ -91,10 +91,12 @@ inline constexpr Choice<NonFinite> kNonFiniteChoices[] = {
 constexpr std::span<const Choice<NonFinite>> choice_table(NonFinite) { return kNonFiniteChoices; }
 
 // After each hidden layer (the output layer is linear).
-enum class Activation { Identity, ReLU, Tanh };
+// Gelu is the exact form x * Phi(x) (PyTorch's default, the FNO's activation).
+enum class Activation { Identity, ReLU, Tanh, Gelu };
 inline constexpr Choice<Activation> kActivationChoices[] = {
     {Activation::ReLU, "relu", ""},
     {Activation::Tanh, "tanh", ""},
+    {Activation::Gelu, "gelu", "exact, with erf"},
     {Activation::Identity, "identity", ""},
 };
 constexpr std::span<const Choice<Activation>> choice_table(Activation) {
