@@ -1,6 +1,7 @@
 // The Fourier Neural Operator's pieces: the FFT against a direct DFT, each layer's forward
 // against double-precision loops and its backward against central finite differences of
-// L = sum(g .* layer(x)) over every parameter and input.
+// L = sum(g .* layer(x)) over every parameter and input, and make_fno2d's layout, gradient
+// and hooks.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/nn/fft.hpp"
+#include "meshtrain/nn/fno.hpp"
 #include "meshtrain/nn/fourier.hpp"
 #include "meshtrain/nn/model.hpp"
 
@@ -445,6 +447,200 @@ TEST(FourierLayer2d, RefusesTensorParallelismNamingTheLayer) {
         << e.what();
   }
   EXPECT_THROW(layer.set_parallel_role(ParallelRole::Column, "model"), ConfigError);
+}
+
+// ---------------------------------------------------------------------------------------
+// make_fno2d
+
+// The reference's count (neuraloperator's count_params counts a complex weight as two).
+std::size_t reference_parameter_count(const FnoConfig& c) {
+  const auto w = static_cast<std::size_t>(c.width);
+  const auto m = static_cast<std::size_t>(c.modes1 * c.modes2);
+  const auto p = static_cast<std::size_t>(c.projection);
+  const auto in = static_cast<std::size_t>(c.in_channels);
+  const auto out = static_cast<std::size_t>(c.out_channels);
+  const std::size_t fc0 = (in + 2) * w + w;
+  const std::size_t fourier = 2 * w * w * m * 2 + w * w + w;  // weights1, weights2, w
+  return fc0 + static_cast<std::size_t>(c.layers) * fourier + w * p + p + p * out + out;
+}
+
+TEST(Fno2d, ParameterCountIsTheReferences) {
+  FnoConfig darcy;  // fourier_2d.py: modes 12, width 32, 4 layers, 1 -> 1 channels
+  darcy.s1 = darcy.s2 = 85;
+  const Model model = make_fno2d(darcy);
+  EXPECT_EQ(model.num_parameters(), 2368001u);  // what the reference prints
+  EXPECT_EQ(reference_parameter_count(darcy), 2368001u);
+
+  FnoConfig small{.s1 = 8, .s2 = 6, .in_channels = 3, .out_channels = 2, .modes1 = 3,
+                  .modes2 = 2, .width = 5, .layers = 3, .projection = 7, .seed = 1};
+  const Model m = make_fno2d(small);
+  EXPECT_EQ(m.num_parameters(), reference_parameter_count(small));
+  EXPECT_EQ(m.in_features(), 8 * 6 * 3);
+  EXPECT_EQ(m.out_features(), 8 * 6 * 2);
+  ASSERT_EQ(m.num_layers(), 1u + 1u + 3u + 2u);
+  EXPECT_EQ(m.tensors().front().name, "layers.1.kernel");  // the grid layer has none
+  EXPECT_EQ(m.tensors()[2].name, "layers.2.weights1");
+  EXPECT_EQ(m.tensors()[3].name, "layers.2.weights2");
+  EXPECT_EQ(m.tensors()[4].name, "layers.2.kernel");
+  EXPECT_EQ(m.tensors().back().name, "layers.6.bias");
+  std::size_t offset = 0;
+  for (const TensorSpec& t : m.tensors()) {
+    EXPECT_EQ(t.offset, offset) << t.name;
+    offset += t.size;
+  }
+  EXPECT_EQ(offset, m.num_parameters());
+  const auto& last_fourier = dynamic_cast<const FourierLayer2d&>(m.layer(4));
+  EXPECT_EQ(last_fourier.activation(), Activation::Identity);
+  EXPECT_EQ(dynamic_cast<const FourierLayer2d&>(m.layer(3)).activation(), Activation::Gelu);
+  EXPECT_EQ(dynamic_cast<const Pointwise&>(m.layer(5)).activation(), Activation::Gelu);
+}
+
+TEST(Fno2d, RejectsBadConfigsNamingTheField) {
+  FnoConfig c{.s1 = 8, .s2 = 8};
+  c.width = 0;
+  try {
+    make_fno2d(c);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "width");
+  }
+  c.width = 4;
+  c.modes1 = 4;
+  c.modes2 = 6;  // 8/2 + 1 = 5 at most
+  try {
+    make_fno2d(c);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.field(), "modes2");
+  }
+}
+
+TEST(Fno2d, DeterministicInSeed) {
+  const FnoConfig c{.s1 = 6, .s2 = 6, .modes1 = 2, .modes2 = 2, .width = 3, .layers = 2,
+                    .projection = 4, .seed = 9};
+  const Model a = make_fno2d(c), b = make_fno2d(c);
+  FnoConfig other = c;
+  other.seed = 10;
+  const Model d = make_fno2d(other);
+  const auto pa = host_values(a.parameters().data(), a.num_parameters());
+  EXPECT_EQ(pa, host_values(b.parameters().data(), b.num_parameters()));
+  EXPECT_NE(pa, host_values(d.parameters().data(), d.num_parameters()));
+}
+
+using ScalarView = Kokkos::View<float, MemSpace>;
+
+double host_scalar(const ScalarView& v) {
+  float h = 0.0f;
+  Kokkos::deep_copy(h, v);
+  return h;
+}
+
+struct FnoBatch {
+  Matrix x;
+  Matrix y;
+};
+
+FnoBatch random_batch(const Model& model, std::size_t n, std::uint64_t seed) {
+  Random rng(seed);
+  const auto in = static_cast<std::size_t>(model.in_features());
+  const auto out = static_cast<std::size_t>(model.out_features());
+  FnoBatch b{Matrix("x", n, in), Matrix("y", n, out)};
+  Kokkos::deep_copy(Kokkos::View<float*, MemSpace, Unmanaged>(b.x.data(), n * in),
+                    device_vector(random_values(n * in, rng, 1.0)));
+  Kokkos::deep_copy(Kokkos::View<float*, MemSpace, Unmanaged>(b.y.data(), n * out),
+                    device_vector(random_values(n * out, rng, 1.0)));
+  return b;
+}
+
+// The MSE loss through forward_loss and its gradient through backward, against central
+// differences of the loss over every parameter.
+TEST(Fno2d, GradientMatchesFiniteDifferences) {
+  const FnoConfig c{.s1 = 6, .s2 = 5, .in_channels = 2, .out_channels = 1, .modes1 = 2,
+                    .modes2 = 2, .width = 3, .layers = 2, .projection = 4, .seed = 3};
+  Model model = make_fno2d(c);
+  const std::size_t n = 3;
+  const FnoBatch batch = random_batch(model, n, 4);
+  const float scale = model.loss_scale(static_cast<int>(n));
+  ModelWorkspace ws(model, n);
+  ScalarView loss("loss");
+  Vector grads("grads", model.num_parameters());
+  PassHooks hooks;
+  hooks.gradients = [&](std::size_t l) { return grads.data() + model.layer_offset(l); };
+  model.forward_loss(batch.x, batch.y, scale, loss, ws, hooks);
+  model.backward(batch.x, ws, hooks);
+  const auto analytic = host_values(grads.data(), grads.extent(0));
+
+  const HostVector original = model.parameters_on_host();
+  auto loss_at = [&](std::size_t i, double value) {
+    HostVector changed("changed", original.extent(0));
+    Kokkos::deep_copy(changed, original);
+    changed(i) = static_cast<float>(value);
+    model.set_parameters(changed);
+    model.forward_loss(batch.x, batch.y, scale, loss, ws);
+    return host_scalar(loss);
+  };
+  for (std::size_t i = 0; i < model.num_parameters(); ++i) {
+    double plus = 0.0, minus = 0.0;
+    const double step = float_quotient(original(i), 1e-2, plus, minus);
+    const double fd = (loss_at(i, plus) - loss_at(i, minus)) / step;
+    // The loss is a mean of O(1) terms: an absolute floor below the FD's rounding is enough.
+    const double tol = 1e-2 * std::max(std::abs(analytic[i]), std::abs(fd)) + 2e-4;
+    EXPECT_NEAR(analytic[i], fd, tol) << "parameter " << i;
+  }
+  model.set_parameters(original);
+}
+
+// The pass with FSDP's hooks (each layer gathered into a buffer of its own, gradients
+// written layer by layer into another) gives the hookless gradient bit for bit.
+TEST(Fno2d, HooksGiveTheSameGradientAsNone) {
+  const FnoConfig c{.s1 = 8, .s2 = 8, .in_channels = 1, .out_channels = 1, .modes1 = 3,
+                    .modes2 = 3, .width = 4, .layers = 3, .projection = 6, .seed = 5};
+  const Model model = make_fno2d(c);
+  const std::size_t n = 4;
+  const FnoBatch batch = random_batch(model, n, 6);
+  const float scale = model.loss_scale(static_cast<int>(n));
+  ModelWorkspace ws(model, n + 1);
+  ScalarView loss("loss"), hooked_loss("hooked_loss");
+
+  Vector plain("plain", model.num_parameters());
+  PassHooks none;
+  none.gradients = [&](std::size_t l) { return plain.data() + model.layer_offset(l); };
+  model.forward_loss(batch.x, batch.y, scale, loss, ws, none);
+  model.backward(batch.x, ws, none);
+
+  Vector block("gathered_layer", model.num_parameters());
+  Vector layer_grad("layer_gradient", model.num_parameters());
+  Vector hooked("hooked", model.num_parameters());
+  std::vector<std::size_t> ready;
+  PassHooks hooks;
+  hooks.gather = [&](std::size_t l) {
+    const auto from = model.layer_offset(l);
+    const auto size = model.layer_size(l);
+    Kokkos::deep_copy(Kokkos::subview(block, std::make_pair(std::size_t{0}, size)),
+                      Kokkos::subview(model.parameters(), std::make_pair(from, from + size)));
+    return static_cast<const float*>(block.data());
+  };
+  hooks.release = [&](std::size_t) { Kokkos::deep_copy(block, -1.0f); };
+  hooks.gradients = [&](std::size_t) { return layer_grad.data(); };
+  hooks.gradients_ready = [&](std::size_t l) {
+    ready.push_back(l);
+    const auto to = model.layer_offset(l);
+    const auto size = model.layer_size(l);
+    Kokkos::deep_copy(Kokkos::subview(hooked, std::make_pair(to, to + size)),
+                      Kokkos::subview(layer_grad, std::make_pair(std::size_t{0}, size)));
+  };
+  model.forward_loss(batch.x, batch.y, scale, hooked_loss, ws, hooks);
+  model.backward(batch.x, ws, hooks);
+  EXPECT_EQ(ready, (std::vector<std::size_t>{6, 5, 4, 3, 2, 1, 0}));
+  EXPECT_EQ(host_scalar(loss), host_scalar(hooked_loss));
+  EXPECT_EQ(host_values(plain.data(), plain.extent(0)),
+            host_values(hooked.data(), hooked.extent(0)));
+}
+
+TEST(Fno2d, RefusesTensorParallelism) {
+  Model model = make_fno2d({.s1 = 4, .s2 = 4, .modes1 = 2, .modes2 = 2, .width = 2,
+                            .layers = 1, .projection = 2});
+  EXPECT_THROW(model.set_megatron_partitioning("model"), ConfigError);
 }
 
 }  // namespace
