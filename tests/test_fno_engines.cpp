@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "meshtrain/comm/mpi_communicator.hpp"
@@ -95,6 +96,47 @@ TEST(FnoEngines, DataParallelAndFsdpGradientsEqualOneRank) {
   float fsdp_loss = 0.0f;
   Kokkos::deep_copy(fsdp_loss, fsdp->loss());
   EXPECT_NEAR(fsdp_loss, one_loss, 1e-5 * one_loss);
+}
+
+std::int64_t g_allocations = 0;
+void count_allocation(const Kokkos_Profiling_SpaceHandle, const char*, const void*,
+                      const std::uint64_t) {
+  ++g_allocations;
+}
+
+// The FFTs are planned and every spectrum lives in scratch allocated with the workspace:
+// steps allocate nothing, a batch smaller than the first included.
+TEST(FnoEngines, NoKokkosAllocationInsideAStep) {
+  const FnoConfig config{.s1 = 8, .s2 = 8, .in_channels = 1, .out_channels = 1, .modes1 = 3,
+                         .modes2 = 3, .width = 4, .layers = 2, .projection = 8, .seed = 2};
+  const Model reference = make_fno2d(config);
+  const std::size_t global = 6;
+  const Batch all = rows_of(reference, global, 0, global);
+  const Batch part = rows_of(reference, global, 0, 4);
+  // Every rank holds the same rows: global batches of that many rows per rank.
+  const int full_batch = static_cast<int>(global) * world_size();
+  const int part_batch = 4 * world_size();
+  MpiCommunicator world(MPI_COMM_WORLD), self(MPI_COMM_SELF);
+  const OptimizerConfig adam = OptimizerConfig::from_name("adam");
+  auto dp = make_data_parallel_engine(reference, world, adam, 4096, true, Progress::Poll, global);
+  Model sharded = reference.clone();
+  auto fsdp = make_fsdp_engine(sharded, world, self, adam, global);
+  dp->step(all.x, all.y, full_batch, 1e-3);
+  fsdp->step(all.x, all.y, full_batch, 1e-3);
+
+  g_allocations = 0;
+  Kokkos::Tools::Experimental::set_allocate_data_callback(count_allocation);
+  { Vector probe("probe", 8); }
+  const std::int64_t probe_count = g_allocations;
+  g_allocations = 0;
+  for (StepEngine* engine : {dp.get(), fsdp.get()}) {
+    engine->step(all.x, all.y, full_batch, 1e-3);
+    engine->step(part.x, part.y, part_batch, 1e-3);
+  }
+  const std::int64_t step_count = g_allocations;
+  Kokkos::Tools::Experimental::set_allocate_data_callback(nullptr);
+  EXPECT_EQ(probe_count, 1);
+  EXPECT_EQ(step_count, 0);
 }
 
 }  // namespace
