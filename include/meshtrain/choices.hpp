@@ -96,7 +96,7 @@ enum class Activation { Identity, ReLU, Tanh, Gelu };
 inline constexpr Choice<Activation> kActivationChoices[] = {
     {Activation::ReLU, "relu", ""},
     {Activation::Tanh, "tanh", ""},
-    {Activation::Gelu, "gelu", "exact, with erf"},
+    {Activation::Gelu, "gelu", ""},
     {Activation::Identity, "identity", ""},
 };
 constexpr std::span<const Choice<Activation>> choice_table(Activation) {
