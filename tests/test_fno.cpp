@@ -433,6 +433,7 @@ TEST(FourierLayer2d, IsSpectralPlusPointwisePaths) {
 TEST(FourierLayer2d, GradientsMatchFiniteDifferences) {
   check_layer_gradients(FourierLayer2d(2, 3, 4, 5, 2, 2, Activation::Gelu), 2, 41, 0.2);
   check_layer_gradients(FourierLayer2d(3, 2, 4, 4, 2, 3, Activation::Identity), 2, 42, 0.2);
+  check_layer_gradients(FourierLayer2d(2, 2, 4, 4, 1, 2, Activation::Tanh), 1, 43, 0.2);
 }
 
 TEST(FourierLayer2d, RefusesTensorParallelismNamingTheLayer) {

@@ -127,9 +127,9 @@ class SpectralConv2d final : public ReplicatedLayer {
                       MatrixRef dx) const override;
 
  private:
-  // dst (channels dst_c) at every frequency of n samples from src (channels src_c): the
-  // weights' product on the kept modes, zero elsewhere. conj: the adjoint, sum over out
-  // channels of src_o conj(W[i, o]) into dst_i.
+  // The spectrum dst of n samples from the spectrum src at every frequency: on the kept
+  // modes dst_o = sum_i src_i W[i, o] (adjoint: dst_i = sum_o src_o conj(W[i, o])), zero
+  // elsewhere.
   void mix(const float* src, float* dst, std::size_t n, const float* weights, bool adjoint) const;
 
   std::size_t in_;
