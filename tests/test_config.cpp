@@ -350,7 +350,7 @@ TEST(Choices, EveryEnumeratorHasAName) {
     EXPECT_NE(name_of(v), "?");
   for (Progress v : {Progress::Auto, Progress::Poll, Progress::Thread}) EXPECT_NE(name_of(v), "?");
   for (NonFinite v : {NonFinite::Abort, NonFinite::Skip}) EXPECT_NE(name_of(v), "?");
-  for (Activation v : {Activation::Identity, Activation::ReLU, Activation::Tanh})
+  for (Activation v : {Activation::Identity, Activation::ReLU, Activation::Tanh, Activation::Gelu})
     EXPECT_NE(name_of(v), "?");
 }
 
@@ -361,12 +361,13 @@ TEST(Choices, NamesUsersWrite) {
   EXPECT_EQ(choice_names<OptimizerType>(), (std::vector<std::string>{"adam", "adamw", "sgd"}));
   EXPECT_EQ(choice_names<Progress>(), (std::vector<std::string>{"auto", "thread", "poll"}));
   EXPECT_EQ(choice_names<NonFinite>(), (std::vector<std::string>{"abort", "skip"}));
-  EXPECT_EQ(choice_names<Activation>(), (std::vector<std::string>{"relu", "tanh", "identity"}));
+  EXPECT_EQ(choice_names<Activation>(),
+            (std::vector<std::string>{"relu", "tanh", "gelu", "identity"}));
   // The messages tests and users have long seen.
   EXPECT_EQ(config_error([] { parse_progress("sometimes"); }),
             "progress 'sometimes': unknown (choose auto, thread or poll)");
-  EXPECT_EQ(config_error([] { parse_activation("gelu"); }),
-            "activation 'gelu': unknown (choose relu, tanh or identity)");
+  EXPECT_EQ(config_error([] { parse_activation("swish"); }),
+            "activation 'swish': unknown (choose relu, tanh, gelu or identity)");
   EXPECT_EQ(parse_activation("linear"), Activation::Identity);  // the old alias
   EXPECT_EQ(choice_help<CommBackend>(),
             "auto (NCCL when a GPU is visible and NCCL was built), mpi or nccl");

@@ -77,6 +77,7 @@ double apply(Activation a, double z) {
     case Activation::Identity: return z;
     case Activation::ReLU: return z > 0.0 ? z : 0.0;
     case Activation::Tanh: return std::tanh(z);
+    case Activation::Gelu: return 0.5 * z * (1.0 + std::erf(z / std::sqrt(2.0)));
   }
   return std::numeric_limits<double>::quiet_NaN();
 }
@@ -127,15 +128,17 @@ TEST(Activation, ParsesKnownNamesAndRejectsOthers) {
   EXPECT_EQ(parse_activation("relu"), Activation::ReLU);
   EXPECT_EQ(parse_activation("tanh"), Activation::Tanh);
   EXPECT_EQ(parse_activation("identity"), Activation::Identity);
+  EXPECT_EQ(parse_activation("gelu"), Activation::Gelu);
   EXPECT_EQ(parse_activation("linear"), Activation::Identity);
-  for (Activation a : {Activation::Identity, Activation::ReLU, Activation::Tanh}) {
+  for (Activation a :
+       {Activation::Identity, Activation::ReLU, Activation::Tanh, Activation::Gelu}) {
     EXPECT_EQ(parse_activation(name_of(a)), a);
   }
   try {
-    parse_activation("gelu");
+    parse_activation("swish");
     FAIL() << "expected ConfigError";
   } catch (const ConfigError& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("activation 'gelu'", 0), 0u) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("activation 'swish'", 0), 0u) << e.what();
   }
 }
 
@@ -203,7 +206,7 @@ TEST_P(LinearForward, ZeroRowsIsANoOp) {
 
 INSTANTIATE_TEST_SUITE_P(AllActivations, LinearForward,
                          ::testing::Values(Activation::Identity, Activation::ReLU,
-                                           Activation::Tanh),
+                                           Activation::Tanh, Activation::Gelu),
                          [](const auto& param_info) { return name_of(param_info.param); });
 
 // ---------------------------------------------------------------------------------------
@@ -878,6 +881,29 @@ TEST(MlpBackward, TanhMatchesFiniteDifferences) {
   model.set_parameters(p);
   check_mlp_against_finite_differences(model, xv, n, 1e-2, [](std::size_t) { return false; },
                                        model.num_parameters());
+}
+
+// GELU's derivative comes from the pre-activation the layer keeps in its scratch.
+TEST(MlpBackward, GeluMatchesFiniteDifferences) {
+  Mlp model({3, 5, 4, 2}, Activation::Gelu, 2026);
+  const std::size_t n = 7;
+  Random rng(2027);
+  const auto xv = random_values(n * 3, rng, 1.0);
+  HostVector p = model.parameters_on_host();
+  for (std::size_t l = 0; l < model.layers().size(); ++l) {
+    const TensorSpec& b = model.tensors()[2 * l + 1];
+    for (std::size_t i = 0; i < b.size; ++i) {
+      p(b.offset + i) = static_cast<float>(0.3 * rng.normal());
+    }
+  }
+  model.set_parameters(p);
+  check_mlp_against_finite_differences(model, xv, n, 1e-2, [](std::size_t) { return false; },
+                                       model.num_parameters());
+}
+
+TEST(ActivationBackward, GeluNeedsThePreactivation) {
+  Matrix y("y", 2, 2), dy("dy", 2, 2);
+  EXPECT_THROW(activation_backward(y, dy, Activation::Gelu), std::logic_error);
 }
 
 TEST(MlpBackward, ReluPdeModelMatchesFiniteDifferences) {

@@ -514,12 +514,13 @@ TEST(TensorParallel, HoldsASliceOfEachSplitLayer) {
   EXPECT_EQ(tp.state_bytes().parameters, local * sizeof(float));
 }
 
+namespace {
 // Tensor parallelism over every rank runs the model's one pass on each rank's shards; its
 // loss and gradient (gathered into the full layout) are those of the whole model on one rank.
-TEST(TensorParallel, OnePassGradientEqualsOneRank) {
+void expect_tensor_parallel_equals_one_rank(Activation activation) {
   const int n = world_size();
   // Two column/row pairs and a replicated output layer; 12 divides over 1 to 4 ranks.
-  const Mlp reference({3, 12, 12, 12, 12, 2}, Activation::Tanh, 8);
+  const Mlp reference({3, 12, 12, 12, 12, 2}, activation, 8);
   Mlp sharded = reference.clone();
   prepare_tensor_parallel(sharded, {1, n}, n);
   const std::size_t rows = 10;
@@ -553,6 +554,16 @@ TEST(TensorParallel, OnePassGradientEqualsOneRank) {
   EXPECT_NEAR(tp_loss, one_loss, 1e-5 * one_loss);
   const float scale = reference.loss_scale(static_cast<int>(rows));
   EXPECT_NEAR(tp->evaluate(x, y, scale), one->evaluate(x, y, scale), 1e-5 * one_loss);
+}
+}  // namespace
+
+TEST(TensorParallel, OnePassGradientEqualsOneRank) {
+  expect_tensor_parallel_equals_one_rank(Activation::Tanh);
+}
+
+// GELU keeps its pre-activation in the shard's scratch, after the row-parallel sum.
+TEST(TensorParallel, GeluOnePassGradientEqualsOneRank) {
+  expect_tensor_parallel_equals_one_rank(Activation::Gelu);
 }
 
 TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {

@@ -100,10 +100,12 @@ inline constexpr Choice<Loss> kLossChoices[] = {
 constexpr std::span<const Choice<Loss>> choice_table(Loss) { return kLossChoices; }
 
 // After each hidden layer (the output layer is linear).
-enum class Activation { Identity, ReLU, Tanh };
+// Gelu is the exact form x * Phi(x) (PyTorch's default, the FNO's activation).
+enum class Activation { Identity, ReLU, Tanh, Gelu };
 inline constexpr Choice<Activation> kActivationChoices[] = {
     {Activation::ReLU, "relu", ""},
     {Activation::Tanh, "tanh", ""},
+    {Activation::Gelu, "gelu", ""},
     {Activation::Identity, "identity", ""},
 };
 constexpr std::span<const Choice<Activation>> choice_table(Activation) {

@@ -33,8 +33,21 @@ void Dense::initialize(float* block, Random& rng) const {
   }
 }
 
+std::size_t Dense::scratch_size(std::size_t max_rows) const {
+  return needs_preactivation(activation_) ? max_rows * out_ : 0;
+}
+
 void Dense::forward(const LayerPass& pass, ConstMatrixRef x, const float* params,
                     MatrixRef y) const {
+  if (needs_preactivation(activation_)) {
+    matmul(x, kernel(params), y);
+    if (computes_as_ == ParallelRole::Row) pass.reduce_output(y);
+    bias_activation(y, bias(params), Activation::Identity);
+    const MatrixRef z(pass.scratch, y.extent(0), out_);
+    Kokkos::deep_copy(z, y);
+    activation_forward(z, y, activation_);
+    return;
+  }
   if (computes_as_ == ParallelRole::Row) {
     // Partial products over this rank's input features, summed before bias and activation.
     matmul(x, kernel(params), y);
@@ -47,7 +60,12 @@ void Dense::forward(const LayerPass& pass, ConstMatrixRef x, const float* params
 
 void Dense::backward_parameters(const LayerPass& pass, ConstMatrixRef x, ConstMatrixRef y,
                                 MatrixRef dy, const float* params, float* grads) const {
-  activation_backward(y, dy, activation_);
+  if (needs_preactivation(activation_)) {
+    activation_backward_from_input(ConstMatrixRef(pass.scratch, y.extent(0), out_), dy,
+                                   activation_);
+  } else {
+    activation_backward(y, dy, activation_);
+  }
   pass.progress();
   linear_backward(x, kernel(params), dy, kernel(grads), bias(grads), MatrixRef());
 }

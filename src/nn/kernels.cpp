@@ -1,6 +1,8 @@
 #include "meshtrain/nn/kernels.hpp"
 
 #include <KokkosBlas3_gemm.hpp>
+#include <stdexcept>
+#include <string>
 
 #include "meshtrain/error.hpp"
 
@@ -8,7 +10,21 @@ namespace meshtrain {
 
 namespace {
 using Policy2D = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+
+// x * Phi(x), Phi the standard normal CDF (PyTorch's gelu, approximate = "none").
+KOKKOS_INLINE_FUNCTION float gelu(float z) {
+  return 0.5f * z * (1.0f + Kokkos::Experimental::erf(z * kInvSqrt2));
 }
+
+// d/dz z Phi(z) = Phi(z) + z phi(z).
+KOKKOS_INLINE_FUNCTION float gelu_derivative(float z) {
+  const float cdf = 0.5f * (1.0f + Kokkos::Experimental::erf(z * kInvSqrt2));
+  return cdf + z * kInvSqrt2Pi * Kokkos::Experimental::exp(-0.5f * z * z);
+}
+}  // namespace
 
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
                     Activation activation) {
@@ -48,7 +64,57 @@ void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation) {
           "meshtrain::bias_tanh", Policy2D({0, 0}, {n, out}),
           KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = Kokkos::Experimental::tanh(y(i, j) + b(j)); });
       break;
+    case Activation::Gelu:
+      Kokkos::parallel_for(
+          "meshtrain::bias_gelu", Policy2D({0, 0}, {n, out}),
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = gelu(y(i, j) + b(j)); });
+      break;
   }
+}
+
+void matmul_add(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y) {
+  if (y.extent(0) == 0 || y.extent(1) == 0 || x.extent(1) == 0) return;
+  KokkosBlas::gemm("N", "N", 1.0f, x, w, 1.0f, y);
+}
+
+void activation_forward(ConstMatrixRef z, MatrixRef y, Activation activation) {
+  const auto n = z.extent(0);
+  const auto out = z.extent(1);
+  if (n == 0) return;
+  Kokkos::parallel_for(
+      "meshtrain::activation", Policy2D({0, 0}, {n, out}),
+      KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
+        const float v = z(i, j);
+        switch (activation) {
+          case Activation::Identity: y(i, j) = v; break;
+          case Activation::ReLU: y(i, j) = v > 0.0f ? v : 0.0f; break;
+          case Activation::Tanh: y(i, j) = Kokkos::Experimental::tanh(v); break;
+          case Activation::Gelu: y(i, j) = gelu(v); break;
+        }
+      });
+}
+
+void activation_backward_from_input(ConstMatrixRef z, MatrixRef dy, Activation activation) {
+  const auto n = z.extent(0);
+  const auto out = z.extent(1);
+  if (n == 0 || activation == Activation::Identity) return;
+  Kokkos::parallel_for(
+      "meshtrain::activation_backward_from_input", Policy2D({0, 0}, {n, out}),
+      KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
+        const float v = z(i, j);
+        switch (activation) {
+          case Activation::Identity: break;
+          case Activation::ReLU:
+            if (!(v > 0.0f)) dy(i, j) = 0.0f;
+            break;
+          case Activation::Tanh: {
+            const float t = Kokkos::Experimental::tanh(v);
+            dy(i, j) *= 1.0f - t * t;
+            break;
+          }
+          case Activation::Gelu: dy(i, j) *= gelu_derivative(v); break;
+        }
+      });
 }
 
 void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation) {
@@ -71,6 +137,10 @@ void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation) 
             dy(i, j) *= 1.0f - y(i, j) * y(i, j);
           });
       return;
+    case Activation::Gelu:
+      throw std::logic_error("activation_backward: " + name_of(activation) +
+                             "'s derivative needs the pre-activation "
+                             "(activation_backward_from_input)");
   }
 }
 
@@ -106,6 +176,12 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
 
 void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {
   if (dx.extent(0) > 0 && dx.extent(1) > 0) KokkosBlas::gemm("N", "T", 1.0f, dz, w, 0.0f, dx);
+}
+
+void linear_backward_input_add(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {
+  if (dx.extent(0) > 0 && dx.extent(1) > 0 && dz.extent(1) > 0) {
+    KokkosBlas::gemm("N", "T", 1.0f, dz, w, 1.0f, dx);
+  }
 }
 
 void mse_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float scale, MatrixRef dpred,

@@ -508,7 +508,7 @@ class Help(unittest.TestCase):
                      '"auto" | "thread" | "poll"', 'nonfinite = "abort"', '"abort" | "skip"',
                      'strategy = "data"', '"data" | "fsdp"', 'comm = "auto"',
                      '"auto" | "mpi" | "nccl"', 'activation = "relu"',
-                     '"relu" | "tanh" | "identity"'):
+                     '"relu" | "tanh" | "gelu" | "identity"'):
             self.assertIn(line, r.stdout)
 
 
@@ -539,8 +539,8 @@ class BadInput(unittest.TestCase):
              "CONFIG:2: training.num_epochs: 0 is out of range (at least 1)"),
             ("widths = [4, 16, 1]\n", "widths = [4, 16, 1.5]\n",
              "CONFIG:9: model.widths[2]: expected an integer, got float"),
-            ("activation = \"tanh\"\n", "activation = \"gelu\"\n",
-             "CONFIG:10: model.activation: 'gelu' is not one of relu, tanh, identity"),
+            ("activation = \"tanh\"\n", "activation = \"swish\"\n",
+             "CONFIG:10: model.activation: 'swish' is not one of relu, tanh, gelu, identity"),
             ("keep_last = 2\n", "keep_last = 2\nkeep = 2\n", "CONFIG:22: checkpoint.keep: unknown key"),
             ("shuffle = true\n", "shuffle = yes\n", "CONFIG:5: invalid TOML"),
             ("[model]\n", "[distributed]\nmesh_shape = [3]\n\n[model]\n",

@@ -7,7 +7,7 @@ namespace meshtrain {
 // y = act(x W + b): kernel W (in x out, row-major, as Flax stores it) then bias b (out),
 // the activation fused into the bias kernel. Kernels are initialised LeCun-normal as Flax
 // does (truncated to +-2 sigma, then std = sqrt(1 / fan_in) / 0.87962566103423978), biases
-// zero.
+// zero. GELU keeps its pre-activation in the layer's scratch for backward.
 class Dense final : public Layer {
  public:
   Dense(std::size_t in, std::size_t out, Activation activation);
@@ -19,6 +19,7 @@ class Dense final : public Layer {
   Activation activation() const { return activation_; }
 
   void initialize(float* block, Random& rng) const override;
+  std::size_t scratch_size(std::size_t max_rows) const override;
 
   void forward(const LayerPass& pass, ConstMatrixRef x, const float* params,
                MatrixRef y) const override;

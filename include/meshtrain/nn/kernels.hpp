@@ -19,8 +19,22 @@ void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y);
 // gemm result must be summed across ranks before the bias and activation.
 void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation);
 
+// y += x W: one gemm, adding to what y holds (a second path into the same output).
+void matmul_add(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y);
+
+// y = act(z), elementwise (z and y may be the same view).
+void activation_forward(ConstMatrixRef z, MatrixRef y, Activation activation);
+
+// Whether act'(z) must be taken from the pre-activation z: GELU's derivative cannot be
+// recovered from its output (it is not monotonic), unlike those of relu, tanh and identity.
+constexpr bool needs_preactivation(Activation activation) { return activation == Activation::Gelu; }
+
 // dy <- dy * act'(.) in place, with the derivative taken from the activation's output y.
+// Throws std::logic_error for an activation that needs_preactivation.
 void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation);
+
+// dy <- dy * act'(z) in place, with the derivative taken from the pre-activation z.
+void activation_backward_from_input(ConstMatrixRef z, MatrixRef dy, Activation activation);
 
 // Given dz = dL/d(xW + b): dW = x^T dz, db = sum over rows of dz and, if dx is non-empty,
 // dx = dz W^T. Overwrites dW, db and dx.
@@ -30,6 +44,9 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
 // dx = dz W^T: the part of linear_backward that the layer below needs, split out so that a
 // layer's parameter gradients can be handed to the all-reduce before it runs.
 void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);
+
+// dx += dz W^T: the same, adding to what dx holds.
+void linear_backward_input_add(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);
 
 // Mean squared error over a global batch of which (pred, target) is this rank's shard:
 // dpred = 2 (pred - target) * scale and loss_out() = scale * sum (pred - target)^2, where
