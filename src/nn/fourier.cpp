@@ -403,4 +403,24 @@ void FourierLayer2d::backward_input(const LayerPass& pass, ConstMatrixRef dy, co
                             per_point(dx.data(), rows, in_));
 }
 
+std::string GridCoordinates2d::describe() const {
+  return "grid2d(" + std::to_string(s1_) + ", " + std::to_string(s2_) + ", " +
+         std::to_string(channels_) + ")";
+}
+
+std::string Pointwise::describe() const {
+  return "pointwise(" + std::to_string(in_) + ", " + std::to_string(out_) + ", " +
+         std::to_string(points_) + ", " + name_of(activation_) + ")";
+}
+
+std::string SpectralConv2d::describe() const {
+  return "spectral_conv2d(" + std::to_string(in_) + ", " + std::to_string(out_) + ", " +
+         std::to_string(s1_) + ", " + std::to_string(s2_) + ", " + std::to_string(modes1_) +
+         ", " + std::to_string(modes2_) + ")";
+}
+
+std::string FourierLayer2d::describe() const {
+  return "fourier2d(" + spectral_.describe() + ", " + name_of(activation_) + ")";
+}
+
 }  // namespace meshtrain

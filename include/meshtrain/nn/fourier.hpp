@@ -45,6 +45,7 @@ class GridCoordinates2d final : public ReplicatedLayer {
   GridCoordinates2d(std::size_t s1, std::size_t s2, std::size_t channels);
 
   std::string name() const override { return "GridCoordinates2d"; }
+  std::string describe() const override;
   std::unique_ptr<Layer> clone() const override {
     return std::make_unique<GridCoordinates2d>(*this);
   }
@@ -74,6 +75,7 @@ class Pointwise final : public ReplicatedLayer {
   Pointwise(std::size_t in, std::size_t out, std::size_t points, Activation activation);
 
   std::string name() const override { return "Pointwise"; }
+  std::string describe() const override;
   std::unique_ptr<Layer> clone() const override { return std::make_unique<Pointwise>(*this); }
   std::size_t in_features() const override { return points_ * in_; }
   std::size_t out_features() const override { return points_ * out_; }
@@ -109,6 +111,7 @@ class SpectralConv2d final : public ReplicatedLayer {
                  std::size_t modes1, std::size_t modes2);
 
   std::string name() const override { return "SpectralConv2d"; }
+  std::string describe() const override;
   std::unique_ptr<Layer> clone() const override {
     return std::make_unique<SpectralConv2d>(*this);
   }
@@ -152,6 +155,7 @@ class FourierLayer2d final : public ReplicatedLayer {
                  std::size_t modes1, std::size_t modes2, Activation activation);
 
   std::string name() const override { return "FourierLayer2d"; }
+  std::string describe() const override;
   std::unique_ptr<Layer> clone() const override {
     return std::make_unique<FourierLayer2d>(*this);
   }
