@@ -212,9 +212,9 @@ CgReport solve_darcy(int resolution, std::span<const double> a, std::span<const 
   if (!(r_norm <= target)) {
     throw std::runtime_error("solve_darcy: conjugate gradients did not converge at resolution " +
                              std::to_string(resolution) + (breakdown ? " (breakdown)" : "") +
-                             ": relative residual " +
-                             number(r_norm / b_norm) + " after " + std::to_string(iterations) +
-                             " iterations, target " + number(tolerance));
+                             ": relative residual " + number(r_norm / b_norm) + " after " +
+                             std::to_string(iterations) + " iterations, target " +
+                             number(tolerance));
   }
   std::copy(x.begin(), x.end(), u.begin());
   return {static_cast<int>(iterations), r_norm / b_norm};

@@ -51,7 +51,7 @@ struct CgReport {
 // values are not used. The system is symmetric positive definite; it is solved in double
 // precision by conjugate gradients with Jacobi (diagonal) preconditioning, from u = 0, until
 // the true residual satisfies ||f - A u||_2 <= tolerance * ||f||_2 (checked on the recomputed
-// residual, not only the recurrence's). max_iterations 0 means the number of unknowns, CG's
+// residual, not only the recurrence's). max_iterations <= 0 means the number of unknowns, CG's
 // bound in exact arithmetic.
 // Throws std::invalid_argument for sizes that do not match s * s, resolution < 3, a tolerance
 // outside (0, 1) or a coefficient that is not finite and positive, and std::runtime_error
