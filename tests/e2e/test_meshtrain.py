@@ -689,6 +689,26 @@ class DarcyData(unittest.TestCase):
                          r"CG iterations [0-9]+ to [0-9]+ "
                          r"\(relative residual <= [0-9.e+-]+\); wrote .*/x\.npy and .*/y\.npy$")
 
+    def test_train_reads_the_files_flattened(self):
+        out = os.path.join(self.dir, "small")
+        made = launch(2, "data", "darcy", "--samples", "8", "--resolution", "5", "-o", out)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        config = make_run("darcy-train", f"""\
+[training]
+num_epochs = 1
+batch_size = 4
+
+[model]
+widths = [25, 8, 25]
+
+[data]
+train_x = "{out}/x.npy"
+train_y = "{out}/y.npy"
+""")
+        r = launch(2, "train", "--config", config, "--progress", "lines")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"(?m)^epoch 1/1: train loss")
+
     def test_help(self):
         r = launch(2, "data", "darcy", "--help")
         self.assertEqual(r.returncode, 0, r.stderr)
