@@ -655,6 +655,17 @@ class DarcyData(unittest.TestCase):
                 with open(os.path.join(three, name), "rb") as f3:
                     self.assertEqual(f1.read(), f3.read(), name)
 
+    def test_fewer_samples_than_ranks_are_the_first_samples_of_a_larger_set(self):
+        out = os.path.join(self.dir, "two")
+        r = launch(3, "data", "darcy", "--samples", "2", "--resolution", "16", "--seed", "5",
+                   "-o", out)
+        self.assertEqual(r.returncode, 0, r.stderr)  # the third rank has no sample
+        seven, _ = self.run_of("np1")
+        for name in ("x.npy", "y.npy"):
+            shape, values = read_npy(os.path.join(out, name))
+            self.assertEqual(shape, (2, 16, 16, 1))
+            self.assertEqual(values, read_npy(os.path.join(seven, name))[1][:2 * 16 * 16], name)
+
     def test_another_seed_gives_other_data(self):
         one, _ = self.run_of("np1")
         other, _ = self.run_of("seed6")
