@@ -96,6 +96,45 @@ TEST(Npy, ReadsVersion3AndLargeFloat64Matrix) {
   EXPECT_EQ(c.data[12345], static_cast<float>(values[12345]));
 }
 
+TEST(Npy, ReadsThreeAndFourDimensionsAndFlattensThemPerSample) {
+  TempDir dir("meshtrain-npy");
+  std::vector<float> values(2 * 3 * 4);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i) - 5.0f;
+  write_file(dir.file("t.npy"), npy_file(dict("<f4", "(2, 3, 4)"), bytes_of(values)));
+  const NpyArray t = read_npy(dir.file("t.npy"));
+  EXPECT_EQ(t.shape, (std::vector<std::size_t>{2, 3, 4}));
+  EXPECT_EQ(t.data, values);
+  const NpyArray t_matrix = as_matrix(t);
+  EXPECT_EQ(t_matrix.shape, (std::vector<std::size_t>{2, 12}));
+  EXPECT_EQ(t_matrix.data, values);
+
+  // (N, s, s, C) as a field generator writes it, float64 on disk.
+  std::vector<double> field(2 * 3 * 3 * 1);
+  for (std::size_t i = 0; i < field.size(); ++i) field[i] = 0.25 * static_cast<double>(i);
+  write_file(dir.file("f.npy"), npy_file(dict("<f8", "(2, 3, 3, 1)"), bytes_of(field), 2));
+  const NpyArray f = read_npy(dir.file("f.npy"));
+  EXPECT_EQ(f.shape, (std::vector<std::size_t>{2, 3, 3, 1}));
+  ASSERT_EQ(f.data.size(), field.size());
+  for (std::size_t i = 0; i < field.size(); ++i) EXPECT_EQ(f.data[i], static_cast<float>(field[i]));
+  EXPECT_EQ(as_matrix(f).shape, (std::vector<std::size_t>{2, 9}));
+
+  // A zero-size axis is a well-formed empty array, as in 2-D.
+  write_file(dir.file("e.npy"), npy_file(dict("<f4", "(0, 3, 3, 1)"), ""));
+  EXPECT_EQ(as_matrix(read_npy(dir.file("e.npy"))).shape, (std::vector<std::size_t>{0, 9}));
+}
+
+TEST(Npy, WriteNpyRoundTripsFourDimensions) {
+  TempDir dir("meshtrain-npy");
+  std::vector<float> values(3 * 2 * 2 * 1);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = 1.0f / static_cast<float>(i + 1);
+  const std::string path = dir.file("w4.npy");
+  write_npy(path, {3, 2, 2, 1}, values.data());
+  EXPECT_TRUE(contains(read_file(path), "'shape': (3, 2, 2, 1), }"));
+  const NpyArray back = read_npy(path);
+  EXPECT_EQ(back.shape, (std::vector<std::size_t>{3, 2, 2, 1}));
+  EXPECT_EQ(back.data, values);
+}
+
 TEST(Npy, AcceptsHeaderVariantsOtherWritersProduce) {
   TempDir dir("meshtrain-npy");
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
@@ -280,12 +319,12 @@ TEST(Npy, RejectsNanAndInfNamingTheFirstIndex) {
       << message;
 }
 
-TEST(Npy, RejectsScalarsAndMoreThanTwoDimensions) {
+TEST(Npy, RejectsScalarsAndMoreThanFourDimensions) {
   std::string message =
       read_error(npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", std::string(4, '\0')));
-  EXPECT_TRUE(contains(message, "0-d array")) << message;
-  message = read_error(npy_file(dict("<f4", "(2, 2, 2)"), std::string(32, '\0')));
-  EXPECT_TRUE(contains(message, "has shape (2, 2, 2): 3 dimensions, expected 1 or 2")) << message;
+  EXPECT_TRUE(contains(message, "0-d array (a scalar); expected 1 to 4 dimensions")) << message;
+  message = read_error(npy_file(dict("<f4", "(2, 1, 1, 1, 2)"), std::string(16, '\0')));
+  EXPECT_TRUE(contains(message, "has shape (2, 1, 1, 1, 2): 5 dimensions, expected 1 to 4")) << message;
   message = read_error(npy_file(dict("<f4", "(4294967296, 4294967296)"), ""));
   EXPECT_TRUE(contains(message, "is too large")) << message;
 }

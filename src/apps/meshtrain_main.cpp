@@ -1,7 +1,9 @@
 // meshtrain: the command line.
 //   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume latest|PATH]
 //   meshtrain plot metrics.csv [-o loss.png]
-// Launch `train` with mpirun (or launch/mpirun.sh); every rank runs the same command.
+//   meshtrain data darcy --samples N --resolution S [--seed K] -o DIR
+// Launch `train` and `data` with mpirun (or launch/mpirun.sh); every rank runs the same
+// command.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -16,6 +18,7 @@
 #include "meshtrain/cli/parse.hpp"
 #include "meshtrain/meshtrain.hpp"
 #include "meshtrain/train/checkpoint_state.hpp"
+#include "data_darcy.hpp"
 #include "plot_metrics.hpp"
 #include "root_io.hpp"
 #include "run_checkpoints.hpp"
@@ -88,8 +91,10 @@ struct CommandLine {
       "meshtrain"};
   CLI::App* train = nullptr;
   CLI::App* plot = nullptr;
+  CLI::App* data = nullptr;
   TrainOptions train_options;
   PlotOptions plot_options;
+  DarcyOptions darcy_options;
 
   CommandLine() {
     app.require_subcommand(1);
@@ -124,6 +129,8 @@ struct CommandLine {
     plot->add_option("-o,--output", p.output, "The PNG to write (default: METRICS with .png)")
         ->type_name("PNG");
     plot->add_option("--title", p.title, "Title of the plot")->default_str(p.title);
+
+    data = add_data_command(app, darcy_options);
   }
 };
 
@@ -327,6 +334,7 @@ int main(int argc, char** argv) {
   return meshtrain::cli::run_main("meshtrain", argc, argv, [&](DistributedManager& dm) {
     CommandLine cli;
     if (parse(cli, argc, argv, dm.rank() == 0)) return 0;
+    if (*cli.data) return run_data_darcy(dm, cli.darcy_options);
     return train(dm, cli.train_options);
   });
 }

@@ -29,6 +29,8 @@ namespace {
 constexpr char kMagic[] = "\x93NUMPY";
 constexpr std::size_t kMagicSize = 6;
 constexpr std::size_t kAlignment = 64;  // numpy pads the header so the data starts here
+// Samples of fields on a 2-D grid with channels, (N, s, s, C), are the largest we read.
+constexpr std::size_t kMaxDimensions = 4;
 
 struct FileCloser {
   void operator()(std::FILE* f) const { std::fclose(f); }
@@ -289,10 +291,13 @@ NpyLayout check_layout(const NpyHeader& header, std::uintmax_t payload_bytes,
     layout.item_size = 8;
   else
     fail(path, "unsupported dtype '" + header.descr + "' (supported: '<f4' float32, '<f8' float64)");
-  if (header.shape.empty()) fail(path, "holds a 0-d array (a scalar); expected 1 or 2 dimensions");
-  if (header.shape.size() > 2) {
+  if (header.shape.empty()) {
+    fail(path, "holds a 0-d array (a scalar); expected 1 to " + std::to_string(kMaxDimensions) +
+                   " dimensions");
+  }
+  if (header.shape.size() > kMaxDimensions) {
     fail(path, "has shape " + shape_text(header.shape) + ": " + std::to_string(header.shape.size()) +
-                   " dimensions, expected 1 or 2");
+                   " dimensions, expected 1 to " + std::to_string(kMaxDimensions));
   }
   const auto count = checked_product(header.shape, 1);
   const auto expected_bytes = checked_product(header.shape, layout.item_size);
@@ -341,6 +346,12 @@ NpyArray read_npy(const std::string& path) {
 
 NpyArray as_matrix(NpyArray array) {
   if (array.shape.size() == 1) array.shape.push_back(1);
+  if (array.shape.size() > 2) {
+    // Row-major: each sample's trailing axes are already contiguous, so only the shape changes.
+    std::size_t columns = 1;
+    for (std::size_t i = 1; i < array.shape.size(); ++i) columns *= array.shape[i];
+    array.shape = {array.shape[0], columns};
+  }
   return array;
 }
 

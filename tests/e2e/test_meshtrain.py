@@ -615,6 +615,155 @@ class BadInput(unittest.TestCase):
         self.check("cannot open: no such file", "--resume", os.path.join(WORK, "none.safetensors"))
 
 
+def read_npy(path):
+    """(shape, float32 values) of a '<f4' C-order .npy file as meshtrain writes it."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    assert blob[:8] == b"\x93NUMPY\x01\x00", blob[:8]
+    (n,) = struct.unpack("<H", blob[8:10])
+    header = blob[10:10 + n].decode("latin1")
+    assert "'descr': '<f4'" in header and "'fortran_order': False" in header, header
+    dims = re.search(r"'shape': \(([^)]*)\)", header).group(1).split(",")
+    shape = tuple(int(d) for d in dims if d.strip())
+    return shape, floats(blob[10 + n:])
+
+
+class DarcyData(unittest.TestCase):
+    """meshtrain data darcy: the files, their values, the same bytes from 1 and 3 ranks."""
+
+    ARGS = ["data", "darcy", "--samples", "7", "--resolution", "16"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = os.path.join(WORK, "darcy")
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        cls.runs = {}
+        for name, np_, seed in (("np1", 1, "5"), ("np3", 3, "5"), ("seed6", 2, "6")):
+            out = os.path.join(cls.dir, name, "made", "here")  # created with its parents
+            cls.runs[name] = (out, launch(np_, *cls.ARGS, "--seed", seed, "-o", out))
+
+    def run_of(self, name):
+        out, result = self.runs[name]
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return out, result
+
+    def test_one_and_three_ranks_write_the_same_bytes(self):
+        one, _ = self.run_of("np1")
+        three, _ = self.run_of("np3")
+        for name in ("x.npy", "y.npy"):
+            with open(os.path.join(one, name), "rb") as f1:
+                with open(os.path.join(three, name), "rb") as f3:
+                    self.assertEqual(f1.read(), f3.read(), name)
+
+    def test_fewer_samples_than_ranks_are_the_first_samples_of_a_larger_set(self):
+        out = os.path.join(self.dir, "two")
+        r = launch(3, "data", "darcy", "--samples", "2", "--resolution", "16", "--seed", "5",
+                   "-o", out)
+        self.assertEqual(r.returncode, 0, r.stderr)  # the third rank has no sample
+        seven, _ = self.run_of("np1")
+        for name in ("x.npy", "y.npy"):
+            shape, values = read_npy(os.path.join(out, name))
+            self.assertEqual(shape, (2, 16, 16, 1))
+            self.assertEqual(values, read_npy(os.path.join(seven, name))[1][:2 * 16 * 16], name)
+
+    def test_another_seed_gives_other_data(self):
+        one, _ = self.run_of("np1")
+        other, _ = self.run_of("seed6")
+        for name in ("x.npy", "y.npy"):
+            self.assertNotEqual(read_npy(os.path.join(one, name))[1],
+                                read_npy(os.path.join(other, name))[1])
+
+    def test_coefficient_and_solution(self):
+        out, _ = self.run_of("np3")
+        x_shape, a = read_npy(os.path.join(out, "x.npy"))
+        y_shape, u = read_npy(os.path.join(out, "y.npy"))
+        self.assertEqual(x_shape, (7, 16, 16, 1))
+        self.assertEqual(y_shape, (7, 16, 16, 1))
+        s = 16
+        for n in range(7):
+            sample_a = a[n * s * s:(n + 1) * s * s]
+            self.assertEqual(set(sample_a), {3.0, 12.0}, n)
+            for i in range(s):
+                for j in range(s):
+                    v = u[n * s * s + i * s + j]
+                    if i in (0, s - 1) or j in (0, s - 1):
+                        self.assertEqual(v, 0.0, (n, i, j))
+                    else:
+                        self.assertGreater(v, 0.0, (n, i, j))
+
+    def test_summary_line(self):
+        _, result = self.run_of("np3")
+        lines = result.stdout.splitlines()
+        self.assertEqual(len(lines), 1, result.stdout)  # rank 0 only
+        self.assertRegex(lines[0], r"^meshtrain: darcy: 7 samples at 16 x 16 on 3 rank\(s\) in "
+                         r"[0-9.e+-]+ s: a in \[3, 12\], u in \[0, 0\.0[0-9]+\], "
+                         r"CG iterations [0-9]+ to [0-9]+ "
+                         r"\(relative residual <= [0-9.e+-]+\); wrote .*/x\.npy and .*/y\.npy$")
+
+    def test_train_reads_the_files_flattened(self):
+        out = os.path.join(self.dir, "small")
+        made = launch(2, "data", "darcy", "--samples", "8", "--resolution", "5", "-o", out)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        config = make_run("darcy-train", f"""\
+[training]
+num_epochs = 1
+batch_size = 4
+
+[model]
+widths = [25, 8, 25]
+
+[data]
+train_x = "{out}/x.npy"
+train_y = "{out}/y.npy"
+""")
+        r = launch(2, "train", "--config", config, "--progress", "lines")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"(?m)^epoch 1/1: train loss")
+
+    def test_help(self):
+        r = launch(2, "data", "darcy", "--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for word in ("--samples", "--resolution", "--seed", "--tolerance", "--output",
+                     "(N, S, S, 1)", "EXIT CODES"):
+            self.assertIn(word, r.stdout)
+        self.assertEqual(r.stdout.count("--resolution"), 1)  # rank 0 only
+        self.assertIn("data", launch(1, "--help").stdout)
+
+    def test_bad_input(self):
+        blocker = os.path.join(WORK, "a-file")
+        with open(blocker, "w") as f:
+            f.write("not a directory\n")
+        good = ["--samples", "3", "--resolution", "8"]
+        out = ["-o", os.path.join(WORK, "darcy-bad")]
+        cases = [
+            (["--samples", "0", "--resolution", "8", *out], "--samples 0: must be at least 1"),
+            (["--samples", "-2", "--resolution", "8", *out], "--samples -2: must be at least 1"),
+            (["--samples", "x3", "--resolution", "8", *out], "--samples 'x3': not an integer"),
+            (["--samples", "3", "--resolution", "2", *out], "--resolution 2: must be at least 3"),
+            (["--samples", "3", "--resolution", "8.5", *out], "--resolution '8.5': not an integer"),
+            ([*good, "--seed", "-1", *out], "--seed '-1': must not be negative"),
+            ([*good, "--tolerance", "0", *out], "--tolerance 0: must be in (0, 1)"),
+            ([*good], "--output is required"),
+            (["--resolution", "8", *out], "--samples is required"),
+            ([*good, "-o", os.path.join(blocker, "sub")],
+             f"-o '{os.path.join(blocker, 'sub')}': cannot create the directory: Not a directory"),
+            ([*good, "-o", blocker], f"-o '{blocker}': "),
+            (["--samples", "2000000000", "--resolution", "40000", *out], "GiB, more than the"),
+            (["--samples", "2000000000", "--resolution", "100000", *out],
+             "--samples 2000000000: 2000000000 x 100000^2 values are too many"),
+            ([*good, *out, "--bogus"], "--bogus"),
+        ]
+        for args, expected in cases:
+            with self.subTest(args=args):
+                r = launch(2, "data", "darcy", *args, timeout=30)
+                one_error_line(self, r, expected)
+                self.assertEqual(r.returncode, 2)
+                self.assertEqual(r.stdout, "")
+        self.assertFalse(os.path.exists(os.path.join(WORK, "darcy-bad", "x.npy")))
+        r = launch(2, "data", timeout=30)
+        one_error_line(self, r, "A subcommand is required")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
