@@ -90,6 +90,14 @@ inline constexpr Choice<NonFinite> kNonFiniteChoices[] = {
 };
 constexpr std::span<const Choice<NonFinite>> choice_table(NonFinite) { return kNonFiniteChoices; }
 
+// What `meshtrain train` builds from [model].
+enum class ModelType { Mlp, Fno };
+inline constexpr Choice<ModelType> kModelTypeChoices[] = {
+    {ModelType::Mlp, "mlp", "dense layers: widths, activation"},
+    {ModelType::Fno, "fno", "a 2-D Fourier Neural Operator: modes, width, layers, projection"},
+};
+constexpr std::span<const Choice<ModelType>> choice_table(ModelType) { return kModelTypeChoices; }
+
 // The training loss, a mean over the global batch.
 enum class Loss { Mse, RelativeL2 };
 inline constexpr Choice<Loss> kLossChoices[] = {

@@ -8,6 +8,7 @@
 #include "meshtrain/error.hpp"
 #include "meshtrain/mesh/device_mesh.hpp"
 #include "meshtrain/mesh/distributed_config.hpp"
+#include "meshtrain/nn/fno.hpp"
 #include "meshtrain/nn/mlp.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/runtime/distributed_manager.hpp"

@@ -159,6 +159,34 @@ std::string widths_text(const std::vector<int>& widths) {
   return out + "]";
 }
 
+// The model [model] describes; an FNO takes its grid and channels from the data.
+Model build_model(const RunConfig& config, const TrainingData& data) {
+  const ModelSettings& m = config.model;
+  if (m.type == ModelType::Mlp) return Mlp(m.widths, m.activation, config.training.seed);
+  FnoConfig fno;
+  fno.s1 = static_cast<int>(data.x_sample_shape[0]);
+  fno.s2 = static_cast<int>(data.x_sample_shape[1]);
+  fno.in_channels = static_cast<int>(data.x_sample_shape[2]);
+  fno.out_channels = static_cast<int>(data.y_sample_shape[2]);
+  fno.modes1 = fno.modes2 = m.modes;
+  fno.width = m.width;
+  fno.layers = m.layers;
+  fno.projection = m.projection;
+  fno.seed = config.training.seed;
+  return make_fno2d(fno);
+}
+
+std::string model_text(const RunConfig& config, const TrainingData& data) {
+  const ModelSettings& m = config.model;
+  if (m.type == ModelType::Mlp) {
+    return "widths " + widths_text(m.widths) + ", " + name_of(m.activation);
+  }
+  return "fno on a " + std::to_string(data.x_sample_shape[0]) + " x " +
+         std::to_string(data.x_sample_shape[1]) + " grid, modes " + std::to_string(m.modes) +
+         ", width " + std::to_string(m.width) + ", " + std::to_string(m.layers) +
+         " Fourier layers, projection " + std::to_string(m.projection);
+}
+
 void print_header(const RunConfig& config, const Trainer& trainer, const DistributedManager& dm,
                   const TrainingData& data, const std::optional<ResumePoint>& resumed) {
   const TrainingConfig& t = trainer.config();
@@ -169,8 +197,8 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
               dm.backend_name().c_str(), trainer.gradient_backend().c_str());
   std::printf("Mesh:        shape %s, axes %s, strategy %s\n", format_shape(d.mesh_shape).c_str(),
               format_axis_names(d.mesh_axis_names).c_str(), name_of(d.strategy).c_str());
-  std::printf("Model:       widths %s, %s, %zu parameters\n", widths_text(config.model.widths).c_str(),
-              name_of(config.model.activation).c_str(), model.num_parameters());
+  std::printf("Model:       %s, %zu parameters, loss %s\n", model_text(config, data).c_str(),
+              model.num_parameters(), name_of(t.loss).c_str());
   std::printf("Data:        %s\n", data.description.c_str());
   std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g, shuffle %s\n",
               t.num_epochs, trainer.batches_per_epoch(), t.batch_size, name_of(t.optimizer).c_str(),
@@ -223,12 +251,10 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   // The mesh first: a config that does not fit the job fails before the model is built.
   const auto groups = locating_errors(
       config, [&] { return dm.process_groups(config.training.distributed_config); });
-  Mlp model = locating_errors(config, [&] {
-    return Mlp(config.model.widths, config.model.activation, config.training.seed);
-  });
+  const TrainingData data = load_training_data(config, world);
+  Model model = locating_errors(config, [&] { return build_model(config, data); });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, groups); });
-  const TrainingData data = load_training_data(config, world);
   RunCheckpoints checkpoints(config, world);
   const std::size_t samples = data.x.extent(0);
   locating_errors(config, [&] {

@@ -89,14 +89,19 @@ const std::vector<SectionSpec>& schema() {
         {"debug_collectives", "boolean", "false",
          "compare every collective across ranks before running it (slower)"}}},
       {"model",
-       {{"widths", "array of integers >= 1", "[4, 64, 1]",
-         "{in, hidden..., out}; or give input/hidden/layers/output"},
-        {"input", "integer >= 1", "4", "input features"},
-        {"hidden", "integer >= 1", "64", "width of each hidden layer"},
-        {"layers", "integer >= 0", "1", "number of hidden layers"},
-        {"output", "integer >= 1", "1", "outputs"},
+       {{"type", choice_type<ModelType>(), quoted(ModelSettings{}.type), choice_help<ModelType>()},
+        {"widths", "array of integers >= 1", "[4, 64, 1]",
+         "mlp: {in, hidden..., out}; or give input/hidden/layers/output"},
+        {"input", "integer >= 1", "4", "mlp: input features"},
+        {"hidden", "integer >= 1", "64", "mlp: width of each hidden layer"},
+        {"layers", "integer >= 0", "1 (fno: 4)", "mlp: hidden layers; fno: Fourier layers (>= 1)"},
+        {"output", "integer >= 1", "1", "mlp: outputs"},
         {"activation", choice_type<Activation>(), quoted(ModelSettings{}.activation),
-         "after each hidden layer; the output layer is linear"}}},
+         "mlp: after each hidden layer; the output layer is linear"},
+        {"modes", "integer >= 1", "12",
+         "fno: Fourier modes kept per axis (at most s/2); the grid comes from the data"},
+        {"width", "integer >= 1", "32", "fno: channels inside the Fourier layers"},
+        {"projection", "integer >= 1", "128", "fno: channels of the projection's hidden layer"}}},
       {"data",
        {{"train_x", "path", "-", ".npy (samples, inputs), float32/float64, C order"},
         {"train_y", "path", "-", ".npy (samples, outputs), or (samples,) for one output"},
@@ -481,8 +486,33 @@ void read_distributed(SettingsReader& r, DistributedConfig& d) {
   if (auto v = r.boolean(s, "debug_collectives")) d.debug_collectives = *v;
 }
 
+// Keys that belong to the other model type are errors, not silently ignored.
+void refuse_keys(SettingsReader& r, const std::vector<const char*>& keys, const char* type) {
+  for (const char* key : keys) {
+    if (r.has("model", key)) {
+      r.fail(*r.find("model", key), std::string("model.") + key,
+             std::string("only with type = \"") + type + "\"");
+    }
+  }
+}
+
+void read_fno(SettingsReader& r, ModelSettings& m) {
+  const std::string s = "model";
+  refuse_keys(r, {"widths", "input", "hidden", "output", "activation"}, "mlp");
+  m.modes = static_cast<int>(r.integer(s, "modes", 1).value_or(m.modes));
+  m.width = static_cast<int>(r.integer(s, "width", 1).value_or(m.width));
+  m.layers = static_cast<int>(r.integer(s, "layers", 1, 1000).value_or(m.layers));
+  m.projection = static_cast<int>(r.integer(s, "projection", 1).value_or(m.projection));
+}
+
 void read_model(SettingsReader& r, ModelSettings& m) {
   const std::string s = "model";
+  if (auto v = r.choice<ModelType>(s, "type")) m.type = *v;
+  if (m.type == ModelType::Fno) {
+    read_fno(r, m);
+    return;
+  }
+  refuse_keys(r, {"modes", "width", "projection"}, "fno");
   const bool parts =
       r.has(s, "input") || r.has(s, "hidden") || r.has(s, "layers") || r.has(s, "output");
   if (auto widths = r.integer_list(s, "widths", 1)) {
@@ -572,6 +602,11 @@ const std::map<std::string, std::string>& library_fields() {
       {"comm", "distributed.comm"},
       {"collective_timeout", "distributed.collective_timeout"},
       {"model widths", "model.widths"},
+      {"modes1", "model.modes"},
+      {"modes2", "model.modes"},
+      {"width", "model.width"},
+      {"layers", "model.layers"},
+      {"projection", "model.projection"},
       {"activation", "model.activation"},
       {"samples", "data.samples"},
       {"dim", "data.dim"},

@@ -14,8 +14,15 @@
 namespace meshtrain::app {
 
 struct ModelSettings {
-  std::vector<int> widths{4, 64, 1};  // {in, hidden..., out}
-  Activation activation = Activation::ReLU;
+  ModelType type = ModelType::Mlp;
+  std::vector<int> widths{4, 64, 1};  // mlp: {in, hidden..., out}
+  Activation activation = Activation::ReLU;  // mlp
+  // fno: modes per axis, channels, Fourier layers, projection channels; the grid and the
+  // channels in and out come from the data's shape (N, s1, s2, C).
+  int modes = 12;
+  int width = 32;
+  int layers = 4;
+  int projection = 128;
 };
 
 struct DataSettings {

@@ -1,6 +1,7 @@
 #include "training_data.hpp"
 
 #include <algorithm>
+#include <tuple>
 
 #include "meshtrain/data/dataset.hpp"
 #include "meshtrain/data/npy.hpp"
@@ -17,10 +18,15 @@ std::string shape_text(const HostMatrix& m) {
 }
 
 // Reads one .npy file as a (rows, columns) matrix; errors name the key that gave the path.
-HostMatrix read_matrix(const RunConfig& config, const std::string& key, const std::string& path) {
+// sample_shape receives the file's shape after its first axis.
+HostMatrix read_matrix(const RunConfig& config, const std::string& key, const std::string& path,
+                       std::vector<std::size_t>& sample_shape) {
   NpyArray array;
   try {
-    array = as_matrix(read_npy(path));
+    array = read_npy(path);
+    sample_shape.assign(array.shape.begin() + 1, array.shape.end());
+    if (sample_shape.empty()) sample_shape = {1};
+    array = as_matrix(std::move(array));
   } catch (const ConfigError& e) {
     throw ConfigError(config.where(key) + ": " + e.what());
   }
@@ -33,10 +39,40 @@ HostMatrix read_matrix(const RunConfig& config, const std::string& key, const st
   return m;
 }
 
+std::string shape_text(const std::vector<std::size_t>& shape) {
+  std::vector<int> dims;
+  for (std::size_t d : shape) dims.push_back(static_cast<int>(d));
+  return format_shape(dims);
+}
+
+// An FNO's x and y: fields (N, s1, s2, C) on one grid.
+void check_fields(const RunConfig& config, const std::string& x_key, const std::string& x_path,
+                  const std::vector<std::size_t>& xs, const std::string& y_key,
+                  const std::string& y_path, const std::vector<std::size_t>& ys) {
+  for (const auto& [key, path, shape] :
+       {std::tie(x_key, x_path, xs), std::tie(y_key, y_path, ys)}) {
+    if (shape.size() != 3) {
+      throw ConfigError(config.where(key) + ": " + path + ": samples of shape " +
+                        shape_text(shape) + "; type = \"fno\" (" + config.where("model.type") +
+                        ") needs fields, an array of shape (N, s1, s2, channels)");
+    }
+  }
+  if (xs[0] != ys[0] || xs[1] != ys[1]) {
+    throw ConfigError(config.where(y_key) + ": " + y_path + ": a grid of " +
+                      std::to_string(ys[0]) + " x " + std::to_string(ys[1]) + ", but " + x_key +
+                      " has " + std::to_string(xs[0]) + " x " + std::to_string(xs[1]));
+  }
+}
+
 // x and y of one set against each other and the model.
 void check_pair(const RunConfig& config, const std::string& x_key, const std::string& x_path,
                 const HostMatrix& x, const std::string& y_key, const std::string& y_path,
                 const HostMatrix& y) {
+  if (y.extent(0) != x.extent(0)) {
+    throw ConfigError(config.where(y_key) + ": " + y_path + ": " + std::to_string(y.extent(0)) +
+                      " samples, but " + x_key + " has " + std::to_string(x.extent(0)));
+  }
+  if (config.model.type != ModelType::Mlp) return;
   const std::vector<int>& widths = config.model.widths;
   const auto inputs = static_cast<std::size_t>(widths.front());
   const auto outputs = static_cast<std::size_t>(widths.back());
@@ -44,10 +80,6 @@ void check_pair(const RunConfig& config, const std::string& x_key, const std::st
     throw ConfigError(config.where(x_key) + ": " + x_path + ": shape " + shape_text(x) + " has " +
                       std::to_string(x.extent(1)) + " features per sample, but the model takes " +
                       std::to_string(inputs) + " inputs (" + config.where("model.widths") + ")");
-  }
-  if (y.extent(0) != x.extent(0)) {
-    throw ConfigError(config.where(y_key) + ": " + y_path + ": " + std::to_string(y.extent(0)) +
-                      " samples, but " + x_key + " has " + std::to_string(x.extent(0)));
   }
   if (y.extent(1) != outputs) {
     throw ConfigError(config.where(y_key) + ": " + y_path + ": shape " + shape_text(y) + " has " +
@@ -58,6 +90,11 @@ void check_pair(const RunConfig& config, const std::string& x_key, const std::st
 
 TrainingData synthetic_data(const RunConfig& config) {
   const DataSettings& d = config.data;
+  if (config.model.type != ModelType::Mlp) {
+    throw ConfigError(config.where("data.synthetic") +
+                      ": the reference data is not a field on a grid; type = \"fno\" trains "
+                      "on .npy files of shape (N, s1, s2, channels)");
+  }
   const std::vector<int>& widths = config.model.widths;
   if (d.dim != widths.front()) {
     throw ConfigError(config.where("data.dim") + ": " + std::to_string(d.dim) +
@@ -75,8 +112,17 @@ TrainingData synthetic_data(const RunConfig& config) {
   TrainingData out;
   out.x = data.x;
   out.y = data.y;
+  out.x_sample_shape = {static_cast<std::size_t>(d.dim)};
+  out.y_sample_shape = {1};
   out.description = "synthetic reference, x=" + shape_text(out.x) + ", y=" + shape_text(out.y);
   return out;
+}
+
+void broadcast_shape(Communicator& comm, std::vector<std::size_t>& shape) {
+  std::size_t n = shape.size();
+  broadcast_size(comm, n);
+  shape.resize(n);
+  for (std::size_t& d : shape) broadcast_size(comm, d);
 }
 
 }  // namespace
@@ -88,15 +134,29 @@ TrainingData load_training_data(const RunConfig& config, Communicator& comm) {
   const bool validation = !d.val_x.empty();
   TrainingData out;
   on_root_sharing_errors(comm, [&] {
-    out.x = read_matrix(config, "data.train_x", d.train_x);
-    out.y = read_matrix(config, "data.train_y", d.train_y);
+    out.x = read_matrix(config, "data.train_x", d.train_x, out.x_sample_shape);
+    out.y = read_matrix(config, "data.train_y", d.train_y, out.y_sample_shape);
     check_pair(config, "data.train_x", d.train_x, out.x, "data.train_y", d.train_y, out.y);
+    const bool fno = config.model.type == ModelType::Fno;
+    if (fno) {
+      check_fields(config, "data.train_x", d.train_x, out.x_sample_shape, "data.train_y",
+                   d.train_y, out.y_sample_shape);
+    }
     if (validation) {
-      out.val_x = read_matrix(config, "data.val_x", d.val_x);
-      out.val_y = read_matrix(config, "data.val_y", d.val_y);
+      std::vector<std::size_t> val_x_shape, val_y_shape;
+      out.val_x = read_matrix(config, "data.val_x", d.val_x, val_x_shape);
+      out.val_y = read_matrix(config, "data.val_y", d.val_y, val_y_shape);
       check_pair(config, "data.val_x", d.val_x, out.val_x, "data.val_y", d.val_y, out.val_y);
+      if (fno && (val_x_shape != out.x_sample_shape || val_y_shape != out.y_sample_shape)) {
+        throw ConfigError(config.where("data.val_x") + ": " + d.val_x + ": samples of shape " +
+                          shape_text(val_x_shape) + " and " + shape_text(val_y_shape) +
+                          ", but the training samples are " + shape_text(out.x_sample_shape) +
+                          " and " + shape_text(out.y_sample_shape));
+      }
     }
   });
+  broadcast_shape(comm, out.x_sample_shape);
+  broadcast_shape(comm, out.y_sample_shape);
   broadcast_matrix(comm, out.x, "data.train_x");
   broadcast_matrix(comm, out.y, "data.train_y");
   if (validation) {

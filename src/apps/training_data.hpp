@@ -3,6 +3,7 @@
 // trains on its shard of every global batch, picked by rank 0's plan), so files are read once,
 // on rank 0, checked there and broadcast.
 #include <string>
+#include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/nn/types.hpp"
@@ -12,6 +13,8 @@ namespace meshtrain::app {
 
 struct TrainingData {
   HostMatrix x, y;          // (samples, inputs), (samples, outputs)
+  // One sample's shape in the files, e.g. (s, s, C) for a field; (inputs) for synthetic data.
+  std::vector<std::size_t> x_sample_shape, y_sample_shape;
   HostMatrix val_x, val_y;  // zero rows when there is no validation set
   std::string description;  // for the run's header
 
@@ -19,7 +22,8 @@ struct TrainingData {
 };
 
 // Collective. Synthetic data is generated on every rank (deterministic in the seed); files
-// are read by rank 0, checked against each other and the model's widths, and broadcast.
+// are read by rank 0, checked against each other and the model (an MLP's widths; an FNO's
+// fields of shape (N, s, s, C)), and broadcast.
 // Throws the same ConfigError on every rank for any problem, naming the config key and the
 // file.
 TrainingData load_training_data(const RunConfig& config, Communicator& comm);

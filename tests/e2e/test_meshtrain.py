@@ -764,6 +764,92 @@ train_y = "{out}/y.npy"
         one_error_line(self, r, "A subcommand is required")
 
 
+FNO_CONFIG = """\
+[training]
+num_epochs = 2
+batch_size = 6
+loss = "relative_l2"
+
+[model]
+type = "fno"
+modes = 4
+width = 8
+layers = 2
+projection = 16
+
+[data]
+train_x = "../fno-fields/train/x.npy"
+train_y = "../fno-fields/train/y.npy"
+val_x = "../fno-fields/val/x.npy"
+val_y = "../fno-fields/val/y.npy"
+
+[checkpoint]
+dir = "ckpt"
+"""
+
+
+class FnoTraining(unittest.TestCase):
+    """A Fourier Neural Operator trained on generated Darcy flow: one rank, data parallel and
+    FSDP on two agree, its checkpoint describes it, and FNO-specific input errors."""
+
+    @classmethod
+    def setUpClass(cls):
+        data = os.path.join(WORK, "fno-fields")
+        shutil.rmtree(data, ignore_errors=True)
+        cls.made = [launch(2, "data", "darcy", "--samples", n, "--resolution", "16", "--seed", seed,
+                           "-o", os.path.join(data, part))
+                    for part, n, seed in (("train", "15", "1"), ("val", "5", "2"))]
+        cls.runs = {}
+        for name, np_, strategy in (("one", 1, "data"), ("data", 2, "data"), ("fsdp", 2, "fsdp")):
+            config = make_run("fno-" + name, FNO_CONFIG)
+            cls.runs[name] = (config, launch(np_, "train", "--config", config, "--progress", "lines",
+                                             "--set", f"distributed.strategy={strategy}"))
+
+    def test_data_was_generated(self):
+        for r in self.made:
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_every_layout_trains_to_the_same_losses(self):
+        losses = {}
+        for name, (_, r) in self.runs.items():
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("fno on a 16 x 16 grid, modes 4, width 8, 2 Fourier layers", r.stdout)
+            self.assertIn("loss relative_l2", r.stdout)
+            losses[name] = [float(field(r.stdout, "Initial loss:")),
+                            float(field(r.stdout, "Final loss:"))]
+        for name in ("data", "fsdp"):
+            for got, want in zip(losses[name], losses["one"]):
+                self.assertLessEqual(abs(got - want), 1e-4 * want, name)
+        self.assertLess(losses["one"][1], losses["one"][0])
+
+    def test_checkpoint_describes_the_operator(self):
+        config, r = self.runs["data"]
+        self.assertEqual(r.returncode, 0, r.stderr)
+        meta, _ = read_safetensors(os.path.join(run_dir(config, "ckpt"), "ckpt-6.safetensors"))
+        self.assertTrue(meta["run"].startswith("layers=grid2d(16, 16, 1)|pointwise(3, 8, 256, "
+                                               "identity)|fourier2d(spectral_conv2d(8, 8, 16, 16, "
+                                               "4, 4), gelu)|"), meta["run"])
+        self.assertIn(";loss=relative_l2;", meta["run"])
+        resumed = launch(2, "train", "--config", config, "--resume", "latest",
+                         "--set", "training.num_epochs=3")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+
+    def test_errors_name_the_key(self):
+        config = make_run("fno-bad", FNO_CONFIG)
+        cases = [
+            (["--set", "model.modes=9"], "model.modes 9: SpectralConv2d on a 16 x 16 grid"),
+            (["--set", "model.hidden=9"], "model.hidden: only with type = \"mlp\""),
+            (["--set", "model.layers=0"], "model.layers: 0 is out of range"),
+            (["--set", "model.type=transformer"], "model.type"),
+            (["--set", "data.train_x=data/train_x.npy", "--set", "data.train_y=data/train_y.npy"],
+             "data.train_x: data/train_x.npy: samples of shape (4,); type = \"fno\""),
+        ]
+        for args, expected in cases:
+            one_error_line(self, launch(2, "train", "--config", config, *args), expected)
+        mlp = make_run("mlp-with-fno-keys", BASE_CONFIG.replace("[model]", "[model]\nwidth = 8"))
+        one_error_line(self, launch(2, "train", "--config", mlp), "model.width: only with type = \"fno\"")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
