@@ -466,6 +466,28 @@ struct MseResult {
   double loss;
 };
 
+// A loss kernel's gradient (grad, at the prediction values pv) against central differences
+// of the loss it reports: loss() runs the kernel on pred, which is moved to pv +- a step at
+// every stride-th element.
+template <class F>
+void expect_loss_gradient(Matrix& pred, const std::vector<double>& pv,
+                          const std::vector<double>& grad, F loss, std::size_t stride,
+                          double rtol) {
+  for (std::size_t k = 0; k < pv.size(); k += stride) {
+    auto ps = pv;
+    const Step s = float_step(pv[k], 1e-2);
+    ps[k] = s.plus;
+    set_values(pred, ps);
+    const double lp = loss();
+    ps[k] = s.minus;
+    set_values(pred, ps);
+    const double lm = loss();
+    EXPECT_NEAR(grad[k], (lp - lm) / (s.plus - s.minus), rtol * std::abs(grad[k]) + 2e-5)
+        << "k=" << k;
+  }
+  set_values(pred, pv);
+}
+
 MseResult run_mse(const Matrix& pred, const Matrix& target, float scale) {
   Matrix dpred("dpred", pred.extent(0), pred.extent(1));
   Kokkos::deep_copy(dpred, 42.0f);
@@ -495,19 +517,8 @@ TEST(MseLossGrad, MatchesReferenceAndFiniteDifferences) {
   EXPECT_NEAR(r.loss, expected_loss, 1e-5 * expected_loss);
 
   // The gradient is the derivative of the loss the kernel itself reports.
-  const double h = 1e-2;
-  for (std::size_t k = 0; k < n * cols; ++k) {
-    auto ps = pv;
-    const Step s = float_step(pv[k], h);
-    ps[k] = s.plus;
-    set_values(pred, ps);
-    const double lp = run_mse(pred, target, scale).loss;
-    ps[k] = s.minus;
-    set_values(pred, ps);
-    const double lm = run_mse(pred, target, scale).loss;
-    EXPECT_NEAR(r.grad[k], (lp - lm) / (s.plus - s.minus), 1e-3 * std::abs(r.grad[k]) + 2e-5)
-        << "k=" << k;
-  }
+  expect_loss_gradient(pred, pv, r.grad, [&] { return run_mse(pred, target, scale).loss; }, 1,
+                       1e-3);
 }
 
 TEST(MseLossGrad, ShardLossesSumToGlobalMean) {
@@ -582,19 +593,8 @@ TEST(RelativeL2LossGrad, MatchesReferenceAndFiniteDifferences) {
   EXPECT_NEAR(r.loss, expected_loss, 1e-5 * expected_loss);
 
   // The gradient is the derivative of the loss the kernel itself reports.
-  const double h = 1e-2;
-  for (std::size_t k = 0; k < n * cols; k += 5) {
-    auto ps = pv;
-    const Step s = float_step(pv[k], h);
-    ps[k] = s.plus;
-    set_values(pred, ps);
-    const double lp = run_relative_l2(pred, target, scale).loss;
-    ps[k] = s.minus;
-    set_values(pred, ps);
-    const double lm = run_relative_l2(pred, target, scale).loss;
-    EXPECT_NEAR(r.grad[k], (lp - lm) / (s.plus - s.minus), 2e-2 * std::abs(r.grad[k]) + 2e-5)
-        << "k=" << k;
-  }
+  expect_loss_gradient(pred, pv, r.grad,
+                       [&] { return run_relative_l2(pred, target, scale).loss; }, 5, 2e-2);
 }
 
 TEST(RelativeL2LossGrad, ShardLossesSumToGlobalMeanAndAnExactRowGivesZero) {
