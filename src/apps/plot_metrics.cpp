@@ -22,6 +22,39 @@ std::string quoted(const std::string& text) {
   return out + "'";
 }
 
+// Text pasted into gnuplot's script must be one line: a newline would end the quoted string
+// and start a command of the user's choosing (gnuplot's `system` runs a shell).
+void check_one_line(const std::string& what, const std::string& text) {
+  for (const unsigned char c : text) {
+    if (c < 0x20 || c == 0x7f) {
+      std::string shown;  // the text as one line: newlines as \n, other controls as ?
+      for (const unsigned char d : text) {
+        if (d == '\n') {
+          shown += "\\n";
+        } else {
+          shown += d < 0x20 || d == 0x7f ? '?' : static_cast<char>(d);
+        }
+      }
+      throw ConfigError(what + " '" + shown + "': contains a control character; give one line");
+    }
+  }
+}
+
+// gnuplot writes to its standard output when it cannot open the output file; find out first,
+// with the same file, so that an unwritable PNG is an error instead of bytes on a terminal.
+void check_writable(const std::string& png_path) {
+  std::ofstream probe(png_path, std::ios::binary | std::ios::trunc);
+  if (!probe) {
+    throw ConfigError("-o " + png_path + ": cannot write the plot: " + std::strerror(errno));
+  }
+}
+
+bool is_png(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[8] = {};
+  return in.read(magic, sizeof magic) && std::memcmp(magic, "\x89PNG\r\n\x1a\n", 8) == 0;
+}
+
 struct MetricsSummary {
   int epochs = 0;
   bool has_validation = false;
@@ -63,7 +96,11 @@ MetricsSummary summarise(const std::string& path) {
 
 void plot_metrics(const std::string& csv_path, const std::string& png_path,
                   const std::string& title) {
+  check_one_line("--title", title);
+  check_one_line("-o", png_path);
+  check_one_line("metrics file", csv_path);
   const MetricsSummary s = summarise(csv_path);
+  check_writable(png_path);
   std::string script =
       "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 900,560 "
       "enhanced font ',11' } else { set terminal png size 900,560 }\n"
@@ -83,7 +120,8 @@ void plot_metrics(const std::string& csv_path, const std::string& png_path,
                               " using 1:3 skip 1 with linespoints pt 5 ps 0.6 title 'validation'"
                         : std::string()) +
       "\n";
-  std::FILE* gnuplot = popen("gnuplot", "w");
+  // Its standard output is never the plot: gnuplot only writes there when it failed.
+  std::FILE* gnuplot = popen("gnuplot > /dev/null", "w");
   if (!gnuplot) throw ConfigError(std::string("cannot start gnuplot: ") + std::strerror(errno));
   std::fputs(script.c_str(), gnuplot);
   const int status = pclose(gnuplot);
@@ -91,6 +129,9 @@ void plot_metrics(const std::string& csv_path, const std::string& png_path,
     const bool missing = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 127;
     throw ConfigError(missing ? std::string("gnuplot not found; install it (Debian: gnuplot-nox)")
                               : "gnuplot failed to draw " + png_path + " from " + csv_path);
+  }
+  if (!is_png(png_path)) {
+    throw ConfigError("gnuplot did not write a PNG to " + png_path + " from " + csv_path);
   }
 }
 

@@ -317,6 +317,28 @@ class StraightRun(unittest.TestCase):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         self.assertGreater(os.path.getsize(png), 2000)
 
+    def test_plot_refuses_an_unwritable_output_without_writing_to_stdout(self):
+        metrics = run_dir(self.config, "out", "metrics.csv")
+        r = subprocess.run([BINARY, "plot", metrics, "-o", os.path.join(WORK, "no", "such", "x.png")],
+                           capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(r.stdout, b"")
+        self.assertIn(b"cannot write the plot", r.stderr)
+
+    def test_plot_title_is_one_line_and_never_a_command(self):
+        metrics = run_dir(self.config, "out", "metrics.csv")
+        marker = os.path.join(WORK, "title-ran-a-command")
+        for title in [f"x'\n!touch {marker}\n'", f"x\nsystem('touch {marker}')", "tab\there"]:
+            r = subprocess.run([BINARY, "plot", metrics, "-o", os.path.join(WORK, "t.png"),
+                                "--title", title], capture_output=True, text=True, timeout=60)
+            one_error_line(self, r, "--title")
+            self.assertIn("contains a control character", r.stderr)
+        self.assertFalse(os.path.exists(marker))
+        r = subprocess.run([BINARY, "plot", metrics, "-o", os.path.join(WORK, "t.png"),
+                            "--title", "it's fine; $(echo) `too`"], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_plot_refuses_a_foreign_csv(self):
         bogus = os.path.join(WORK, "bogus.csv")
         with open(bogus, "w") as f:
