@@ -622,10 +622,16 @@ std::string RunConfig::where(const std::string& key) const {
 }
 
 std::string read_config_file(const std::string& path) {
+  // A directory opens as a stream that reads nothing: it would parse as an empty config.
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    throw ConfigError(path + ": is a directory, not a config file (give the run's .toml)");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(path + ": cannot open the config file: " + std::strerror(errno));
   std::ostringstream text;
   text << in.rdbuf();
+  if (in.bad()) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
   return text.str();
 }
 

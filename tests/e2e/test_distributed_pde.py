@@ -178,6 +178,8 @@ class BadInput(unittest.TestCase):
         (["--mesh-shape", "3"], "--mesh-shape (3,)"),
         (["--mesh-shape", "2,2"], "--mesh-shape (2, 2)"),
         (["--mesh-shape", "0"], "--mesh-shape (0,)"),
+        (["--mesh-shape", ""], "--mesh-shape '': empty"),  # given empty is not "not given"
+        (["--axis-names", " "], "--axis-names ' ': empty"),
         (["--mesh-shape", "two"], "--mesh-shape 'two'"),
         (["--strategy", "pipeline"], "--strategy 'pipeline'"),
         (["--axis-names", "data,fsdp"], "--axis-names ('data', 'fsdp')"),

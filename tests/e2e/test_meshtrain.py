@@ -548,6 +548,10 @@ class BadInput(unittest.TestCase):
     def data(self, name):
         return os.path.join(WORK, "data", name)
 
+    def test_a_directory_is_not_a_config(self):
+        one_error_line(self, launch(2, "train", "--config", WORK),
+                       f"{WORK}: is a directory, not a config file")
+
     def test_config_errors_name_file_line_and_key(self):
         cases = [
             ("batch_size = 16\n", "batch_size = 16\nbatchsize = 3\n",
