@@ -127,10 +127,10 @@ Topology probe_topology(MPI_Comm base, int device_id) {
             "MPI_Comm_split_type");
   MPI_Comm_rank(node, &topology.local_rank);
   MPI_Comm_size(node, &topology.local_size);
-  MPI_Comm_free(&node);
   topology.device_id = device_id;
   topology.cpus = cpus_in_affinity_mask();
-  topology.spare_core_per_rank = every_rank_has_spare_core(base);
+  topology.spare_core_per_rank = every_rank_has_spare_core(base, node);
+  MPI_Comm_free(&node);
   return topology;
 }
 

@@ -12,5 +12,7 @@ int cpus_in_affinity_mask();
 // without taking a core from another rank of its node: its own mask holds at least two CPUs
 // and its node's ranks together may use at least two CPUs per rank.
 bool every_rank_has_spare_core(MPI_Comm comm);
+// The same with node, comm's ranks on this node (MPI_Comm_split_type SHARED), already split.
+bool every_rank_has_spare_core(MPI_Comm comm, MPI_Comm node);
 
 }  // namespace meshtrain
