@@ -188,8 +188,9 @@ int run(DistributedManager& dm, int argc, char** argv) {
     throw ConfigError(std::string(e.what()) + " (see --help)");
   }
   // Given but empty is not "not given": the default mesh would silently replace it.
-  for (const char* flag : {"--mesh-shape", "--axis-names"}) {
-    const std::string& text = std::string(flag) == "--mesh-shape" ? o.mesh_shape : o.axis_names;
+  using Given = std::pair<const char*, const std::string&>;
+  for (const auto& [flag, text] :
+       {Given{"--mesh-shape", o.mesh_shape}, Given{"--axis-names", o.axis_names}}) {
     if (app.count(flag) > 0 && text.find_first_not_of(" \t") == std::string::npos) {
       throw ConfigError(flag, "'" + text + "': empty; leave the flag out for the default");
     }
