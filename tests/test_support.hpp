@@ -20,19 +20,25 @@
 
 namespace meshtrain::testing {
 
-// Runs f, which must throw Error; returns its message ("" and a test failure otherwise).
+// Runs f, which must throw Error; returns the error (Error("") and a test failure otherwise).
 template <class Error, class F>
-std::string error_of(F&& f) {
+Error thrown(F&& f) {
   try {
     f();
   } catch (const Error& e) {
-    return e.what();
+    return e;
   } catch (const std::exception& e) {
     ADD_FAILURE() << "expected another exception type, got: " << e.what();
-    return "";
+    return Error("");
   }
   ADD_FAILURE() << "expected an exception, nothing was thrown";
-  return "";
+  return Error("");
+}
+
+// Its message.
+template <class Error, class F>
+std::string error_of(F&& f) {
+  return thrown<Error>(std::forward<F>(f)).what();
 }
 
 template <class F>
@@ -40,19 +46,10 @@ std::string config_error(F&& f) {
   return error_of<ConfigError>(std::forward<F>(f));
 }
 
-// Runs f, which must throw ConfigError; returns the error itself, for its field() and detail().
+// The ConfigError itself, for its field() and detail().
 template <class F>
 ConfigError config_error_object(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected a ConfigError, got: " << e.what();
-    return ConfigError("");
-  }
-  ADD_FAILURE() << "expected a ConfigError, nothing was thrown";
-  return ConfigError("");
+  return thrown<ConfigError>(std::forward<F>(f));
 }
 
 // The process groups of config over base (e.g. MPI_COMM_SELF: a 1-rank reference run on
