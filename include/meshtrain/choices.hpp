@@ -180,8 +180,11 @@ E parse_choice(const std::string& field, std::string_view text) {
   for (const auto& c : choices<E>()) {
     if (c.name == text) return c.value;
   }
-  throw ConfigError(field, "'" + std::string(text) + "': unknown (choose " + choice_list<E>() +
-                               ")");
+  // Appended rather than "'" + std::string(text): GCC 12 warns falsely (-Wrestrict, its bug
+  // 105329) about operator+(const char*, string&&) when this is inlined, which -Werror stops.
+  std::string detail = "'";
+  detail.append(text).append("': unknown (choose ").append(choice_list<E>()).append(")");
+  throw ConfigError(field, detail);
 }
 
 // Throws ConfigError(field, "N: unknown (choose a, b or c)") for a value outside E's table,
