@@ -219,26 +219,22 @@ void check_layer_gradients(const Layer& layer, std::size_t n, std::uint64_t seed
   auto loss = [&](const std::vector<double>& ps, const std::vector<double>& xs) {
     return dot(gv, run_layer(layer, n, ps, xs, nullptr).y);
   };
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    auto ps = params;
-    double plus = 0.0, minus = 0.0;
-    const double step = float_quotient(params[i], h, plus, minus);
-    ps[i] = plus;
-    const double lp = loss(ps, xv);
-    ps[i] = minus;
-    const double lm = loss(ps, xv);
-    expect_gradient_close(run.grads[i], (lp - lm) / step, "parameter " + std::to_string(i));
-  }
-  for (std::size_t i = 0; i < xv.size(); ++i) {
-    auto xs = xv;
-    double plus = 0.0, minus = 0.0;
-    const double step = float_quotient(xv[i], h, plus, minus);
-    xs[i] = plus;
-    const double lp = loss(params, xs);
-    xs[i] = minus;
-    const double lm = loss(params, xs);
-    expect_gradient_close(run.dx[i], (lp - lm) / step, "input " + std::to_string(i));
-  }
+  // Each of values moved by a step: loss_at(moved) against the gradient grads says.
+  auto check = [&](const std::vector<double>& values, const std::vector<double>& grads,
+                   const std::string& what, const auto& loss_at) {
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      auto moved = values;
+      double plus = 0.0, minus = 0.0;
+      const double step = float_quotient(values[i], h, plus, minus);
+      moved[i] = plus;
+      const double lp = loss_at(moved);
+      moved[i] = minus;
+      const double lm = loss_at(moved);
+      expect_gradient_close(grads[i], (lp - lm) / step, what + " " + std::to_string(i));
+    }
+  };
+  check(params, run.grads, "parameter", [&](const auto& ps) { return loss(ps, xv); });
+  check(xv, run.dx, "input", [&](const auto& xs) { return loss(params, xs); });
 }
 
 // ---------------------------------------------------------------------------------------
