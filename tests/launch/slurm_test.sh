@@ -135,14 +135,23 @@ env "$marker" runuser -u munge -- munged --socket="$socket" \
 munge -S "$socket" -n | unmunge -S "$socket" >/dev/null || fail "munge credential round trip failed"
 
 # --- slurm.conf ---------------------------------------------------------------------------
-port_free() { ! ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
-ctld_port=""
-for _ in $(seq 50); do
-  p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
-  if port_free "$p" && port_free $((p + 1)); then ctld_port=$p; break; fi
-done
-[ -n "$ctld_port" ] || fail "no free port pair found"
-slurmd_port=$((ctld_port + 1))
+# Ports below the kernel's ephemeral range: a port inside it can be taken at any moment by an
+# outgoing connection (mpirun, munge, sinfo), and slurmd then fails with "Address already in
+# use" although nothing listens there (CI saw it once). A port pair is free when no socket in
+# any state uses either port; if a daemon still loses the race, the cluster restarts on
+# another pair (start_cluster below).
+read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || ephemeral_low=32768
+[ "$ephemeral_low" -gt 12000 ] || ephemeral_low=32768
+port_used() { ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .; }
+pick_ports() {
+  ctld_port=""
+  for _ in $(seq 100); do
+    p=$(( 10000 + (RANDOM * 32768 + RANDOM) % (ephemeral_low - 10002) ))
+    if ! port_used "$p" && ! port_used $((p + 1)); then ctld_port=$p; break; fi
+  done
+  [ -n "$ctld_port" ] || fail "no free port pair found below $ephemeral_low"
+  slurmd_port=$((ctld_port + 1))
+}
 host=$(hostname -s)
 cpus=$(nproc)
 [ "$cpus" -ge 2 ] || cpus=2   # two ranks; SlurmdParameters=config_overrides lets 1 core run them
@@ -161,6 +170,7 @@ if [ "$fake_gpus" = "1" ]; then
   gres_types="GresTypes=gpu"; node_gres="Gres=gpu:4"
   [ "$cpus" -ge 32 ] || cpus=32
 fi
+write_conf() {
 cat >"$conf" <<EOF
 # meshtrain test cluster, made by tests/launch/slurm_test.sh
 ClusterName=meshtraintest
@@ -196,18 +206,32 @@ $gres_types
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=4000 $node_gres State=UNKNOWN
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+}
 export SLURM_CONF=$conf
 
-env "$marker" slurmctld -f "$conf" -c || fail "slurmctld did not start"
-env "$marker" slurmd -f "$conf" || fail "slurmd did not start"
-
-state=""
-for _ in $(seq 120); do   # at most 60 s
-  state=$(timeout 5 sinfo -h -N -n "$host" -o %t 2>/dev/null | head -n 1) || true
-  [ "$state" = "idle" ] && break
-  sleep 0.5
-done
-[ "$state" = "idle" ] || fail "node $host not idle after 60 s (sinfo says '${state:-nothing}')"
+start_cluster() {  # 0: node idle; 1: a daemon could not bind its port; fails otherwise
+  pick_ports
+  write_conf
+  rm -f "$tmp/slurmctld.log" "$tmp/slurmd.log"
+  env "$marker" slurmctld -f "$conf" -c || fail "slurmctld did not start"
+  env "$marker" slurmd -f "$conf" || fail "slurmd did not start"
+  state=""
+  for _ in $(seq 120); do   # at most 60 s
+    state=$(timeout 5 sinfo -h -N -n "$host" -o %t 2>/dev/null | head -n 1) || true
+    [ "$state" = "idle" ] && return 0
+    if grep -qs "Address already in use" "$tmp/slurmctld.log" "$tmp/slurmd.log"; then
+      say "ports $ctld_port/$slurmd_port were taken meanwhile; restarting on another pair"
+      stop_pidfile "$tmp/slurmd.pid"; stop_pidfile "$tmp/slurmctld.pid"
+      rm -rf "$tmp/state" "$tmp/spool"; mkdir -p "$tmp/state" "$tmp/spool"
+      return 1
+    fi
+    sleep 0.5
+  done
+  fail "node $host not idle after 60 s (sinfo says '${state:-nothing}')"
+}
+started=0
+for _ in 1 2 3; do start_cluster && { started=1; break; }; done
+[ "$started" = "1" ] || fail "slurmctld/slurmd could not bind a port pair in 3 tries"
 say "cluster up in $((SECONDS - start_time)) s: node $host idle, ports $ctld_port/$slurmd_port"
 
 # --- the jobs -----------------------------------------------------------------------------
