@@ -371,14 +371,13 @@ TEST(NcclMapping, TypesAndOps) {
   EXPECT_EQ(impl::nccl_reduce_op(ReduceOp::Min), ncclMin);
 }
 
-// Without a GPU, building the communicator fails on every rank with a CommError at once:
-// no rank may be left waiting in the NCCL bootstrap.
-TEST(NcclWithoutGpu, ConstructionFailsPromptlyOnEveryRank) {
+// Without a GPU, building the communicator fails on every rank with a CommError: no rank may
+// be left waiting in the NCCL bootstrap. A rank that waited would hang this test until the
+// CTest TIMEOUT; the test measures no time itself (CI machines are busy).
+TEST(NcclWithoutGpu, ConstructionFailsOnEveryRank) {
   const int gpus_here = visible_gpu_count();
   int most_gpus = 0;
   MPI_Allreduce(&gpus_here, &most_gpus, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (most_gpus > 0) GTEST_SKIP() << "a GPU is visible";
-  const auto start = std::chrono::steady_clock::now();
   EXPECT_THROW(NcclCommunicator{MPI_COMM_WORLD}, CommError);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
 }
