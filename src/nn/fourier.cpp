@@ -1,5 +1,6 @@
 #include "meshtrain/nn/fourier.hpp"
 
+#include <KokkosBlas3_gemm.hpp>
 #include <cmath>
 #include <string>
 
@@ -218,113 +219,206 @@ void SpectralConv2d::initialize(float* block, Random& rng) const {
   }
 }
 
+// The spectral mixing is a complex product per kept mode: for each of the K = 2 m1 m2 kept
+// modes (the corner blocks k1 < m1 and k1 >= s1 - m1, k2 < m2 of the rfft2 output), the n x in
+// matrix of the samples' input channels times the in x out weights of that mode. Each is one
+// real gemm on the real form of the complex matrices: [Xr Xi] (n x 2 in) times
+// [[Wr, Wi], [-Wi, Wr]] (2 in x 2 out) gives [Yr Yi]; the adjoint is G times that block's
+// transpose, and the weight gradient the block transpose of [Xr Xi] times G. So the FLOPs go
+// through the BLAS (OpenBLAS, cuBLAS) like the dense layers', and the gathers and scatters
+// around them are cheap copies. Scratch, in floats:
+//   the expanded weights Wm (K x 2 in x 2 out) and their gradient dWm (the same),
+//   the input's spectrum (n spectra; dx's spectrum in backward), the output's (dy's),
+//   Xm (K x n x 2 in, kept from forward for the weight gradient; dXm in backward),
+//   Ym (K x n x 2 out; G in backward).
+namespace {
+struct KeptModes {
+  std::size_t s1, s2h, m1, m2;
+};
+struct SpectralScratch {
+  float* wm;
+  float* dwm;
+  float* x_hat;
+  float* y_hat;
+  float* xm;
+  float* ym;
+};
+}  // namespace
+
+
 std::size_t SpectralConv2d::scratch_size(std::size_t max_rows) const {
-  return max_rows * (fft_in_.spectrum_size() + fft_out_.spectrum_size());
+  const std::size_t k = 2 * modes1_ * modes2_;
+  return 2 * k * (2 * in_) * (2 * out_) +
+         max_rows * (fft_in_.spectrum_size() + fft_out_.spectrum_size()) +
+         max_rows * k * 2 * (in_ + out_);
 }
 
-void SpectralConv2d::mix(const float* src, float* dst, std::size_t n, const float* weights,
-                         bool adjoint) const {
-  const std::size_t in = in_, out = out_, s1 = s1_, m1 = modes1_, m2 = modes2_;
-  const std::size_t s2h = s2_ / 2 + 1;
-  const std::size_t block = in * out * m1 * m2 * 2;  // weights2 after weights1
-  const std::size_t src_c = adjoint ? out : in;
-  const std::size_t dst_c = adjoint ? in : out;
+static SpectralScratch spectral_scratch(float* base, std::size_t n, std::size_t k,
+                                        std::size_t in, std::size_t out, std::size_t in_spectrum,
+                                        std::size_t out_spectrum) {
+  SpectralScratch s{};
+  s.wm = base;
+  s.dwm = s.wm + k * 4 * in * out;
+  s.x_hat = s.dwm + k * 4 * in * out;
+  s.y_hat = s.x_hat + n * in_spectrum;
+  s.xm = s.y_hat + n * out_spectrum;
+  s.ym = s.xm + k * n * 2 * in;
+  return s;
+}
+
+// spectrum (n samples x s1 x s2h positions x c channels, complex interleaved) -> m (K x n x
+// 2c: the kept modes' channels, real parts then imaginary parts).
+// (Free functions, not members: nvcc refuses a KOKKOS_LAMBDA in a private member function.)
+static void gather(const KeptModes& g, const float* spectrum, std::size_t c, float* m,
+                   std::size_t n) {
+  const std::size_t s1 = g.s1, m1 = g.m1, m2 = g.m2, modes = m1 * m2;
+  const std::size_t s2h = g.s2h, stride = s1 * s2h;
+  // One thread per (kept mode, sample), a loop over the channels: the index arithmetic once
+  // per channel vector.
   Kokkos::parallel_for(
-      "meshtrain::spectral_mix", Policy(0, n * s1 * s2h), KOKKOS_LAMBDA(std::size_t p) {
-        const std::size_t k2 = p % s2h;
-        const std::size_t k1 = (p / s2h) % s1;
-        const float* from = src + p * 2 * src_c;
-        float* to = dst + p * 2 * dst_c;
-        const bool low = k1 < m1;
-        if (k2 >= m2 || (!low && k1 < s1 - m1)) {
-          for (std::size_t d = 0; d < 2 * dst_c; ++d) to[d] = 0.0f;
-          return;
-        }
-        const float* w = weights + (low ? 0 : block);
-        const std::size_t mode = (low ? k1 : k1 - (s1 - m1)) * m2 + k2;
-        for (std::size_t d = 0; d < dst_c; ++d) {
-          float re = 0.0f, im = 0.0f;
-          for (std::size_t s = 0; s < src_c; ++s) {
-            // W[i, o] with i the input channel: the source's forward, the destination's
-            // in the adjoint.
-            const std::size_t io = adjoint ? d * out + s : s * out + d;
-            const float* wv = w + (io * m1 * m2 + mode) * 2;
-            const float xr = from[2 * s], xi = from[2 * s + 1];
-            if (adjoint) {  // x conj(w)
-              re += xr * wv[0] + xi * wv[1];
-              im += xi * wv[0] - xr * wv[1];
-            } else {
-              re += xr * wv[0] - xi * wv[1];
-              im += xr * wv[1] + xi * wv[0];
-            }
-          }
-          to[2 * d] = re;
-          to[2 * d + 1] = im;
+      "meshtrain::spectral_gather", Policy(0, 2 * modes * n), KOKKOS_LAMBDA(std::size_t t) {
+        const std::size_t b = t % n;
+        const std::size_t kept = t / n;
+        const std::size_t mode = kept % modes;
+        const std::size_t k1 = kept < modes ? mode / m2 : s1 - m1 + mode / m2;
+        const float* from = spectrum + (b * stride + k1 * s2h + mode % m2) * c * 2;
+        float* to = m + t * 2 * c;
+        for (std::size_t ch = 0; ch < c; ++ch) {
+          to[ch] = from[2 * ch];
+          to[c + ch] = from[2 * ch + 1];
         }
       });
 }
 
+// The inverse of gather, with zeros at every position that is not a kept mode.
+static void scatter(const KeptModes& g, const float* m, std::size_t c, float* spectrum,
+                    std::size_t n) {
+  const std::size_t s1 = g.s1, m1 = g.m1, m2 = g.m2, modes = m1 * m2;
+  const std::size_t s2h = g.s2h, stride = s1 * s2h;
+  Kokkos::parallel_for(
+      "meshtrain::spectral_scatter", Policy(0, n * stride), KOKKOS_LAMBDA(std::size_t t) {
+        const std::size_t p = t % stride;
+        const std::size_t b = t / stride;
+        const std::size_t k1 = p / s2h, k2 = p % s2h;
+        float* to = spectrum + t * 2 * c;
+        const bool low = k1 < m1;
+        if (k2 >= m2 || (!low && k1 < s1 - m1)) {
+          for (std::size_t d = 0; d < 2 * c; ++d) to[d] = 0.0f;
+          return;
+        }
+        const std::size_t kept = (low ? 0 : modes) + (low ? k1 : k1 - (s1 - m1)) * m2 + k2;
+        const float* from = m + (kept * n + b) * 2 * c;
+        for (std::size_t ch = 0; ch < c; ++ch) {
+          to[2 * ch] = from[ch];
+          to[2 * ch + 1] = from[c + ch];
+        }
+      });
+}
+
+// weights1 then weights2, each [i][o][mode][re, im] (the reference's layout) -> Wm, K blocks
+// of [[Wr, Wi], [-Wi, Wr]] (2 in x 2 out, row-major).
+static void expand_weights(const KeptModes& g, std::size_t in, std::size_t out,
+                           const float* params, float* wm) {
+  const std::size_t modes = g.m1 * g.m2;
+  Kokkos::parallel_for(
+      "meshtrain::spectral_expand", Policy(0, 2 * modes * in * out),
+      KOKKOS_LAMBDA(std::size_t t) {
+        const std::size_t o = t % out;
+        const std::size_t i = (t / out) % in;
+        const std::size_t kept = t / (in * out);
+        const std::size_t mode = kept % modes;
+        const std::size_t block = kept < modes ? 0 : in * out * modes;
+        const float* w = params + (block + (i * out + o) * modes + mode) * 2;
+        float* to = wm + kept * 4 * in * out;
+        const std::size_t row = 2 * out;
+        to[i * row + o] = w[0];
+        to[i * row + out + o] = w[1];
+        to[(in + i) * row + o] = -w[1];
+        to[(in + i) * row + out + o] = w[0];
+      });
+}
+
+// Per kept mode k: C_k = op(A_k) op(B_k), each a row-major block of the given shape.
+static void per_mode_gemm(const char* op_a, const char* op_b, std::size_t k, const float* a,
+                          std::size_t a_rows, std::size_t a_cols, const float* b,
+                          std::size_t b_rows, std::size_t b_cols, float* c, std::size_t c_rows,
+                          std::size_t c_cols) {
+  if (c_rows == 0 || c_cols == 0) return;
+  const bool empty_sum = (op_a[0] == 'N' ? a_cols : a_rows) == 0;
+  for (std::size_t m = 0; m < k; ++m) {
+    MatrixRef cm(c + m * c_rows * c_cols, c_rows, c_cols);
+    if (empty_sum) {
+      Kokkos::deep_copy(cm, 0.0f);
+      continue;
+    }
+    KokkosBlas::gemm(op_a, op_b, 1.0f, ConstMatrixRef(a + m * a_rows * a_cols, a_rows, a_cols),
+                     ConstMatrixRef(b + m * b_rows * b_cols, b_rows, b_cols), 0.0f, cm);
+  }
+}
+
 void SpectralConv2d::forward(const LayerPass& pass, ConstMatrixRef x, const float* params,
                              MatrixRef y) const {
-  const std::size_t n = x.extent(0);
-  float* x_hat = pass.scratch;
-  float* y_hat = x_hat + n * fft_in_.spectrum_size();
-  fft_in_.forward(x.data(), x_hat, n);
-  mix(x_hat, y_hat, n, params, false);
-  fft_out_.inverse(y_hat, y.data(), n);
+  const std::size_t n = x.extent(0), k = 2 * modes1_ * modes2_;
+  const SpectralScratch s = spectral_scratch(pass.scratch, n, k, in_, out_,
+                                             fft_in_.spectrum_size(), fft_out_.spectrum_size());
+  fft_in_.forward(x.data(), s.x_hat, n);
+  const KeptModes g{s1_, s2_ / 2 + 1, modes1_, modes2_};
+  gather(g, s.x_hat, in_, s.xm, n);
+  expand_weights(g, in_, out_, params, s.wm);
+  per_mode_gemm("N", "N", k, s.xm, n, 2 * in_, s.wm, 2 * in_, 2 * out_, s.ym, n, 2 * out_);
+  scatter(g, s.ym, out_, s.y_hat, n);
+  fft_out_.inverse(s.y_hat, y.data(), n);
 }
 
 // y = irfft2(Y) is y[n] = Re(sum_k c(k2) Y[k] e^{+i theta(k, n)}) / (s1 s2), c(k2) = 1 for
 // the columns the half spectrum holds once (k2 = 0 and, for even s2, s2/2), 2 for the
 // others. So dL/dRe Y + i dL/dIm Y = c(k2) rfft2(dy) / (s1 s2), and for Y = X W,
-// dW = that times conj(X), summed over the samples.
+// dW = that times conj(X), summed over the samples: from dWm = Xm^T G, dWr = dWm[r, r] +
+// dWm[i, i] and dWi = dWm[r, i] - dWm[i, r].
 void SpectralConv2d::backward_parameters(const LayerPass& pass, ConstMatrixRef x,
                                          ConstMatrixRef /*y*/, MatrixRef dy,
                                          const float* /*params*/, float* grads) const {
-  const std::size_t n = x.extent(0);
-  const float* x_hat = pass.scratch;
-  float* dy_hat = pass.scratch + n * fft_in_.spectrum_size();
-  fft_out_.forward(dy.data(), dy_hat, n);
+  const std::size_t n = x.extent(0), k = 2 * modes1_ * modes2_;
+  const SpectralScratch s = spectral_scratch(pass.scratch, n, k, in_, out_,
+                                             fft_in_.spectrum_size(), fft_out_.spectrum_size());
+  fft_out_.forward(dy.data(), s.y_hat, n);
   pass.progress();
-  const std::size_t in = in_, out = out_, s1 = s1_, s2 = s2_, m1 = modes1_, m2 = modes2_;
-  const std::size_t s2h = s2 / 2 + 1;
-  const std::size_t x_stride = fft_in_.spectrum_size();
-  const std::size_t dy_stride = fft_out_.spectrum_size();
-  const float inv_size = 1.0f / static_cast<float>(s1 * s2);
+  gather({s1_, s2_ / 2 + 1, modes1_, modes2_}, s.y_hat, out_, s.ym, n);  // G, kept for backward_input
+  per_mode_gemm("T", "N", k, s.xm, n, 2 * in_, s.ym, n, 2 * out_, s.dwm, 2 * in_, 2 * out_);
+  const std::size_t in = in_, out = out_, s2 = s2_, m2 = modes2_, modes = modes1_ * modes2_;
+  const float inv_size = 1.0f / static_cast<float>(s1_ * s2_);
+  const float* dwm = s.dwm;
   Kokkos::parallel_for(
-      "meshtrain::spectral_weight_gradient", Policy(0, 2 * in * out * m1 * m2),
-      KOKKOS_LAMBDA(std::size_t e) {
-        const std::size_t k2 = e % m2;
-        const std::size_t kk = (e / m2) % m1;
-        const std::size_t o = (e / (m2 * m1)) % out;
-        const std::size_t i = (e / (m2 * m1 * out)) % in;
-        const bool low = e < in * out * m1 * m2;
-        const std::size_t k1 = low ? kk : s1 - m1 + kk;
+      "meshtrain::spectral_weight_gradient", Policy(0, 2 * modes * in * out),
+      KOKKOS_LAMBDA(std::size_t t) {
+        const std::size_t o = t % out;
+        const std::size_t i = (t / out) % in;
+        const std::size_t kept = t / (in * out);
+        const std::size_t mode = kept % modes;
+        const std::size_t k2 = mode % m2;
         const bool once = k2 == 0 || (s2 % 2 == 0 && k2 == s2 / 2);
         const float scale = (once ? 1.0f : 2.0f) * inv_size;
-        const std::size_t at = k1 * s2h + k2;
-        float re = 0.0f, im = 0.0f;
-        for (std::size_t b = 0; b < n; ++b) {
-          const float* g = dy_hat + b * dy_stride + (at * out + o) * 2;
-          const float* xv = x_hat + b * x_stride + (at * in + i) * 2;
-          re += g[0] * xv[0] + g[1] * xv[1];
-          im += g[1] * xv[0] - g[0] * xv[1];
-        }
+        const float* d = dwm + kept * 4 * in * out;
+        const std::size_t row = 2 * out;
+        const float re = d[i * row + o] + d[(in + i) * row + out + o];
+        const float im = d[i * row + out + o] - d[(in + i) * row + o];
+        const std::size_t e = (kept < modes ? 0 : in * out * modes) + (i * out + o) * modes + mode;
         grads[2 * e] = scale * re;
         grads[2 * e + 1] = scale * im;
       });
 }
 
-// dx = irfft2(sum_o rfft2(dy)_o conj(W[i, o])): the c(k2) of the inverse transform's
-// gradient cancels against the forward transform's adjoint, which is c2r / c(k2).
+// dx = irfft2(sum_o rfft2(dy)_o conj(W[i, o])), dXm = G Wm^T: the c(k2) of the inverse
+// transform's gradient cancels against the forward transform's adjoint, which is c2r / c(k2).
 void SpectralConv2d::backward_input(const LayerPass& pass, ConstMatrixRef dy,
-                                    const float* params, MatrixRef dx) const {
-  const std::size_t n = dy.extent(0);
-  float* dx_hat = pass.scratch;  // the input's spectrum is no longer needed
-  const float* dy_hat = pass.scratch + n * fft_in_.spectrum_size();
-  mix(dy_hat, dx_hat, n, params, true);
+                                    const float* /*params*/, MatrixRef dx) const {
+  const std::size_t n = dy.extent(0), k = 2 * modes1_ * modes2_;
+  const SpectralScratch s = spectral_scratch(pass.scratch, n, k, in_, out_,
+                                             fft_in_.spectrum_size(), fft_out_.spectrum_size());
+  per_mode_gemm("N", "T", k, s.ym, n, 2 * out_, s.wm, 2 * in_, 2 * out_, s.xm, n, 2 * in_);
   pass.progress();
-  fft_in_.inverse(dx_hat, dx.data(), n);
+  scatter({s1_, s2_ / 2 + 1, modes1_, modes2_}, s.xm, in_, s.x_hat, n);
+  fft_in_.inverse(s.x_hat, dx.data(), n);
 }
 
 // ---------------------------------------------------------------------------------------

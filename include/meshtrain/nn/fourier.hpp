@@ -119,7 +119,8 @@ class SpectralConv2d final : public ReplicatedLayer {
   std::size_t out_features() const override { return s1_ * s2_ * out_; }
 
   void initialize(float* block, Random& rng) const override;
-  // The input's spectrum (kept from forward for the weight gradient) and the output's.
+  // The weights in real block form and their gradient, the input's and output's spectra,
+  // and the kept modes' channels (the input's kept from forward for the weight gradient).
   std::size_t scratch_size(std::size_t max_rows) const override;
   void forward(const LayerPass& pass, ConstMatrixRef x, const float* params,
                MatrixRef y) const override;
@@ -130,11 +131,6 @@ class SpectralConv2d final : public ReplicatedLayer {
                       MatrixRef dx) const override;
 
  private:
-  // The spectrum dst of n samples from the spectrum src at every frequency: on the kept
-  // modes dst_o = sum_i src_i W[i, o] (adjoint: dst_i = sum_o src_o conj(W[i, o])), zero
-  // elsewhere.
-  void mix(const float* src, float* dst, std::size_t n, const float* weights, bool adjoint) const;
-
   std::size_t in_;
   std::size_t out_;
   std::size_t s1_;
