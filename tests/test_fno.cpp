@@ -18,6 +18,7 @@
 #include "meshtrain/nn/fno.hpp"
 #include "meshtrain/nn/fourier.hpp"
 #include "meshtrain/nn/model.hpp"
+#include "meshtrain/nn/normalize.hpp"
 
 namespace {
 
@@ -638,6 +639,83 @@ TEST(Fno2d, RefusesTensorParallelism) {
   Model model = make_fno2d({.s1 = 4, .s2 = 4, .modes1 = 2, .modes2 = 2, .width = 2,
                             .layers = 1, .projection = 2});
   EXPECT_THROW(model.set_megatron_partitioning("model"), ConfigError);
+}
+
+// ---------------------------------------------------------------------------------------
+// Pointwise normalisation (the reference's UnitGaussianNormalizer)
+
+TEST(PointwiseNormalizer, MeanAndUnbiasedStdPerFeature) {
+  HostMatrix data("data", 3, 2);
+  const double values[3][2] = {{1.0, 10.0}, {2.0, 10.0}, {6.0, 10.0}};
+  for (int r = 0; r < 3; ++r) {
+    for (int c = 0; c < 2; ++c) data(r, c) = static_cast<float>(values[r][c]);
+  }
+  const PointwiseNormalizer n = PointwiseNormalizer::fit(data);
+  EXPECT_FLOAT_EQ(n.mean[0], 3.0f);
+  EXPECT_FLOAT_EQ(n.scale[0], static_cast<float>(std::sqrt(7.0) + 1e-5));  // (4 + 1 + 9) / 2
+  EXPECT_FLOAT_EQ(n.mean[1], 10.0f);
+  EXPECT_FLOAT_EQ(n.scale[1], 1e-5f);  // a constant feature: eps alone, as the reference
+  n.encode(data);
+  EXPECT_NEAR(data(0, 0), -2.0 / (std::sqrt(7.0) + 1e-5), 1e-6);
+  EXPECT_NEAR(data(2, 0), 3.0 / (std::sqrt(7.0) + 1e-5), 1e-6);
+  EXPECT_EQ(data(1, 1), 0.0f);
+  HostMatrix one("one", 1, 2);
+  EXPECT_THROW(PointwiseNormalizer::fit(one), ConfigError);
+  HostMatrix other("other", 2, 3);
+  EXPECT_THROW(n.encode(other), ConfigError);
+}
+
+TEST(FeatureAffine, DecodesAndPassesTheGradientScaled) {
+  Model model = make_fno2d({.s1 = 4, .s2 = 4, .modes1 = 2, .modes2 = 2, .width = 3,
+                            .layers = 1, .projection = 4, .seed = 5});
+  const std::size_t params = model.num_parameters();
+  const std::size_t layers = model.num_layers();
+  std::vector<float> scale(16), shift(16);
+  for (std::size_t f = 0; f < 16; ++f) {
+    scale[f] = 0.5f + 0.1f * static_cast<float>(f);
+    shift[f] = static_cast<float>(f) - 3.0f;
+  }
+  Model decoded = model;  // shares the parameters
+  decoded.append_fixed(std::make_unique<FeatureAffine>(scale, shift));
+  EXPECT_EQ(decoded.num_parameters(), params);
+  EXPECT_EQ(decoded.num_layers(), layers + 1);
+  EXPECT_THROW(decoded.append_fixed(std::make_unique<FeatureAffine>(std::vector<float>(5, 1.0f),
+                                                                    std::vector<float>(5, 0.0f))),
+               ConfigError);  // 5 features after 16
+  EXPECT_EQ(decoded.num_layers(), layers + 1);
+  EXPECT_THROW(decoded.append_fixed(std::make_unique<Pointwise>(1, 1, 16, Activation::Identity)),
+               ConfigError);  // has parameters
+
+  Matrix x("x", 2, 16);
+  auto hx = Kokkos::create_mirror_view(x);
+  Random rng(9);
+  for (std::size_t i = 0; i < 32; ++i) hx.data()[i] = static_cast<float>(rng.uniform());
+  Kokkos::deep_copy(x, hx);
+  ModelWorkspace plain_ws(model, 2), decoded_ws(decoded, 2);
+  const auto plain = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(),
+                                                         model.forward(x, plain_ws));
+  const auto out = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(),
+                                                       decoded.forward(x, decoded_ws));
+  for (std::size_t r = 0; r < 2; ++r) {
+    for (std::size_t f = 0; f < 16; ++f) {
+      EXPECT_FLOAT_EQ(out(r, f), plain(r, f) * scale[f] + shift[f]);
+    }
+  }
+  // dL/d(plain output) = scale * dL/d(decoded output): the gradients for dout = 1 through the
+  // decoder equal those for dout = scale without it.
+  Vector g_plain("g_plain", params), g_decoded("g_decoded", params);
+  Matrix ones("ones", 2, 16), scaled("scaled", 2, 16);
+  Kokkos::deep_copy(ones, 1.0f);
+  auto hs = Kokkos::create_mirror_view(scaled);
+  for (std::size_t r = 0; r < 2; ++r) {
+    for (std::size_t f = 0; f < 16; ++f) hs(r, f) = scale[f];
+  }
+  Kokkos::deep_copy(scaled, hs);
+  model.backward(x, plain_ws, scaled, g_plain.data());
+  decoded.backward(x, decoded_ws, ones, g_decoded.data());
+  const auto a = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g_plain);
+  const auto b = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g_decoded);
+  for (std::size_t i = 0; i < params; ++i) EXPECT_FLOAT_EQ(a(i), b(i)) << i;
 }
 
 }  // namespace

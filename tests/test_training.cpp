@@ -605,6 +605,35 @@ TEST(Shuffle, SamePermutationEverywhereAndNRanksEqualOneRank) {
       << "shuffling changed nothing";
 }
 
+// A test set is evaluated with validation, alike on every rank count, and reported.
+TEST(Validation, TestSetLossMatchesOneRankAndIsReportedPerEpoch) {
+  TrainingConfig config;
+  config.num_epochs = 3;
+  config.validation_every = 2;
+  const ReferenceData train = make_reference_data(48, 4, 1);
+  const ReferenceData test = make_reference_data(23, 4, 3);  // uneven over 2, 3, 4 ranks
+  std::vector<double> reported;
+  Trainer world(Mlp({4, 16, 1}, Activation::ReLU, 1), config);
+  world.set_test_data(test.x, test.y);
+  world.set_epoch_callback([&](const EpochReport& r) { reported.push_back(r.test_loss); });
+  const FitResult a = world.fit(train.x, train.y);
+  Trainer single(Mlp({4, 16, 1}, Activation::ReLU, 1), config,
+                 groups_over(MPI_COMM_SELF, config));
+  single.set_test_data(test.x, test.y);
+  const FitResult b = single.fit(train.x, train.y);
+  ASSERT_EQ(a.metrics.test_losses.size(), 3u);
+  ASSERT_EQ(reported.size(), 3u);
+  EXPECT_TRUE(std::isnan(a.metrics.test_losses[0]));  // epochs 2 and 3 (the last) only
+  EXPECT_TRUE(std::isnan(reported[0]));
+  for (std::size_t e : {1u, 2u}) {
+    EXPECT_GT(a.metrics.test_losses[e], 0.0);
+    EXPECT_EQ(reported[e], a.metrics.test_losses[e]);
+    EXPECT_NEAR(a.metrics.test_losses[e], b.metrics.test_losses[e], 1e-5 * b.metrics.test_losses[e]);
+  }
+  // No validation set: none evaluated.
+  for (double v : a.metrics.validation_losses) EXPECT_TRUE(std::isnan(v));
+}
+
 TEST(Validation, LossMatchesOneRankAndIsReportedPerEpoch) {
   TrainingConfig config;
   config.num_epochs = 4;

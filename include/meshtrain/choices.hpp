@@ -109,6 +109,17 @@ constexpr std::span<const Choice<Loss>> choice_table(Loss) { return kLossChoices
 
 // After each hidden layer (the output layer is linear).
 // Gelu is the exact form x * Phi(x) (PyTorch's default, the FNO's activation).
+enum class Normalization { None, Pointwise };
+inline constexpr Choice<Normalization> kNormalizationChoices[] = {
+    {Normalization::None, "none", "the data as it is"},
+    {Normalization::Pointwise, "pointwise",
+     "each input feature to zero mean and unit variance over the training samples, and the "
+     "output decoded from the targets' statistics (the FNO reference's UnitGaussianNormalizer)"},
+};
+constexpr std::span<const Choice<Normalization>> choice_table(Normalization) {
+  return kNormalizationChoices;
+}
+
 enum class Activation { Identity, ReLU, Tanh, Gelu };
 inline constexpr Choice<Activation> kActivationChoices[] = {
     {Activation::ReLU, "relu", ""},

@@ -10,6 +10,7 @@
 #include "meshtrain/mesh/distributed_config.hpp"
 #include "meshtrain/nn/fno.hpp"
 #include "meshtrain/nn/mlp.hpp"
+#include "meshtrain/nn/normalize.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/runtime/distributed_manager.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"

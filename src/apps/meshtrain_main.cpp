@@ -160,7 +160,7 @@ std::string widths_text(const std::vector<int>& widths) {
 }
 
 // The model [model] describes; an FNO takes its grid and channels from the data.
-Model build_model(const RunConfig& config, const TrainingData& data) {
+Model described_model(const RunConfig& config, const TrainingData& data) {
   const ModelSettings& m = config.model;
   if (m.type == ModelType::Mlp) return Mlp(m.widths, m.activation, config.training.seed);
   FnoConfig fno;
@@ -174,6 +174,16 @@ Model build_model(const RunConfig& config, const TrainingData& data) {
   fno.projection = m.projection;
   fno.seed = config.training.seed;
   return make_fno2d(fno);
+}
+
+// ... with the output decoder of normalised data after it.
+Model build_model(const RunConfig& config, const TrainingData& data) {
+  Model model = described_model(config, data);
+  if (data.output_decoder) {
+    model.append_fixed(
+        std::make_unique<FeatureAffine>(data.output_decoder->scale, data.output_decoder->mean));
+  }
+  return model;
 }
 
 std::string model_text(const RunConfig& config, const TrainingData& data) {
@@ -260,6 +270,7 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   locating_errors(config, [&] {
     trainer.prepare(data.x, data.y);
     if (data.has_validation()) trainer.set_validation_data(data.val_x, data.val_y);
+    if (data.has_test()) trainer.set_test_data(data.test_x, data.test_y);
   });
 
   std::optional<ResumePoint> resumed;

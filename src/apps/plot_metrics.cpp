@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "meshtrain/error.hpp"
 #include "run_report.hpp"
@@ -58,34 +60,56 @@ bool is_png(const std::string& path) {
 struct MetricsSummary {
   int epochs = 0;
   bool has_validation = false;
+  bool has_test = false;
+  int test_column = 0;       // 1-based, for gnuplot; 0 in files from before test sets
   bool all_positive = true;  // log scale possible
 };
 
+std::vector<std::string> split_commas(const std::string& line) {
+  std::vector<std::string> fields;
+  std::size_t start = 0;
+  for (;;) {
+    const auto comma = line.find(',', start);
+    fields.push_back(line.substr(start, comma == std::string::npos ? comma : comma - start));
+    if (comma == std::string::npos) return fields;
+    start = comma + 1;
+  }
+}
+
+// Files of this version (kMetricsCsvHeader) and of earlier ones (no test_loss column) both
+// begin with epoch, train_loss, val_loss; test_loss is found by its name.
 MetricsSummary summarise(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
   std::string line;
-  if (!std::getline(in, line) || line != kMetricsCsvHeader) {
+  const bool read = static_cast<bool>(std::getline(in, line));
+  const std::vector<std::string> names = split_commas(line);
+  if (!read || names.size() < 4 || names[0] != "epoch" || names[1] != "train_loss" ||
+      names[2] != "val_loss") {
     throw ConfigError(path + ": not a meshtrain metrics.csv (its first line should be '" +
                       std::string(kMetricsCsvHeader) + "')");
   }
   MetricsSummary s;
+  for (std::size_t c = 3; c < names.size(); ++c) {
+    if (names[c] == "test_loss") s.test_column = static_cast<int>(c) + 1;
+  }
+  auto loss = [&s](const std::string& text, bool& present) {
+    if (text.empty()) return;
+    present = true;
+    if (!(std::strtod(text.c_str(), nullptr) > 0)) s.all_positive = false;
+  };
   while (std::getline(in, line)) {
     if (line.empty()) continue;
-    const auto first = line.find(',');
-    const auto second = line.find(',', first + 1);
-    const auto third = line.find(',', second + 1);
-    if (first == std::string::npos || second == std::string::npos || third == std::string::npos) {
+    const std::vector<std::string> fields = split_commas(line);
+    if (fields.size() != names.size()) {
       throw ConfigError(path + ":" + std::to_string(s.epochs + 2) + ": malformed row '" + line +
                         "'");
     }
-    const double train = std::strtod(line.c_str() + first + 1, nullptr);
-    const std::string val = line.substr(second + 1, third - second - 1);
-    if (!(train > 0)) s.all_positive = false;
-    if (!val.empty()) {
-      s.has_validation = true;
-      if (!(std::strtod(val.c_str(), nullptr) > 0)) s.all_positive = false;
-    }
+    bool train = false;
+    loss(fields[1], train);
+    if (!train) s.all_positive = false;
+    loss(fields[2], s.has_validation);
+    if (s.test_column > 0) loss(fields[static_cast<std::size_t>(s.test_column - 1)], s.has_test);
     ++s.epochs;
   }
   if (s.epochs == 0) throw ConfigError(path + ": no epochs to plot");
@@ -111,7 +135,7 @@ void plot_metrics(const std::string& csv_path, const std::string& png_path,
       "set title " +
       quoted(title) +
       " noenhanced\n"
-      "set xlabel 'epoch'\nset ylabel 'loss (mean squared error)'\n"
+      "set xlabel 'epoch'\nset ylabel 'loss'\n"
       "set grid\nset key top right\n" +
       std::string(s.all_positive ? "set logscale y\n" : "") +
       (s.epochs == 1 ? "set xrange [0.5:1.5]\n" : "") + "plot " + quoted(csv_path) +
@@ -119,6 +143,9 @@ void plot_metrics(const std::string& csv_path, const std::string& png_path,
       (s.has_validation ? ", " + quoted(csv_path) +
                               " using 1:3 skip 1 with linespoints pt 5 ps 0.6 title 'validation'"
                         : std::string()) +
+      (s.has_test ? ", " + quoted(csv_path) + " using 1:" + std::to_string(s.test_column) +
+                        " skip 1 with linespoints pt 9 ps 0.6 title 'test'"
+                  : std::string()) +
       "\n";
   // Its standard output is never the plot: gnuplot only writes there when it failed.
   std::FILE* gnuplot = popen("gnuplot > /dev/null", "w");

@@ -107,6 +107,10 @@ const std::vector<SectionSpec>& schema() {
         {"train_y", "path", "-", ".npy (samples, outputs), or (samples,) for one output"},
         {"val_x", "path", "-", "validation inputs (optional, with val_y)"},
         {"val_y", "path", "-", "validation targets"},
+        {"test_x", "path", "-", "test inputs (optional, with test_y), evaluated with validation"},
+        {"test_y", "path", "-", "test targets"},
+        {"normalize", choice_type<Normalization>(), quoted(DataSettings{}.normalize),
+         choice_help<Normalization>()},
         {"synthetic", "\"reference\"", "-",
          "instead of files: the tutorial's x ~ N(0, 1), y = sum(x^2), from training.seed"},
         {"samples", "integer >= 1", "256", "synthetic samples"},
@@ -539,7 +543,7 @@ void read_model(SettingsReader& r, ModelSettings& m) {
 void read_data(SettingsReader& r, DataSettings& d, const std::string& file) {
   const std::string s = "data";
   if (auto v = r.choice(s, "synthetic", {"reference"})) d.synthetic = *v;
-  for (const char* key : {"train_x", "train_y", "val_x", "val_y"}) {
+  for (const char* key : {"train_x", "train_y", "val_x", "val_y", "test_x", "test_y"}) {
     if (!d.synthetic.empty() && r.has(s, key)) {
       r.fail(*r.find(s, key), std::string("data.") + key, "give synthetic or data files, not both");
     }
@@ -549,6 +553,7 @@ void read_data(SettingsReader& r, DataSettings& d, const std::string& file) {
       r.fail(*r.find(s, key), std::string("data.") + key, "only with synthetic = \"reference\"");
     }
   }
+  if (auto v = r.choice<Normalization>(s, "normalize")) d.normalize = *v;
   if (!d.synthetic.empty()) {
     if (auto v = r.integer(s, "samples", 1)) d.samples = static_cast<int>(*v);
     if (auto v = r.integer(s, "dim", 1)) d.dim = static_cast<int>(*v);
@@ -558,13 +563,24 @@ void read_data(SettingsReader& r, DataSettings& d, const std::string& file) {
   d.train_y = r.path(s, "train_y").value_or("");
   d.val_x = r.path(s, "val_x").value_or("");
   d.val_y = r.path(s, "val_y").value_or("");
+  d.test_x = r.path(s, "test_x").value_or("");
+  d.test_y = r.path(s, "test_y").value_or("");
   if (d.train_x.empty() || d.train_y.empty()) {
     throw ConfigError(
         file + ": data: give train_x and train_y (.npy files), or synthetic = \"reference\"");
   }
-  if (d.val_x.empty() != d.val_y.empty()) {
-    const char* given = d.val_x.empty() ? "val_y" : "val_x";
-    r.fail(*r.find(s, given), std::string("data.") + given, "give val_x and val_y together");
+  struct HeldOut {
+    const std::string& x;
+    const std::string& y;
+    const char* x_key;
+    const char* y_key;
+  };
+  for (const HeldOut& h : {HeldOut{d.val_x, d.val_y, "val_x", "val_y"},
+                           HeldOut{d.test_x, d.test_y, "test_x", "test_y"}}) {
+    if (h.x.empty() == h.y.empty()) continue;
+    const char* given = h.x.empty() ? h.y_key : h.x_key;
+    r.fail(*r.find(s, given), std::string("data.") + given,
+           std::string("give ") + h.x_key + " and " + h.y_key + " together");
   }
 }
 

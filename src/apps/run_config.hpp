@@ -30,6 +30,8 @@ struct DataSettings {
   int samples = 256;                           // synthetic only
   int dim = 4;                                 // synthetic only
   std::string train_x, train_y, val_x, val_y;  // resolved paths; val_* may be empty
+  std::string test_x, test_y;                  // may be empty
+  Normalization normalize = Normalization::None;
 };
 
 struct CheckpointSettings {

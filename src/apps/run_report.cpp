@@ -100,9 +100,11 @@ void ProgressPrinter::epoch(const EpochReport& r) {
   const double eta = done_here > 0 ? r.elapsed_seconds / done_here * (r.num_epochs - done) : NAN;
   const std::string val =
       std::isfinite(r.validation_loss) ? printf_string("%.6f", r.validation_loss) : "-";
+  const std::string test =
+      std::isfinite(r.test_loss) ? printf_string(", test loss %.6f", r.test_loss) : "";
   if (bar_shown_) std::printf("\r\033[K");
-  std::printf("epoch %d/%d: train loss %.6f, val loss %s, %.0f samples/s, elapsed %s, ETA %s\n",
-              done, r.num_epochs, r.train_loss, val.c_str(), r.samples_per_second,
+  std::printf("epoch %d/%d: train loss %.6f, val loss %s%s, %.0f samples/s, elapsed %s, ETA %s\n",
+              done, r.num_epochs, r.train_loss, val.c_str(), test.c_str(), r.samples_per_second,
               format_duration(r.elapsed_seconds).c_str(), format_duration(eta).c_str());
   if (bar_) {
     constexpr int width = 30;
@@ -151,15 +153,18 @@ void MetricsFiles::append(const EpochReport& r) {
   const auto step = static_cast<long long>(r.step);
   const auto skipped = static_cast<long long>(r.skipped_steps);
   std::fprintf(jsonl_,
-               "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"step\": %lld, "
+               "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"test_loss\": %s, "
+               "\"step\": %lld, "
                "\"skipped_steps\": %lld, \"epoch_seconds\": %.6f, \"elapsed_seconds\": %.6f, "
                "\"samples_per_second\": %.1f}\n",
                epoch, json_number(r.train_loss, "%.17g").c_str(),
-               json_number(r.validation_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
+               json_number(r.validation_loss, "%.17g").c_str(),
+               json_number(r.test_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second);
-  std::fprintf(csv_, "%d,%s,%s,%lld,%lld,%.6f,%.6f,%.1f\n", epoch,
+  std::fprintf(csv_, "%d,%s,%s,%s,%lld,%lld,%.6f,%.6f,%.1f\n", epoch,
                csv_number(r.train_loss, "%.17g").c_str(),
-               csv_number(r.validation_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
+               csv_number(r.validation_loss, "%.17g").c_str(),
+               csv_number(r.test_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second);
   std::fflush(jsonl_);
   std::fflush(csv_);

@@ -51,6 +51,6 @@ class MetricsFiles {
 };
 
 inline constexpr const char* kMetricsCsvHeader =
-    "epoch,train_loss,val_loss,step,skipped_steps,epoch_seconds,elapsed_seconds,samples_per_second";
+    "epoch,train_loss,val_loss,test_loss,step,skipped_steps,epoch_seconds,elapsed_seconds,samples_per_second";
 
 }  // namespace meshtrain::app

@@ -127,45 +127,90 @@ void broadcast_shape(Communicator& comm, std::vector<std::size_t>& shape) {
 
 }  // namespace
 
-TrainingData load_training_data(const RunConfig& config, Communicator& comm) {
-  if (!config.data.synthetic.empty()) return synthetic_data(config);
+namespace {
 
+// The validation or the test set: both files, checked like the training files, with the
+// training samples' shape for a field model.
+struct HeldOutSet {
+  const char* name;  // "validation", "test"
+  std::string x_key, y_key;
+  const std::string& x_path;
+  const std::string& y_path;
+  HostMatrix& x;
+  HostMatrix& y;
+};
+
+void read_held_out(const RunConfig& config, const HeldOutSet& h, const TrainingData& train) {
+  std::vector<std::size_t> x_shape, y_shape;
+  h.x = read_matrix(config, h.x_key, h.x_path, x_shape);
+  h.y = read_matrix(config, h.y_key, h.y_path, y_shape);
+  check_pair(config, h.x_key, h.x_path, h.x, h.y_key, h.y_path, h.y);
+  if (config.model.type == ModelType::Fno &&
+      (x_shape != train.x_sample_shape || y_shape != train.y_sample_shape)) {
+    throw ConfigError(config.where(h.x_key) + ": " + h.x_path + ": samples of shape " +
+                      shape_text(x_shape) + " and " + shape_text(y_shape) +
+                      ", but the training samples are " + shape_text(train.x_sample_shape) +
+                      " and " + shape_text(train.y_sample_shape));
+  }
+}
+
+TrainingData read_files(const RunConfig& config, Communicator& comm) {
   const DataSettings& d = config.data;
-  const bool validation = !d.val_x.empty();
   TrainingData out;
+  std::vector<HeldOutSet> held_out;
+  if (!d.val_x.empty()) {
+    held_out.push_back({"validation", "data.val_x", "data.val_y", d.val_x, d.val_y, out.val_x,
+                        out.val_y});
+  }
+  if (!d.test_x.empty()) {
+    held_out.push_back({"test", "data.test_x", "data.test_y", d.test_x, d.test_y, out.test_x,
+                        out.test_y});
+  }
   on_root_sharing_errors(comm, [&] {
     out.x = read_matrix(config, "data.train_x", d.train_x, out.x_sample_shape);
     out.y = read_matrix(config, "data.train_y", d.train_y, out.y_sample_shape);
     check_pair(config, "data.train_x", d.train_x, out.x, "data.train_y", d.train_y, out.y);
-    const bool fno = config.model.type == ModelType::Fno;
-    if (fno) {
+    if (config.model.type == ModelType::Fno) {
       check_fields(config, "data.train_x", d.train_x, out.x_sample_shape, "data.train_y",
                    d.train_y, out.y_sample_shape);
     }
-    if (validation) {
-      std::vector<std::size_t> val_x_shape, val_y_shape;
-      out.val_x = read_matrix(config, "data.val_x", d.val_x, val_x_shape);
-      out.val_y = read_matrix(config, "data.val_y", d.val_y, val_y_shape);
-      check_pair(config, "data.val_x", d.val_x, out.val_x, "data.val_y", d.val_y, out.val_y);
-      if (fno && (val_x_shape != out.x_sample_shape || val_y_shape != out.y_sample_shape)) {
-        throw ConfigError(config.where("data.val_x") + ": " + d.val_x + ": samples of shape " +
-                          shape_text(val_x_shape) + " and " + shape_text(val_y_shape) +
-                          ", but the training samples are " + shape_text(out.x_sample_shape) +
-                          " and " + shape_text(out.y_sample_shape));
-      }
-    }
+    for (const HeldOutSet& h : held_out) read_held_out(config, h, out);
   });
   broadcast_shape(comm, out.x_sample_shape);
   broadcast_shape(comm, out.y_sample_shape);
   broadcast_matrix(comm, out.x, "data.train_x");
   broadcast_matrix(comm, out.y, "data.train_y");
-  if (validation) {
-    broadcast_matrix(comm, out.val_x, "data.val_x");
-    broadcast_matrix(comm, out.val_y, "data.val_y");
-  }
   out.description =
       d.train_x + " " + shape_text(out.x) + ", " + d.train_y + " " + shape_text(out.y);
-  if (validation) out.description += "; validation " + shape_text(out.val_x);
+  for (const HeldOutSet& h : held_out) {
+    broadcast_matrix(comm, h.x, h.x_key);
+    broadcast_matrix(comm, h.y, h.y_key);
+    out.description += std::string("; ") + h.name + " " + shape_text(h.x);
+  }
+  return out;
+}
+
+// Every rank computes the same statistics from the same training data (in double, in row
+// order), so no communication is needed.
+void normalize(const RunConfig& config, TrainingData& data) {
+  if (config.data.normalize != Normalization::Pointwise) return;
+  try {
+    const PointwiseNormalizer inputs = PointwiseNormalizer::fit(data.x);
+    for (HostMatrix* m : {&data.x, &data.val_x, &data.test_x}) {
+      if (m->extent(0) > 0) inputs.encode(*m);
+    }
+    data.output_decoder = PointwiseNormalizer::fit(data.y);
+  } catch (const ConfigError& e) {
+    throw ConfigError(config.where("data.normalize") + ": " + e.what());
+  }
+  data.description += "; normalized pointwise";
+}
+
+}  // namespace
+
+TrainingData load_training_data(const RunConfig& config, Communicator& comm) {
+  TrainingData out = config.data.synthetic.empty() ? read_files(config, comm) : synthetic_data(config);
+  normalize(config, out);
   return out;
 }
 

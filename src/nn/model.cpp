@@ -92,6 +92,21 @@ void Model::set_parameters(const HostVector& values) {
   Kokkos::deep_copy(params_, values);
 }
 
+void Model::append_fixed(std::unique_ptr<Layer> layer) {
+  if (layer->num_parameters() != 0) {
+    throw ConfigError("model: append_fixed takes a layer without parameters, got " +
+                      layer->describe() + " with " + std::to_string(layer->num_parameters()));
+  }
+  layers_.push_back(std::move(layer));
+  try {
+    lay_out();
+  } catch (...) {
+    layers_.pop_back();
+    lay_out();
+    throw;
+  }
+}
+
 void Model::allocate_parameters() {
   if (params_.extent(0) != num_parameters_) {
     params_ = Vector("meshtrain::parameters", num_parameters_);

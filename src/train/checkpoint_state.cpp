@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -120,6 +121,7 @@ class MetadataReader {
   MetadataReader(const Checkpoint& checkpoint, std::string source)
       : metadata_(checkpoint.metadata), source_(std::move(source)) {}
 
+  bool has(const std::string& key) const { return metadata_.count(key) != 0; }
   [[noreturn]] void fail(const std::string& why) const {
     throw ConfigError("checkpoint " + source_ + ": " + why);
   }
@@ -263,6 +265,7 @@ void broadcast_state(Communicator& comm, TrainingState& s, std::size_t parameter
   comm.broadcast(&s.epoch_loss_sum, 1, DataType::Float64, root);
   broadcast_doubles(comm, s.epoch_losses, root);
   broadcast_doubles(comm, s.validation_losses, root);
+  broadcast_doubles(comm, s.test_losses, root);
   auto vector = [&](HostVector& v, bool present, const char* label) {
     if (!present) return;
     if (comm.rank() != root) v = HostVector(std::string(label), parameters);
@@ -307,6 +310,8 @@ Checkpoint to_checkpoint(const TrainingState& raw_state, const Model& model,
   m["skipped_steps"] = std::to_string(state.skipped_steps);
   m["epoch_losses"] = format_list(state.epoch_losses);
   m["validation_losses"] = format_list(state.validation_losses);
+  // Absent when no history was given (a state built by hand): read back as "none evaluated".
+  if (!state.test_losses.empty()) m["test_losses"] = format_list(state.test_losses);
   m["fingerprint"] = fingerprint_of(signature);
   m["run"] = signature;
   if (const auto stack = dense_stack(model)) {
@@ -397,10 +402,16 @@ void read_position(const MetadataReader& meta, std::size_t batches, TrainingStat
   state.epoch_losses = meta.list("epoch_losses");
   state.validation_losses = meta.list("validation_losses");
   const auto epochs = static_cast<std::size_t>(state.epoch);
-  if (state.epoch_losses.size() != epochs || state.validation_losses.size() != epochs) {
+  // Checkpoints from before test sets have no test_losses: none was evaluated.
+  state.test_losses = meta.has("test_losses")
+                          ? meta.list("test_losses")
+                          : std::vector<double>(epochs, std::numeric_limits<double>::quiet_NaN());
+  if (state.epoch_losses.size() != epochs || state.validation_losses.size() != epochs ||
+      state.test_losses.size() != epochs) {
     meta.fail("metadata epoch " + std::to_string(state.epoch) + " with " +
-              std::to_string(state.epoch_losses.size()) + " epoch_losses and " +
-              std::to_string(state.validation_losses.size()) + " validation_losses");
+              std::to_string(state.epoch_losses.size()) + " epoch_losses, " +
+              std::to_string(state.validation_losses.size()) + " validation_losses and " +
+              std::to_string(state.test_losses.size()) + " test_losses");
   }
   if (state.batch >= batches) {
     meta.fail("metadata batch " + std::to_string(state.batch) + ": an epoch of this run has " +

@@ -155,6 +155,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   skipped_steps_ = 0;
   epoch_losses_.clear();
   validation_losses_.clear();
+  test_losses_.clear();
   begin_epoch(0);
 }
 
@@ -162,6 +163,12 @@ void Trainer::set_validation_data(const HostMatrix& x, const HostMatrix& y) {
   check_pair(x, y, model_, "validation");
   x_val_ = upload(x, "meshtrain::x_validation");
   y_val_ = upload(y, "meshtrain::y_validation");
+}
+
+void Trainer::set_test_data(const HostMatrix& x, const HostMatrix& y) {
+  check_pair(x, y, model_, "test");
+  x_test_ = upload(x, "meshtrain::x_test");
+  y_test_ = upload(y, "meshtrain::y_test");
 }
 
 void Trainer::set_epoch_callback(std::function<void(const EpochReport&)> callback) {
@@ -250,8 +257,8 @@ bool Trainer::step(std::size_t batch) {
   return flags[1] != 0;
 }
 
-double Trainer::validation_loss() {
-  const std::size_t n = x_val_.extent(0);
+double Trainer::evaluate(const Matrix& x, const Matrix& y) {
+  const std::size_t n = x.extent(0);
   const ShardPlan plan = make_shard_plan(static_cast<int>(n), groups_->batch_parts());
   const int shard = groups_->batch_index();
   const auto begin = static_cast<std::size_t>(plan.offsets[shard]);
@@ -263,7 +270,7 @@ double Trainer::validation_loss() {
   for (std::size_t done = 0; done < most; done += max_rows_) {
     const std::size_t from = begin + std::min(done, count);
     const std::size_t to = begin + std::min(done + max_rows_, count);
-    sum += engine_->evaluate(rows(x_val_, from, to), rows(y_val_, from, to), scale);
+    sum += engine_->evaluate(rows(x, from, to), rows(y, from, to), scale);
   }
   return sum;
 }
@@ -318,9 +325,12 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   const double nan = std::numeric_limits<double>::quiet_NaN();
   epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count) : nan);
   const bool last = epoch_ + 1 == config_.num_epochs;
-  const bool validate = x_val_.extent(0) > 0 && config_.validation_every > 0 &&
-                        ((epoch_ + 1) % config_.validation_every == 0 || last);
-  validation_losses_.push_back(validate ? validation_loss() : nan);
+  const bool evaluate_now = config_.validation_every > 0 &&
+                            ((epoch_ + 1) % config_.validation_every == 0 || last);
+  const bool validate = evaluate_now && x_val_.extent(0) > 0;
+  const bool test = evaluate_now && x_test_.extent(0) > 0;
+  validation_losses_.push_back(validate ? evaluate(x_val_, y_val_) : nan);
+  test_losses_.push_back(test ? evaluate(x_test_, y_test_) : nan);
   const double now = now_seconds();
   if (epoch_callback_) {
     EpochReport report;
@@ -328,6 +338,7 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
     report.num_epochs = config_.num_epochs;
     report.train_loss = epoch_losses_.back();
     report.validation_loss = validation_losses_.back();
+    report.test_loss = test_losses_.back();
     report.step = run_steps_;
     report.skipped_steps = skipped_steps_;
     report.epoch_seconds = now - epoch_start;
@@ -354,6 +365,7 @@ TrainingMetrics Trainer::metrics_of(const FitClock& clock, double wall, bool sto
   }
   metrics.epoch_losses = epoch_losses_;
   metrics.validation_losses = validation_losses_;
+  metrics.test_losses = test_losses_;
   if (!epoch_losses_.empty()) {
     metrics.initial_loss = epoch_losses_.front();
     metrics.final_loss = epoch_losses_.back();
@@ -415,6 +427,7 @@ TrainingState Trainer::state() {
   st.skipped_steps = skipped_steps_;
   st.epoch_losses = epoch_losses_;
   st.validation_losses = validation_losses_;
+  st.test_losses = test_losses_;
   return at_epoch_boundary(std::move(st), num_batches_);
 }
 
@@ -452,6 +465,7 @@ void Trainer::restore(const TrainingState& st) {
   skipped_steps_ = st.skipped_steps;
   epoch_losses_ = st.epoch_losses;
   validation_losses_ = st.validation_losses;
+  test_losses_ = st.test_losses;
   if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
 }
 

@@ -33,8 +33,8 @@ STRAIGHT = None  # run.toml of the straight run, made by setUpModule
 STRAIGHT_RESULT = None
 
 PREEMPTED = 75
-CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "step", "skipped_steps", "epoch_seconds",
-               "elapsed_seconds", "samples_per_second"]
+CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "step", "skipped_steps",
+               "epoch_seconds", "elapsed_seconds", "samples_per_second"]
 
 # 96 training samples in batches of 16: 6 steps per epoch.
 BASE_CONFIG = """\
@@ -295,7 +295,8 @@ class StraightRun(unittest.TestCase):
             rows = list(csv.reader(f))
         self.assertEqual(rows[0], CSV_COLUMNS)
         self.assertEqual([r[0] for r in rows[1:]], ["1", "2", "3", "4"])
-        self.assertEqual([r[3] for r in rows[1:]], ["6", "12", "18", "24"])
+        self.assertEqual([r[4] for r in rows[1:]], ["6", "12", "18", "24"])
+        self.assertEqual([r[3] for r in rows[1:]], ["", "", "", ""])  # no test set
         with open(run_dir(self.config, "out", "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
         self.assertEqual([r["epoch"] for r in records], [1, 2, 3, 4])
@@ -304,6 +305,7 @@ class StraightRun(unittest.TestCase):
             self.assertEqual(record["train_loss"], float(row[1]))
             self.assertEqual(record["val_loss"], float(row[2]))
             self.assertGreater(record["val_loss"], 0)
+            self.assertIsNone(record["test_loss"])
         # The losses in the checkpoint are the ones in the metrics.
         meta, _ = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
         self.assertEqual(json.loads(meta["epoch_losses"]), [r["train_loss"] for r in records])
@@ -461,7 +463,7 @@ class Preemption(unittest.TestCase):
         ref_rows = self.metrics_rows(self.straight)
         self.assertEqual([r[0] for r in rows], [str(e) for e in range(1, 7)])
         for got, want in zip(rows, ref_rows):
-            self.assertEqual(got[3], want[3], f"step of epoch {got[0]}")
+            self.assertEqual(got[4], want[4], f"step of epoch {got[0]}")
             self.assertEqual(got[1], want[1], f"train loss of epoch {got[0]}")
 
     def test_resumed_epoch_loss_is_exact(self):
@@ -824,10 +826,20 @@ class FnoTraining(unittest.TestCase):
         shutil.rmtree(data, ignore_errors=True)
         cls.made = [launch(2, "data", "darcy", "--samples", n, "--resolution", "16", "--seed", seed,
                            "-o", os.path.join(data, part))
-                    for part, n, seed in (("train", "15", "1"), ("val", "5", "2"))]
+                    for part, n, seed in (("train", "15", "1"), ("val", "5", "2"), ("test", "4", "3"))]
         cls.runs = {}
         for name, np_, strategy in (("one", 1, "data"), ("data", 2, "data"), ("fsdp", 2, "fsdp")):
             config = make_run("fno-" + name, FNO_CONFIG)
+            cls.runs[name] = (config, launch(np_, "train", "--config", config, "--progress", "lines",
+                                             "--set", f"distributed.strategy={strategy}"))
+        # Normalised data and a test set, on one rank and on two (fsdp).
+        normalized = FNO_CONFIG.replace(
+            'val_y = "../fno-fields/val/y.npy"',
+            'val_y = "../fno-fields/val/y.npy"\ntest_x = "../fno-fields/test/x.npy"\n'
+            'test_y = "../fno-fields/test/y.npy"\nnormalize = "pointwise"').replace(
+            '[checkpoint]', '[output]\ndir = "out"\n\n[checkpoint]')
+        for name, np_, strategy in (("norm-one", 1, "data"), ("norm-fsdp", 2, "fsdp")):
+            config = make_run("fno-" + name, normalized)
             cls.runs[name] = (config, launch(np_, "train", "--config", config, "--progress", "lines",
                                              "--set", f"distributed.strategy={strategy}"))
 
@@ -848,6 +860,27 @@ class FnoTraining(unittest.TestCase):
                 self.assertLessEqual(abs(got - want), 1e-4 * want, name)
         self.assertLess(losses["one"][1], losses["one"][0])
 
+    def test_normalized_with_a_test_set(self):
+        """data.normalize = "pointwise" and a test set: the test loss is printed and written
+        every epoch, one rank and two agree, and the checkpoint's run names the decoder."""
+        test_losses = {}
+        for name in ("norm-one", "norm-fsdp"):
+            config, r = self.runs[name]
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("; test (4, 256); normalized pointwise", r.stdout)
+            printed = re.findall(r"^epoch \d+/2: .*, test loss ([0-9.]+),", r.stdout, re.M)
+            self.assertEqual(len(printed), 2, r.stdout)
+            with open(run_dir(config, "out", "metrics.csv")) as f:
+                rows = list(csv.reader(f))
+            self.assertEqual(rows[0], CSV_COLUMNS)
+            test_losses[name] = [float(row[3]) for row in rows[1:]]
+            self.assertEqual([f"{v:.6f}" for v in test_losses[name]], printed)
+            meta, _ = read_safetensors(os.path.join(run_dir(config, "ckpt"), "ckpt-6.safetensors"))
+            self.assertEqual(json.loads(meta["test_losses"]), test_losses[name])
+            self.assertIn("|affine(256);", meta["run"])
+        for got, want in zip(test_losses["norm-fsdp"], test_losses["norm-one"]):
+            self.assertLessEqual(abs(got - want), 1e-4 * want)
+
     def test_checkpoint_describes_the_operator(self):
         config, r = self.runs["data"]
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -867,6 +900,9 @@ class FnoTraining(unittest.TestCase):
             (["--set", "model.hidden=9"], "model.hidden: only with type = \"mlp\""),
             (["--set", "model.layers=0"], "model.layers: 0 is out of range"),
             (["--set", "model.type=transformer"], "model.type"),
+            (["--set", "data.test_x='../fno-fields/test/x.npy'"],
+             "data.test_x: give test_x and test_y together"),
+            (["--set", "data.normalize='global'"], "data.normalize: 'global' is not one of none, pointwise"),
             (["--set", "data.train_x=data/train_x.npy", "--set", "data.train_y=data/train_y.npy"],
              "data.train_x: data/train_x.npy: samples of shape (4,); type = \"fno\""),
         ]

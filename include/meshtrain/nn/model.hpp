@@ -49,6 +49,11 @@ class Model {
   void release_parameters() { params_ = Vector(); }
   void allocate_parameters();
 
+  // Appends a layer without parameters (a fixed output transform, such as a data decoder):
+  // the flat buffer and every tensor stay as they are. Throws ConfigError for a layer with
+  // parameters or one whose input does not fit the last layer's output.
+  void append_fixed(std::unique_ptr<Layer> layer);
+
   void set_partition(std::size_t tensor, std::vector<std::string> partition);
   // Megatron-style specs: layers (0, 1), (2, 3), ... become column-parallel / row-parallel
   // pairs over `axis`; with an odd layer count the last layer stays replicated.

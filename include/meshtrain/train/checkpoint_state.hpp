@@ -8,8 +8,9 @@
 // Metadata (strings, as safetensors requires):
 //   meshtrain.format = "training_state", meshtrain.format_version = "1"
 //   optimizer_step, epoch, batch, epoch_loss_count, skipped_steps: decimal integers
-//   epoch_loss_sum: "%.17g"; epoch_losses, validation_losses: "[a, b, ...]" with "%.17g"
-//     (NaN, where an epoch had no validation, as "nan")
+//   epoch_loss_sum: "%.17g"; epoch_losses, validation_losses, test_losses: "[a, b, ...]"
+//     with "%.17g" (NaN, where an epoch had no validation, as "nan"; test_losses may be
+//     absent, in checkpoints from before test sets)
 //   fingerprint: 16 hex digits of FNV-1a 64 over `run`, the canonical run signature
 //   run: "widths=4,64,1;activations=relu,identity;optimizer=adam;..." (see run_signature)
 //   model_widths and activation (an MLP) or model_layers (any other model), optimizer,

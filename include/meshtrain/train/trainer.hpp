@@ -22,6 +22,7 @@ struct TrainingMetrics {
   double final_loss = 0.0;    // the same for the last epoch trained
   std::vector<double> epoch_losses;       // every epoch so far, those before a resume included
   std::vector<double> validation_losses;  // per epoch; NaN where not evaluated
+  std::vector<double> test_losses;        // the same for the test set
   std::int64_t steps = 0;                 // optimizer steps taken by this fit() call
   std::int64_t skipped_steps = 0;         // non-finite steps skipped (nonfinite = "skip")
   bool stopped = false;                   // ended early by the stop flag (preemption)
@@ -48,6 +49,7 @@ struct EpochReport {
   int num_epochs = 0;
   double train_loss = 0.0;
   double validation_loss = 0.0;  // NaN when not evaluated this epoch
+  double test_loss = 0.0;        // the same for the test set
   std::int64_t step = 0;         // optimizer steps of the whole run so far
   std::int64_t skipped_steps = 0;
   double epoch_seconds = 0.0;
@@ -70,6 +72,7 @@ struct TrainingState {
   std::int64_t skipped_steps = 0;
   std::vector<double> epoch_losses;  // completed epochs
   std::vector<double> validation_losses;
+  std::vector<double> test_losses;
 };
 
 // The one place a run's position is normalised: a state taken when an epoch has just
@@ -110,8 +113,10 @@ class Trainer {
   bool step(std::size_t batch);
   std::size_t batches_per_epoch() const { return num_batches_; }
 
-  // Optional, before fit(): a validation set (every rank holds it in full).
+  // Optional, before fit(): a validation set and a test set (every rank holds them in full),
+  // evaluated with the training loss every validation_every epochs and after the last.
   void set_validation_data(const HostMatrix& x, const HostMatrix& y);
+  void set_test_data(const HostMatrix& x, const HostMatrix& y);
   // Called on every rank after each epoch (after validation).
   void set_epoch_callback(std::function<void(const EpochReport&)> callback);
   // Polled at every step; when it is non-zero on any rank, every rank stops after the same
@@ -150,7 +155,8 @@ class Trainer {
   // The finished epoch's loss, validation and report; moves on to the next epoch.
   void end_epoch(const FitClock& clock, double epoch_start, std::size_t epoch_samples);
   TrainingMetrics metrics_of(const FitClock& clock, double wall, bool stopped) const;
-  double validation_loss();
+  // The loss over a whole held-out set (collective over the batch group).
+  double evaluate(const Matrix& x, const Matrix& y);
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
@@ -172,6 +178,8 @@ class Trainer {
   Matrix y_;
   Matrix x_val_;
   Matrix y_val_;
+  Matrix x_test_;
+  Matrix y_test_;
   // Shuffling: this epoch's order on the device and the rows it selects for this rank.
   Kokkos::View<std::int64_t*, MemSpace> order_;
   std::vector<std::int64_t> host_order_;
@@ -189,6 +197,7 @@ class Trainer {
   std::int64_t skipped_steps_ = 0;
   std::vector<double> epoch_losses_;
   std::vector<double> validation_losses_;
+  std::vector<double> test_losses_;
 
   std::function<void(const EpochReport&)> epoch_callback_;
   const volatile std::sig_atomic_t* stop_flag_ = nullptr;
