@@ -24,6 +24,13 @@ std::mutex& planner_mutex() {
 
 constexpr bool kHostMemory = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 
+struct FftRegion {
+  FftRegion() { Kokkos::Profiling::pushRegion("meshtrain::fft"); }
+  ~FftRegion() { Kokkos::Profiling::popRegion(); }
+  FftRegion(const FftRegion&) = delete;
+  FftRegion& operator=(const FftRegion&) = delete;
+};
+
 #if defined(MESHTRAIN_HAS_CUFFT)
 void check_cufft(cufftResult result, const char* what, std::size_t s1, std::size_t s2,
                  std::size_t channels) {
@@ -116,7 +123,10 @@ Fft2d::Fft2d(std::size_t s1, std::size_t s2, std::size_t channels)
   plans_ = std::move(plans);
 }
 
+// Each transform is a Kokkos Tools region ("meshtrain::fft"), as Kokkos Kernels' gemms are
+// ("KokkosBlas::gemm[...]"): bench_fno attributes a step's time to them.
 void Fft2d::forward(const float* x, float* spectrum, std::size_t samples) const {
+  const FftRegion region;
   const std::size_t in = real_size();
   const std::size_t out = spectrum_size();
 #if defined(MESHTRAIN_HAS_CUFFT)
@@ -136,6 +146,7 @@ void Fft2d::forward(const float* x, float* spectrum, std::size_t samples) const 
 }
 
 void Fft2d::inverse(float* spectrum, float* x, std::size_t samples) const {
+  const FftRegion region;
   const std::size_t in = spectrum_size();
   const std::size_t out = real_size();
   for (std::size_t b = 0; b < samples; ++b) {
