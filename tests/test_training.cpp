@@ -70,8 +70,10 @@ ReferenceData case_data(const Case& c, std::uint64_t seed) {
   return data;
 }
 
-void expect_world_equals_single(const Case& c, const DistributedConfig& dist) {
-  TrainingConfig config;
+// base: the settings under test (schedule, clipping, accumulation, ...).
+void expect_world_equals_single(const Case& c, const DistributedConfig& dist,
+                                const TrainingConfig& base = {}) {
+  TrainingConfig config = base;
   config.num_epochs = c.epochs;
   config.batch_size = c.batch;
   config.seed = 3;
@@ -582,6 +584,77 @@ TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {
   MpiCommunicator(MPI_COMM_WORLD).barrier();
 }
 
+// ---- Learning-rate schedules: the same rate on every rank, from the step count.
+
+namespace {
+TrainingConfig warmup_cosine() {
+  TrainingConfig config;
+  config.learning_rate = 0.01;
+  config.schedule = Schedule::WarmupCosine;
+  config.warmup_steps = 3;
+  config.min_learning_rate = 1e-4;
+  return config;
+}
+}  // namespace
+
+TEST(Schedule, EveryStrategyMatchesOneRank) {
+  const int n = world_size();
+  TrainingConfig step;
+  step.schedule = Schedule::Step;
+  step.step_size = 1;
+  step.gamma = 0.5;
+  for (const TrainingConfig& base : {warmup_cosine(), step}) {
+    const Case c{48, 12, 3, {4, 12, 12, 1}};
+    expect_world_equals_single(c, DistributedConfig{}, base);
+    expect_world_equals_single(c, DistributedConfig{{n}, {"data"}, Strategy::Fsdp}, base);
+    expect_world_equals_single(c, DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data},
+                               base);
+  }
+}
+
+TEST(Schedule, TheRateOfEachStepIsTheSchedulesAndIsReported) {
+  // A 1-rank run with the schedule against the same steps taken through the engine, each
+  // with the rate the schedule gives its step: the same bits.
+  TrainingConfig config = warmup_cosine();
+  config.optimizer = OptimizerType::Sgd;
+  config.num_epochs = 3;
+  config.batch_size = 8;
+  const ReferenceData data = make_reference_data(24, 4, 6);
+  std::vector<double> reported;
+  Trainer scheduled(Mlp({4, 8, 1}, Activation::ReLU, 6), config,
+                    groups_over(MPI_COMM_SELF, config));
+  scheduled.set_epoch_callback([&](const EpochReport& r) { reported.push_back(r.learning_rate); });
+  const FitResult a = scheduled.fit(data.x, data.y);
+
+  const LearningRateSchedule schedule(config, 3);  // 3 batches an epoch, 9 steps
+  EXPECT_EQ(reported, (std::vector<double>{schedule(2), schedule(5), schedule(8)}));
+  EXPECT_EQ(schedule(0), 0.0);  // optax: the first step's rate is the warmup's initial one
+  EXPECT_EQ(schedule(3), 0.01);
+  EXPECT_EQ(scheduled.learning_rate_at(8), schedule(8));
+
+  const Mlp model({4, 8, 1}, Activation::ReLU, 6);
+  MpiCommunicator self(MPI_COMM_SELF);
+  auto engine = make_data_parallel_engine(model, self, OptimizerConfig::of(OptimizerType::Sgd),
+                                          config.bucket_bytes, false, Progress::Poll, 8);
+  Matrix x("x", 24, 4), y("y", 24, 1);
+  Kokkos::deep_copy(x, data.x);
+  Kokkos::deep_copy(y, data.y);
+  for (std::size_t t = 0; t < 9; ++t) {
+    const std::size_t begin = 8 * (t % 3);
+    engine->step(rows(x, begin, begin + 8), rows(y, begin, begin + 8), 8,
+                 schedule(static_cast<std::int64_t>(t)));
+  }
+  EXPECT_EQ(host_params(a.model), host_params(model));
+  // And not what the constant rate gives.
+  config = TrainingConfig{};
+  config.optimizer = OptimizerType::Sgd;
+  config.learning_rate = 0.01;
+  config.num_epochs = 3;
+  config.batch_size = 8;
+  Trainer constant(Mlp({4, 8, 1}, Activation::ReLU, 6), config, groups_over(MPI_COMM_SELF, config));
+  EXPECT_NE(host_params(constant.fit(data.x, data.y).model), host_params(model));
+}
+
 // ---- Shuffling, validation, non-finite steps, stopping and resuming.
 
 TEST(Shuffle, SamePermutationEverywhereAndNRanksEqualOneRank) {
@@ -729,6 +802,24 @@ TEST(Resume, BitIdenticalToAnUninterruptedRunUnderEveryStrategy) {
         straight_and_resumed(config, {4, 12, 12, 1}, 1, MPI_COMM_WORLD, config);
     EXPECT_EQ(straight, resumed) << "strategy " << name_of(dist.strategy) << " mesh "
                                  << format_shape(dist.mesh_shape);
+  }
+}
+
+TEST(Resume, AScheduleContinuesFromTheStepCount) {
+  for (Schedule kind : {Schedule::WarmupCosine, Schedule::Step}) {
+    TrainingConfig config;
+    config.num_epochs = 4;
+    config.batch_size = 12;
+    config.schedule = kind;
+    if (kind == Schedule::Step) {
+      config.step_size = 1;
+      config.gamma = 0.5;
+    } else {
+      config.warmup_steps = 5;
+    }
+    const auto [straight, resumed] =
+        straight_and_resumed(config, {4, 12, 12, 1}, 1, MPI_COMM_WORLD, config);
+    EXPECT_EQ(straight, resumed) << name_of(kind);
   }
 }
 

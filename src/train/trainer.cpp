@@ -111,6 +111,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
+  schedule_.emplace(config_, static_cast<std::int64_t>(num_batches_));
   const int parts = groups_->batch_parts();
   full_plan_ = shard_batch(*world_, static_cast<int>(std::min(batch, n)), parts);
   last_plan_ = shard_batch(*world_, static_cast<int>(n % batch), parts);
@@ -242,12 +243,17 @@ bool Trainer::step(std::size_t batch) {
         "meshtrain::record_skipped", Kokkos::RangePolicy<ExecSpace>(0, 1),
         KOKKOS_LAMBDA(int) { losses(batch) = nan; });
   } else {
-    engine_->apply_gradients(config_.learning_rate);
+    engine_->apply_gradients(learning_rate_at(run_steps_));
     Kokkos::parallel_for(
         "meshtrain::record_loss", Kokkos::RangePolicy<ExecSpace>(0, 1),
         KOKKOS_LAMBDA(int) { losses(batch) = loss(); });
   }
   return flags[1] != 0;
+}
+
+double Trainer::learning_rate_at(std::int64_t step) const {
+  if (!schedule_) throw std::logic_error("Trainer::learning_rate_at() called before prepare()");
+  return (*schedule_)(step);
 }
 
 double Trainer::validation_loss() {
@@ -330,6 +336,7 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
     report.validation_loss = validation_losses_.back();
     report.step = run_steps_;
     report.skipped_steps = skipped_steps_;
+    report.learning_rate = learning_rate_at(run_steps_ - 1);
     report.epoch_seconds = now - epoch_start;
     report.elapsed_seconds = now - clock.start;
     report.samples_per_second =

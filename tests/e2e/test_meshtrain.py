@@ -9,6 +9,7 @@ safetensors (8-byte header length, JSON header, raw bytes) by hand.
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ STRAIGHT_RESULT = None
 
 PREEMPTED = 75
 CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "step", "skipped_steps", "epoch_seconds",
-               "elapsed_seconds", "samples_per_second"]
+               "elapsed_seconds", "samples_per_second", "learning_rate"]
 
 # 96 training samples in batches of 16: 6 steps per epoch.
 BASE_CONFIG = """\
@@ -261,7 +262,7 @@ class StraightRun(unittest.TestCase):
         r = self.result
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stderr.strip(), "")
-        epochs = re.findall(r"^epoch (\d+)/4: train loss [0-9.]+, val loss [0-9.]+, \d+ samples/s, "
+        epochs = re.findall(r"^epoch (\d+)/4: train loss [0-9.]+, val loss [0-9.]+, lr 0\.01, \d+ samples/s, "
                             r"elapsed \S+ s, ETA \S+ s$", r.stdout, re.M)
         self.assertEqual(epochs, ["1", "2", "3", "4"])
         self.assertEqual(r.stdout.count("Final loss:"), 1)  # rank 0 only
@@ -296,6 +297,7 @@ class StraightRun(unittest.TestCase):
         self.assertEqual(rows[0], CSV_COLUMNS)
         self.assertEqual([r[0] for r in rows[1:]], ["1", "2", "3", "4"])
         self.assertEqual([r[3] for r in rows[1:]], ["6", "12", "18", "24"])
+        self.assertEqual([r[8] for r in rows[1:]], ["0.01"] * 4)  # constant schedule
         with open(run_dir(self.config, "out", "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
         self.assertEqual([r["epoch"] for r in records], [1, 2, 3, 4])
@@ -534,6 +536,30 @@ class Help(unittest.TestCase):
             self.assertIn(line, r.stdout)
 
 
+class Schedules(unittest.TestCase):
+    """The learning rate of each epoch's last step in the metrics, as optax computes it."""
+
+    def test_warmup_cosine_rates_in_the_metrics(self):
+        config = make_run("warmup-cosine")
+        r = launch(2, "train", "--config", config, "--set", "training.schedule=warmup_cosine",
+                   "--set", "training.warmup_steps=6", "--set", "training.min_learning_rate=0.001")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("lr 0.01, warmup_cosine (warmup 6 steps from 0, cosine to 0.001 at the "
+                      "run's end)", r.stdout)
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            rows = list(csv.reader(f))[1:]
+        # 4 epochs of 6 steps; epoch e ends with step 6 e - 1 (counted from 0).
+        def rate(t):
+            if t < 6:
+                return 0.01 * t / 6
+            return 0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * (t - 6) / 18))
+        for e, row in enumerate(rows, start=1):
+            self.assertAlmostEqual(float(row[8]), rate(6 * e - 1), delta=1e-12)
+        lines = re.findall(r"^epoch \d+/4: .*, lr (\S+), ", r.stdout, re.M)
+        self.assertEqual([float(v) for v in lines], [float("%.6g" % rate(6 * e - 1))
+                                                     for e in range(1, 5)])
+
+
 class BadInput(unittest.TestCase):
     """One line on stderr from rank 0 naming the file, line and key (or the .npy problem),
     and a non-zero exit, before any training."""
@@ -597,6 +623,14 @@ class BadInput(unittest.TestCase):
             (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
             (["--no-such-flag"], "--no-such-flag"),
             (["--progress", "sometimes"], "--progress: sometimes not in {auto,bar,lines}"),
+            (["--set", "training.schedule=linear"], "--set: training.schedule: 'linear' is not "
+             "one of constant, warmup_cosine, step, warmup_constant"),
+            (["--set", "training.warmup_steps=3"], "--set: training.warmup_steps 3: only with "
+             "schedule warmup_cosine or warmup_constant (this run's is constant)"),
+            (["--set", "training.schedule=step"], "CONFIG: training.step_size 0: must be at least 1"),
+            (["--set", "training.schedule=warmup_cosine", "--set", "training.warmup_steps=24"],
+             "--set: training.warmup_steps 24: not fewer than the schedule's 24 optimizer steps"),
+            (["--set", "training.gamma=0"], "--set: training.gamma: 0 is out of range"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):

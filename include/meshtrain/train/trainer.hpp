@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "meshtrain/runtime/process_groups.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
 #include "meshtrain/train/gradient_reducer.hpp"
+#include "meshtrain/train/schedule.hpp"
 #include "meshtrain/train/step_engine.hpp"
 #include "meshtrain/train/training_config.hpp"
 
@@ -50,6 +52,7 @@ struct EpochReport {
   double validation_loss = 0.0;  // NaN when not evaluated this epoch
   std::int64_t step = 0;         // optimizer steps of the whole run so far
   std::int64_t skipped_steps = 0;
+  double learning_rate = 0.0;    // the schedule's rate at the epoch's last step
   double epoch_seconds = 0.0;
   double elapsed_seconds = 0.0;  // since this fit() started
   double samples_per_second = 0.0;
@@ -109,6 +112,9 @@ class Trainer {
   // Returns true when the stop flag was raised on some rank (every rank agrees).
   bool step(std::size_t batch);
   std::size_t batches_per_epoch() const { return num_batches_; }
+  // The rate of the optimizer step that follows `step` earlier ones of the run (after
+  // prepare()).
+  double learning_rate_at(std::int64_t step) const;
 
   // Optional, before fit(): a validation set (every rank holds it in full).
   void set_validation_data(const HostMatrix& x, const HostMatrix& y);
@@ -166,6 +172,7 @@ class Trainer {
   std::size_t samples_ = 0;
   std::size_t num_batches_ = 0;
   std::size_t max_rows_ = 0;
+  std::optional<LearningRateSchedule> schedule_;
   ShardPlan full_plan_;
   ShardPlan last_plan_;
   Matrix x_;
