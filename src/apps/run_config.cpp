@@ -80,6 +80,8 @@ const std::vector<SectionSpec>& schema() {
          "warmup_cosine: the rate the cosine decays to"},
         {"step_size", "integer >= 1", "-", "step: epochs between decays (required)"},
         {"gamma", "number > 0", "0.1", "step: the factor of each decay"},
+        {"clip_grad_norm", "number >= 0", "0",
+         "scale the gradient down to this global L2 norm when it is larger; 0: off"},
         {"bucket_mb", "number in (0, 1024]", "4", "gradient all-reduce bucket size in MiB"},
         {"bucket_bytes", "integer >= 4", "4194304", "the same in bytes (give one of the two)"},
         {"overlap_communication", "boolean", "true",
@@ -492,6 +494,10 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
   if (auto v = r.integer(s, "validation_every", 0)) t.validation_every = static_cast<int>(*v);
   if (auto v = r.choice<NonFinite>(s, "nonfinite")) t.nonfinite = *v;
   read_schedule(r, t);
+  if (auto v = r.number(s, "clip_grad_norm", 0.0, Bound::Inclusive,
+                        std::numeric_limits<double>::max())) {
+    t.clip_grad_norm = *v;
+  }
   if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
   if (auto v = r.choice<Progress>(s, "progress")) t.progress = *v;
   const bool mb = r.has(s, "bucket_mb");
@@ -636,6 +642,7 @@ const std::map<std::string, std::string>& library_fields() {
       {"min_learning_rate", "training.min_learning_rate"},
       {"step_size", "training.step_size"},
       {"gamma", "training.gamma"},
+      {"clip_grad_norm", "training.clip_grad_norm"},
       {"mesh_shape", "distributed.mesh_shape"},
       {"mesh_axis_names", "distributed.mesh_axis_names"},
       {"strategy", "distributed.strategy"},

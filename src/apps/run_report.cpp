@@ -101,9 +101,12 @@ void ProgressPrinter::epoch(const EpochReport& r) {
   const std::string val =
       std::isfinite(r.validation_loss) ? printf_string("%.6f", r.validation_loss) : "-";
   if (bar_shown_) std::printf("\r\033[K");
-  std::printf("epoch %d/%d: train loss %.6f, val loss %s, lr %.6g, %.0f samples/s, elapsed %s, "
+  const std::string norm =
+      std::isfinite(r.gradient_norm) ? printf_string(", grad norm %.6g", r.gradient_norm) : "";
+  std::printf("epoch %d/%d: train loss %.6f, val loss %s, lr %.6g%s, %.0f samples/s, elapsed %s, "
               "ETA %s\n",
-              done, r.num_epochs, r.train_loss, val.c_str(), r.learning_rate, r.samples_per_second,
+              done, r.num_epochs, r.train_loss, val.c_str(), r.learning_rate, norm.c_str(),
+              r.samples_per_second,
               format_duration(r.elapsed_seconds).c_str(), format_duration(eta).c_str());
   if (bar_) {
     constexpr int width = 30;
@@ -154,16 +157,18 @@ void MetricsFiles::append(const EpochReport& r) {
   std::fprintf(jsonl_,
                "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"step\": %lld, "
                "\"skipped_steps\": %lld, \"epoch_seconds\": %.6f, \"elapsed_seconds\": %.6f, "
-               "\"samples_per_second\": %.1f, \"learning_rate\": %s}\n",
+               "\"samples_per_second\": %.1f, \"learning_rate\": %s, \"grad_norm\": %s}\n",
                epoch, json_number(r.train_loss, "%.17g").c_str(),
                json_number(r.validation_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second,
-               json_number(r.learning_rate, "%.17g").c_str());
-  std::fprintf(csv_, "%d,%s,%s,%lld,%lld,%.6f,%.6f,%.1f,%s\n", epoch,
+               json_number(r.learning_rate, "%.17g").c_str(),
+               json_number(r.gradient_norm, "%.9g").c_str());
+  std::fprintf(csv_, "%d,%s,%s,%lld,%lld,%.6f,%.6f,%.1f,%s,%s\n", epoch,
                csv_number(r.train_loss, "%.17g").c_str(),
                csv_number(r.validation_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second,
-               csv_number(r.learning_rate, "%.17g").c_str());
+               csv_number(r.learning_rate, "%.17g").c_str(),
+               csv_number(r.gradient_norm, "%.9g").c_str());
   std::fflush(jsonl_);
   std::fflush(csv_);
 }

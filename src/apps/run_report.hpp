@@ -30,7 +30,8 @@ class ProgressPrinter {
 // in dir, each line flushed as it is written. Columns: epoch (1-based), train_loss, val_loss
 // (empty in the CSV, null in JSON, when not evaluated), step, skipped_steps, epoch_seconds,
 // elapsed_seconds (since this process started training), samples_per_second, learning_rate
-// (the schedule's rate at the epoch's last step).
+// (the schedule's rate at the epoch's last step), grad_norm (with clipping: the gradient norm
+// before clipping at the epoch's last step; empty / null without).
 class MetricsFiles {
  public:
   // A fresh run (completed_epochs 0) starts both files anew. A resumed run keeps the rows of
@@ -54,6 +55,6 @@ class MetricsFiles {
 
 inline constexpr const char* kMetricsCsvHeader =
     "epoch,train_loss,val_loss,step,skipped_steps,epoch_seconds,elapsed_seconds,samples_per_second,"
-    "learning_rate";
+    "learning_rate,grad_norm";
 
 }  // namespace meshtrain::app

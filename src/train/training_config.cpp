@@ -46,6 +46,10 @@ void TrainingConfig::validate(int data_axis_size) const {
   check_choice("nonfinite", nonfinite);
   check_choice("schedule", schedule);
   validate_schedule();
+  if (!std::isfinite(clip_grad_norm) || clip_grad_norm < 0.0) {
+    throw ConfigError("clip_grad_norm", format_double(clip_grad_norm) +
+                                            ": must be 0 (off) or a finite number greater than 0");
+  }
 }
 
 void TrainingConfig::validate_schedule() const {

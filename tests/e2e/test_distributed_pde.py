@@ -241,10 +241,12 @@ class BadInput(unittest.TestCase):
         (["--schedule", "step"], "--step-size 0: must be at least 1"),
         (["--schedule", "step", "--step-size", "2", "--gamma", "-1"], "--gamma -1: must be"),
         (["--schedule", "warmup_constant", "--warmup-initial-lr", "x"], "--warmup-initial-lr 'x'"),
+        (["--clip-grad-norm", "-1"], "--clip-grad-norm -1: must be 0 (off) or a finite number"),
+        (["--clip-grad-norm", "nan"], "--clip-grad-norm nan"),
     ]
 
     INTERNAL_FIELDS = ("num_epochs", "batch_size", "learning_rate", "bucket_bytes", "mesh_shape",
-                       "warmup_steps", "decay_steps", "step_size",
+                       "warmup_steps", "decay_steps", "step_size", "clip_grad_norm",
                        "mesh_axis_names", "collective_timeout", "model widths")
 
     def test_each_bad_input(self):

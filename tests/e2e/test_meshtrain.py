@@ -35,7 +35,7 @@ STRAIGHT_RESULT = None
 
 PREEMPTED = 75
 CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "step", "skipped_steps", "epoch_seconds",
-               "elapsed_seconds", "samples_per_second", "learning_rate"]
+               "elapsed_seconds", "samples_per_second", "learning_rate", "grad_norm"]
 
 # 96 training samples in batches of 16: 6 steps per epoch.
 BASE_CONFIG = """\
@@ -298,6 +298,7 @@ class StraightRun(unittest.TestCase):
         self.assertEqual([r[0] for r in rows[1:]], ["1", "2", "3", "4"])
         self.assertEqual([r[3] for r in rows[1:]], ["6", "12", "18", "24"])
         self.assertEqual([r[8] for r in rows[1:]], ["0.01"] * 4)  # constant schedule
+        self.assertEqual([r[9] for r in rows[1:]], [""] * 4)  # no clipping: no norm computed
         with open(run_dir(self.config, "out", "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
         self.assertEqual([r["epoch"] for r in records], [1, 2, 3, 4])
@@ -306,6 +307,7 @@ class StraightRun(unittest.TestCase):
             self.assertEqual(record["train_loss"], float(row[1]))
             self.assertEqual(record["val_loss"], float(row[2]))
             self.assertGreater(record["val_loss"], 0)
+            self.assertIsNone(record["grad_norm"])
         # The losses in the checkpoint are the ones in the metrics.
         meta, _ = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
         self.assertEqual(json.loads(meta["epoch_losses"]), [r["train_loss"] for r in records])
@@ -560,6 +562,21 @@ class Schedules(unittest.TestCase):
                                                      for e in range(1, 5)])
 
 
+class Clipping(unittest.TestCase):
+    def test_the_norm_before_clipping_is_reported(self):
+        config = make_run("clipped")
+        r = launch(2, "train", "--config", config, "--set", "training.clip_grad_norm=0.05")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        norms = re.findall(r"^epoch \d+/4: .*, lr 0\.01, grad norm (\S+), ", r.stdout, re.M)
+        self.assertEqual(len(norms), 4, r.stdout)
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            rows = list(csv.reader(f))[1:]
+        self.assertEqual(["%.6g" % float(row[9]) for row in rows], norms)
+        self.assertTrue(all(float(n) > 0 for n in norms))
+        # Clipping changed the run.
+        self.assertNotEqual(field(r.stdout, "Final loss:"), field(STRAIGHT_RESULT.stdout, "Final loss:"))
+
+
 class BadInput(unittest.TestCase):
     """One line on stderr from rank 0 naming the file, line and key (or the .npy problem),
     and a non-zero exit, before any training."""
@@ -631,6 +648,8 @@ class BadInput(unittest.TestCase):
             (["--set", "training.schedule=warmup_cosine", "--set", "training.warmup_steps=24"],
              "--set: training.warmup_steps 24: not fewer than the schedule's 24 optimizer steps"),
             (["--set", "training.gamma=0"], "--set: training.gamma: 0 is out of range"),
+            (["--set", "training.clip_grad_norm=-1"],
+             "--set: training.clip_grad_norm: -1 is out of range (at least 0)"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):

@@ -53,6 +53,9 @@ struct EpochReport {
   std::int64_t step = 0;         // optimizer steps of the whole run so far
   std::int64_t skipped_steps = 0;
   double learning_rate = 0.0;    // the schedule's rate at the epoch's last step
+  // With clip_grad_norm: the global gradient norm before clipping of the epoch's last
+  // (non-skipped) step. NaN without clipping, which is the only time it is computed.
+  double gradient_norm = 0.0;
   double epoch_seconds = 0.0;
   double elapsed_seconds = 0.0;  // since this fit() started
   double samples_per_second = 0.0;
@@ -159,6 +162,7 @@ class Trainer {
   double validation_loss();
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
+  void clip_gradients();
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
   // including what a resumed epoch carried in.
   std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;
@@ -194,6 +198,7 @@ class Trainer {
   double carried_loss_sum_ = 0.0;  // a resumed epoch's losses from before the resume
   std::int64_t carried_loss_count_ = 0;
   std::int64_t skipped_steps_ = 0;
+  double last_gradient_norm_ = 0.0;  // before clipping; NaN until a clipped step
   std::vector<double> epoch_losses_;
   std::vector<double> validation_losses_;
 

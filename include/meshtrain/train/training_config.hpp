@@ -54,6 +54,11 @@ struct TrainingConfig {
   static constexpr double kDefaultGamma = 0.1;  // PyTorch's StepLR
   double gamma = kDefaultGamma;
 
+  // Gradient clipping by global norm (optax.clip_by_global_norm): when the L2 norm of the
+  // whole model's gradient, averaged over the global batch, exceeds this, every gradient is
+  // scaled by clip_grad_norm / norm before the optimizer step. 0: off.
+  double clip_grad_norm = 0.0;
+
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
   void validate(int data_axis_size) const;
