@@ -340,6 +340,7 @@ TEST(Choices, EveryTableRoundTrips) {
   expect_table_round_trips<Progress>("progress");
   expect_table_round_trips<NonFinite>("nonfinite");
   expect_table_round_trips<Activation>("activation");
+  expect_table_round_trips<Schedule>("schedule");
 }
 
 TEST(Choices, EveryEnumeratorHasAName) {
@@ -352,6 +353,9 @@ TEST(Choices, EveryEnumeratorHasAName) {
   for (NonFinite v : {NonFinite::Abort, NonFinite::Skip}) EXPECT_NE(name_of(v), "?");
   for (Activation v : {Activation::Identity, Activation::ReLU, Activation::Tanh, Activation::Gelu})
     EXPECT_NE(name_of(v), "?");
+  for (Schedule v : {Schedule::Constant, Schedule::WarmupCosine, Schedule::Step,
+                     Schedule::WarmupConstant})
+    EXPECT_NE(name_of(v), "?");
 }
 
 TEST(Choices, NamesUsersWrite) {
@@ -363,6 +367,8 @@ TEST(Choices, NamesUsersWrite) {
   EXPECT_EQ(choice_names<NonFinite>(), (std::vector<std::string>{"abort", "skip"}));
   EXPECT_EQ(choice_names<Activation>(),
             (std::vector<std::string>{"relu", "tanh", "gelu", "identity"}));
+  EXPECT_EQ(choice_names<Schedule>(),
+            (std::vector<std::string>{"constant", "warmup_cosine", "step", "warmup_constant"}));
   // The messages tests and users have long seen.
   EXPECT_EQ(config_error([] { parse_progress("sometimes"); }),
             "progress 'sometimes': unknown (choose auto, thread or poll)");

@@ -67,6 +67,7 @@ TEST(RunConfigReference, ChoicesComeFromTheTables) {
   expect_documented(reference, "optimizer", t.optimizer);
   expect_documented(reference, "nonfinite", t.nonfinite);
   expect_documented(reference, "progress", t.progress);
+  expect_documented(reference, "schedule", t.schedule);
   expect_documented(reference, "strategy", t.distributed_config.strategy);
   expect_documented(reference, "comm", t.distributed_config.comm);
   expect_documented(reference, "activation", ModelSettings{}.activation);
@@ -80,6 +81,8 @@ TEST(RunConfig, ReadsEveryChoiceByName) {
                                     [](const RunConfig& c) { return c.training.nonfinite; });
   expect_every_name_read<Progress>("training.progress",
                                    [](const RunConfig& c) { return c.training.progress; });
+  expect_every_name_read<Schedule>("training.schedule",
+                                   [](const RunConfig& c) { return c.training.schedule; });
   expect_every_name_read<Strategy>(
       "distributed.strategy",
       [](const RunConfig& c) { return c.training.distributed_config.strategy; });
@@ -117,7 +120,9 @@ TEST(RunConfig, EveryLibraryFieldHasAKey) {
   for (const std::string field :
        {"num_epochs", "learning_rate", "batch_size", "bucket_bytes", "validation_every",
         "nonfinite", "optimizer", "progress", "mesh_shape", "mesh_axis_names", "strategy", "comm",
-        "collective_timeout", "model widths", "activation"}) {
+        "collective_timeout", "model widths", "activation", "schedule", "warmup_steps",
+        "warmup_initial_learning_rate", "decay_steps", "min_learning_rate", "step_size",
+        "gamma", "clip_grad_norm"}) {
     const std::string located = locate_library_error(config, ConfigError(field, "x: y"));
     // "run.toml: SECTION.KEY x: y"
     ASSERT_TRUE(starts_with(located, "run.toml: ")) << located;
@@ -126,6 +131,38 @@ TEST(RunConfig, EveryLibraryFieldHasAKey) {
     EXPECT_NE(key.find('.'), std::string::npos) << located;
     EXPECT_EQ(key.find(' '), std::string::npos) << located;
   }
+}
+
+TEST(RunConfig, ReadsTheScheduleKeys) {
+  const RunConfig c = parse(
+      "[training]\nschedule = \"warmup_cosine\"\nwarmup_steps = 100\n"
+      "warmup_initial_learning_rate = 1e-5\ndecay_steps = 2000\nmin_learning_rate = 1e-6\n");
+  EXPECT_EQ(c.training.schedule, Schedule::WarmupCosine);
+  EXPECT_EQ(c.training.warmup_steps, 100);
+  EXPECT_EQ(c.training.warmup_initial_learning_rate, 1e-5);
+  EXPECT_EQ(c.training.decay_steps, 2000);
+  EXPECT_EQ(c.training.min_learning_rate, 1e-6);
+  EXPECT_NO_THROW(c.training.validate(1));
+  const RunConfig step = parse("", {"training.schedule=step", "training.step_size=100",
+                                    "training.gamma=0.5"});
+  EXPECT_EQ(step.training.step_size, 100);
+  EXPECT_EQ(step.training.gamma, 0.5);
+  EXPECT_NO_THROW(step.training.validate(1));
+  // Ranges of the types here; how the keys fit together in the library, located.
+  EXPECT_EQ(config_error([] { parse("", {"training.gamma=0"}); }),
+            "--set: training.gamma: 0 is out of range (greater than 0)");
+  EXPECT_EQ(config_error([] { parse("", {"training.step_size=0"}); }),
+            "--set: training.step_size: 0 is out of range (at least 1)");
+  EXPECT_EQ(config_error([] { parse("", {"training.warmup_steps=-1"}); }),
+            "--set: training.warmup_steps: -1 is out of range (at least 0)");
+  EXPECT_EQ(parse("", {"training.clip_grad_norm=1.5"}).training.clip_grad_norm, 1.5);
+  EXPECT_EQ(config_error([] { parse("", {"training.clip_grad_norm=-1"}); }),
+            "--set: training.clip_grad_norm: -1 is out of range (at least 0)");
+  const RunConfig unused = parse("[training]\nwarmup_steps = 10\n");
+  const ConfigError e = config_error_object([&] { unused.training.validate(1); });
+  EXPECT_EQ(locate_library_error(unused, e),
+            "run.toml:2: training.warmup_steps 10: only with schedule warmup_cosine or "
+            "warmup_constant (this run's is constant)");
 }
 
 }  // namespace

@@ -70,8 +70,10 @@ ReferenceData case_data(const Case& c, std::uint64_t seed) {
   return data;
 }
 
-void expect_world_equals_single(const Case& c, const DistributedConfig& dist) {
-  TrainingConfig config;
+// base: the settings under test (schedule, clipping, accumulation, ...).
+void expect_world_equals_single(const Case& c, const DistributedConfig& dist,
+                                const TrainingConfig& base = {}) {
+  TrainingConfig config = base;
   config.num_epochs = c.epochs;
   config.batch_size = c.batch;
   config.seed = 3;
@@ -582,6 +584,207 @@ TEST(TensorParallel, BadMeshesAndSpecsAreConfigErrors) {
   MpiCommunicator(MPI_COMM_WORLD).barrier();
 }
 
+// ---- Learning-rate schedules: the same rate on every rank, from the step count.
+
+namespace {
+TrainingConfig warmup_cosine() {
+  TrainingConfig config;
+  config.learning_rate = 0.01;
+  config.schedule = Schedule::WarmupCosine;
+  config.warmup_steps = 3;
+  config.min_learning_rate = 1e-4;
+  return config;
+}
+}  // namespace
+
+TEST(Schedule, EveryStrategyMatchesOneRank) {
+  const int n = world_size();
+  TrainingConfig step;
+  step.schedule = Schedule::Step;
+  step.step_size = 1;
+  step.gamma = 0.5;
+  for (const TrainingConfig& base : {warmup_cosine(), step}) {
+    const Case c{48, 12, 3, {4, 12, 12, 1}};
+    expect_world_equals_single(c, DistributedConfig{}, base);
+    expect_world_equals_single(c, DistributedConfig{{n}, {"data"}, Strategy::Fsdp}, base);
+    expect_world_equals_single(c, DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data},
+                               base);
+  }
+}
+
+TEST(Schedule, TheRateOfEachStepIsTheSchedulesAndIsReported) {
+  // A 1-rank run with the schedule against the same steps taken through the engine, each
+  // with the rate the schedule gives its step: the same bits.
+  TrainingConfig config = warmup_cosine();
+  config.optimizer = OptimizerType::Sgd;
+  config.num_epochs = 3;
+  config.batch_size = 8;
+  const ReferenceData data = make_reference_data(24, 4, 6);
+  std::vector<double> reported;
+  Trainer scheduled(Mlp({4, 8, 1}, Activation::ReLU, 6), config,
+                    groups_over(MPI_COMM_SELF, config));
+  scheduled.set_epoch_callback([&](const EpochReport& r) { reported.push_back(r.learning_rate); });
+  const FitResult a = scheduled.fit(data.x, data.y);
+
+  const LearningRateSchedule schedule(config, 3);  // 3 batches an epoch, 9 steps
+  EXPECT_EQ(reported, (std::vector<double>{schedule(2), schedule(5), schedule(8)}));
+  EXPECT_EQ(schedule(0), 0.0);  // optax: the first step's rate is the warmup's initial one
+  EXPECT_EQ(schedule(3), 0.01);
+  EXPECT_EQ(scheduled.learning_rate_at(8), schedule(8));
+
+  const Mlp model({4, 8, 1}, Activation::ReLU, 6);
+  MpiCommunicator self(MPI_COMM_SELF);
+  auto engine = make_data_parallel_engine(model, self, OptimizerConfig::of(OptimizerType::Sgd),
+                                          config.bucket_bytes, false, Progress::Poll, 8);
+  Matrix x("x", 24, 4), y("y", 24, 1);
+  Kokkos::deep_copy(x, data.x);
+  Kokkos::deep_copy(y, data.y);
+  for (std::size_t t = 0; t < 9; ++t) {
+    const std::size_t begin = 8 * (t % 3);
+    engine->step(rows(x, begin, begin + 8), rows(y, begin, begin + 8), 8,
+                 schedule(static_cast<std::int64_t>(t)));
+  }
+  EXPECT_EQ(host_params(a.model), host_params(model));
+  // And not what the constant rate gives.
+  config = TrainingConfig{};
+  config.optimizer = OptimizerType::Sgd;
+  config.learning_rate = 0.01;
+  config.num_epochs = 3;
+  config.batch_size = 8;
+  Trainer constant(Mlp({4, 8, 1}, Activation::ReLU, 6), config, groups_over(MPI_COMM_SELF, config));
+  EXPECT_NE(host_params(constant.fit(data.x, data.y).model), host_params(model));
+}
+
+// ---- Gradient clipping by global norm.
+
+TEST(Clipping, EveryStrategyAndMeshMatchesOneRank) {
+  // A norm of 0.5 clips every step of these runs (their gradient norms are 1 to 30).
+  const int n = world_size();
+  TrainingConfig clipped;
+  clipped.clip_grad_norm = 0.5;
+  clipped.learning_rate = 0.01;
+  const Case c{48, 12, 3, {4, 12, 12, 1}};
+  expect_world_equals_single(c, DistributedConfig{}, clipped);
+  {  // the premise: every epoch's last step was clipped
+    TrainingConfig probe = clipped;
+    probe.num_epochs = c.epochs;
+    probe.batch_size = c.batch;
+    probe.seed = 3;
+    const ReferenceData data = case_data(c, probe.seed);
+    Trainer trainer(Mlp(c.widths, Activation::ReLU, probe.seed), probe);
+    trainer.set_epoch_callback([&](const EpochReport& r) { EXPECT_GT(r.gradient_norm, 1.0); });
+    trainer.fit(data.x, data.y);
+  }
+  for (int data = 1; data <= n; ++data) {
+    if (n % data != 0) continue;
+    expect_world_equals_single(
+        c, DistributedConfig{{data, n / data}, {"data", "fsdp"}, Strategy::Fsdp}, clipped);
+    expect_world_equals_single(
+        c, DistributedConfig{{data, n / data}, {"data", "model"}, Strategy::Data}, clipped);
+  }
+  // An odd layer count: the last layer replicated over the model axis, counted once.
+  expect_world_equals_single({48, 12, 2, {4, 12, 12, 12, 1}},
+                             DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data},
+                             clipped);
+}
+
+TEST(Clipping, ScalesToTheLimitAndReportsTheNormBeforeIt) {
+  const ReferenceData data = make_reference_data(36, 4, 2);
+  TrainingConfig config;
+  config.num_epochs = 2;
+  config.batch_size = 12;
+  config.optimizer = OptimizerType::Sgd;
+  std::vector<double> norms;
+  Trainer plain(Mlp({4, 8, 1}, Activation::ReLU, 2), config);
+  plain.set_epoch_callback([&](const EpochReport& r) { norms.push_back(r.gradient_norm); });
+  const FitResult unclipped = plain.fit(data.x, data.y);
+  ASSERT_EQ(norms.size(), 2u);
+  EXPECT_TRUE(std::isnan(norms[0]));  // not computed without clipping
+  norms.clear();
+  config.clip_grad_norm = 1e6;  // never reached: the same run, bit for bit
+  Trainer loose(Mlp({4, 8, 1}, Activation::ReLU, 2), config);
+  loose.set_epoch_callback([&](const EpochReport& r) { norms.push_back(r.gradient_norm); });
+  EXPECT_EQ(host_params(loose.fit(data.x, data.y).model), host_params(unclipped.model));
+  ASSERT_EQ(norms.size(), 2u);
+  EXPECT_GT(norms[1], 0.0);
+  config.clip_grad_norm = norms[1] / 2;  // reached
+  Trainer tight(Mlp({4, 8, 1}, Activation::ReLU, 2), config);
+  EXPECT_NE(host_params(tight.fit(data.x, data.y).model), host_params(unclipped.model));
+}
+
+namespace {
+std::vector<float> to_host(ConstVectorRef v) {
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
+  return std::vector<float>(h.data(), h.data() + h.extent(0));
+}
+}  // namespace
+
+// The norm itself: each engine's, over whatever each rank holds, against the host's norm of
+// the 1-rank gradient; and scaling by f scales it by f.
+TEST(GradientNorm, EachElementCountedOnceUnderEveryStrategy) {
+  const int n = world_size(), r = meshtrain::testing::world_rank();
+  const Mlp reference({3, 12, 12, 12, 12, 2}, Activation::Tanh, 8);
+  const int rows = 10;
+  const ReferenceData data = make_reference_data(rows, 3, 9);
+  HostMatrix hy("y", rows, 2);
+  for (int i = 0; i < rows; ++i) hy(i, 0) = hy(i, 1) = data.y(i, 0);
+  Matrix x("x", rows, 3), y("y", rows, 2);
+  Kokkos::deep_copy(x, data.x);
+  Kokkos::deep_copy(y, hy);
+  MpiCommunicator world(MPI_COMM_WORLD), self(MPI_COMM_SELF);
+  const OptimizerConfig sgd = OptimizerConfig::of(OptimizerType::Sgd);
+
+  auto one = make_data_parallel_engine(reference, self, sgd, 1 << 20, false, Progress::Poll, rows);
+  one->compute_gradients(x, y, rows);
+  double sum = 0.0;
+  for (float g : to_host(one->gradients())) sum += static_cast<double>(g) * g;
+  const double expected = std::sqrt(sum);
+  EXPECT_NEAR(one->gradient_norm(), expected, 1e-9 * expected);
+
+  // This rank's rows of the batch, split over every rank.
+  const ShardPlan plan = make_shard_plan(rows, n);
+  const auto begin = static_cast<std::size_t>(plan.offsets[r]);
+  const auto end = begin + static_cast<std::size_t>(plan.counts[r]);
+  const auto mine_x = meshtrain::rows(x, begin, end);
+  const auto mine_y = meshtrain::rows(y, begin, end);
+  auto check = [&](StepEngine& engine, const char* what) {
+    const double norm = engine.gradient_norm();
+    EXPECT_NEAR(norm, expected, 1e-5 * expected) << what;
+    engine.scale_gradients(0.25f);
+    EXPECT_NEAR(engine.gradient_norm(), 0.25 * norm, 1e-6 * norm) << what;
+  };
+  const Mlp dp_model = reference.clone();
+  auto dp = make_data_parallel_engine(dp_model, world, sgd, 1 << 20, false, Progress::Poll, rows);
+  dp->compute_gradients(mine_x, mine_y, rows);
+  check(*dp, "data parallel");
+
+  Mlp fsdp_model = reference.clone();
+  auto fsdp = make_fsdp_engine(fsdp_model, world, self, sgd, rows);
+  fsdp->compute_gradients(mine_x, mine_y, rows);
+  check(*fsdp, "fsdp");
+
+  if (n % 2 == 0) {  // hybrid: shards of 2 ranks, replicated over n / 2
+    MPI_Comm shard_comm, replica_comm;
+    MPI_Comm_split(MPI_COMM_WORLD, r / 2, r, &shard_comm);
+    MPI_Comm_split(MPI_COMM_WORLD, r % 2, r, &replica_comm);
+    {
+      MpiCommunicator shards(shard_comm), replicas(replica_comm);
+      Mlp hybrid_model = reference.clone();
+      auto hybrid = make_fsdp_engine(hybrid_model, shards, replicas, sgd, rows);
+      hybrid->compute_gradients(mine_x, mine_y, rows);
+      check(*hybrid, "hybrid fsdp");
+    }
+    MPI_Comm_free(&shard_comm);
+    MPI_Comm_free(&replica_comm);
+  }
+
+  Mlp tp_model = reference.clone();  // two split pairs and a replicated output layer
+  prepare_tensor_parallel(tp_model, {1, n}, n);
+  auto tp = make_tensor_parallel_engine(tp_model, world, self, sgd, rows);
+  tp->compute_gradients(x, y, rows);
+  check(*tp, "tensor parallel");
+}
+
 // ---- Shuffling, validation, non-finite steps, stopping and resuming.
 
 TEST(Shuffle, SamePermutationEverywhereAndNRanksEqualOneRank) {
@@ -758,6 +961,24 @@ TEST(Resume, BitIdenticalToAnUninterruptedRunUnderEveryStrategy) {
         straight_and_resumed(config, {4, 12, 12, 1}, 1, MPI_COMM_WORLD, config);
     EXPECT_EQ(straight, resumed) << "strategy " << name_of(dist.strategy) << " mesh "
                                  << format_shape(dist.mesh_shape);
+  }
+}
+
+TEST(Resume, AScheduleContinuesFromTheStepCount) {
+  for (Schedule kind : {Schedule::WarmupCosine, Schedule::Step}) {
+    TrainingConfig config;
+    config.num_epochs = 4;
+    config.batch_size = 12;
+    config.schedule = kind;
+    if (kind == Schedule::Step) {
+      config.step_size = 1;
+      config.gamma = 0.5;
+    } else {
+      config.warmup_steps = 5;
+    }
+    const auto [straight, resumed] =
+        straight_and_resumed(config, {4, 12, 12, 1}, 1, MPI_COMM_WORLD, config);
+    EXPECT_EQ(straight, resumed) << name_of(kind);
   }
 }
 

@@ -90,6 +90,18 @@ inline constexpr Choice<NonFinite> kNonFiniteChoices[] = {
 };
 constexpr std::span<const Choice<NonFinite>> choice_table(NonFinite) { return kNonFiniteChoices; }
 
+// The learning rate of each optimizer step (optax's and PyTorch's schedules; see
+// train/schedule.hpp).
+enum class Schedule { Constant, WarmupCosine, Step, WarmupConstant };
+inline constexpr Choice<Schedule> kScheduleChoices[] = {
+    {Schedule::Constant, "constant", "learning_rate throughout"},
+    {Schedule::WarmupCosine, "warmup_cosine",
+     "linear warmup to learning_rate, then cosine decay to min_learning_rate"},
+    {Schedule::Step, "step", "learning_rate times gamma every step_size epochs"},
+    {Schedule::WarmupConstant, "warmup_constant", "linear warmup to learning_rate, then constant"},
+};
+constexpr std::span<const Choice<Schedule>> choice_table(Schedule) { return kScheduleChoices; }
+
 // What `meshtrain train` builds from [model].
 enum class ModelType { Mlp, Fno };
 inline constexpr Choice<ModelType> kModelTypeChoices[] = {

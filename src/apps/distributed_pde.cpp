@@ -22,7 +22,11 @@ const std::map<std::string, std::string> kFieldFlags = {
     {"strategy", "--strategy"},       {"optimizer", "--optimizer"},
     {"model widths", "--hidden/--layers"}, {"comm", "--comm"},
     {"collective_timeout", "--collective-timeout"}, {"nonfinite", "--nonfinite"},
-    {"progress", "--progress"},
+    {"progress", "--progress"},       {"schedule", "--schedule"},
+    {"warmup_steps", "--warmup-steps"}, {"warmup_initial_learning_rate", "--warmup-initial-lr"},
+    {"decay_steps", "--decay-steps"}, {"min_learning_rate", "--min-lr"},
+    {"step_size", "--step-size"},     {"gamma", "--gamma"},
+    {"clip_grad_norm", "--clip-grad-norm"},
 };
 
 struct Options {
@@ -38,6 +42,10 @@ struct Options {
   std::string collective_timeout = "600";
   std::string nonfinite = name_of(TrainingConfig{}.nonfinite);
   bool debug_collectives = false;
+  std::string schedule = name_of(TrainingConfig{}.schedule);
+  std::string warmup_steps = "0", warmup_initial_lr = "0", decay_steps = "0", min_lr = "0";
+  std::string step_size = "0", gamma = "0.1";
+  std::string clip_grad_norm = "0";
 };
 
 void add_options(CLI::App& app, Options& o) {
@@ -57,6 +65,25 @@ void add_options(CLI::App& app, Options& o) {
       ->default_str(o.strategy);
   app.add_option("--optimizer", o.optimizer, "Optimizer: " + choice_help<OptimizerType>())
       ->default_str(o.optimizer);
+  app.add_option("--schedule", o.schedule,
+                 "Learning rate per optimizer step: " + choice_help<Schedule>())
+      ->default_str(o.schedule);
+  app.add_option("--warmup-steps", o.warmup_steps,
+                 "warmup_cosine, warmup_constant: optimizer steps of linear warmup")
+      ->default_str(o.warmup_steps);
+  app.add_option("--warmup-initial-lr", o.warmup_initial_lr, "The warmup's first learning rate")
+      ->default_str(o.warmup_initial_lr);
+  app.add_option("--decay-steps", o.decay_steps,
+                 "warmup_cosine: the schedule's optimizer steps, warmup included (0: the run)")
+      ->default_str(o.decay_steps);
+  app.add_option("--min-lr", o.min_lr, "warmup_cosine: the rate the cosine decays to")
+      ->default_str(o.min_lr);
+  app.add_option("--step-size", o.step_size, "step: epochs between decays")
+      ->default_str(o.step_size);
+  app.add_option("--gamma", o.gamma, "step: the factor of each decay")->default_str(o.gamma);
+  app.add_option("--clip-grad-norm", o.clip_grad_norm,
+                 "Scale the gradient down to this global L2 norm when it is larger (0: off)")
+      ->default_str(o.clip_grad_norm);
   app.add_option("--hidden", o.hidden, "Width of each hidden layer")->default_str(o.hidden);
   app.add_option("--layers", o.layers, "Number of hidden layers")->default_str(o.layers);
   app.add_option("--comm", o.comm, "Gradient collectives: " + choice_help<CommBackend>())
@@ -95,6 +122,14 @@ Run parse_run(const Options& o) {
   config.learning_rate = cli::parse_double("--lr", o.lr);
   config.seed = cli::parse_uint64("--seed", o.seed);
   config.optimizer = parse_choice<OptimizerType>("--optimizer", o.optimizer);
+  config.schedule = parse_choice<Schedule>("--schedule", o.schedule);
+  config.warmup_steps = cli::parse_int("--warmup-steps", o.warmup_steps);
+  config.warmup_initial_learning_rate = cli::parse_double("--warmup-initial-lr", o.warmup_initial_lr);
+  config.decay_steps = cli::parse_int("--decay-steps", o.decay_steps);
+  config.min_learning_rate = cli::parse_double("--min-lr", o.min_lr);
+  config.step_size = cli::parse_int("--step-size", o.step_size);
+  config.gamma = cli::parse_double("--gamma", o.gamma);
+  config.clip_grad_norm = cli::parse_double("--clip-grad-norm", o.clip_grad_norm);
   run.samples = cli::parse_int("--samples", o.samples);
   const int hidden = cli::parse_int("--hidden", o.hidden);
   const int layers = cli::parse_int("--layers", o.layers);
@@ -151,9 +186,10 @@ void print_header(const DistributedManager& dm, const Trainer& trainer, const Ru
   std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
   std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", run.samples, run.samples);
   std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
-  std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g\n",
+  const std::string schedule = describe_schedule(config).empty() ? "" : ", " + describe_schedule(config);
+  std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g%s\n",
               config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
-              name_of(config.optimizer).c_str(), config.learning_rate);
+              name_of(config.optimizer).c_str(), config.learning_rate, schedule.c_str());
   std::fflush(stdout);
 }
 

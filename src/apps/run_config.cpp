@@ -69,6 +69,19 @@ const std::vector<SectionSpec>& schema() {
         {"nonfinite", choice_type<NonFinite>(), quoted(training.nonfinite),
          "a step with a NaN/Inf loss or gradient: " + choice_help<NonFinite>() +
              "; abort exits with code 3"},
+        {"schedule", choice_type<Schedule>(), quoted(training.schedule),
+         "learning rate per optimizer step: " + choice_help<Schedule>()},
+        {"warmup_steps", "integer >= 0", "0",
+         "warmup_cosine, warmup_constant: optimizer steps of linear warmup"},
+        {"warmup_initial_learning_rate", "number >= 0", "0", "the warmup's first rate"},
+        {"decay_steps", "integer >= 0", "0",
+         "warmup_cosine: the schedule's optimizer steps, warmup included; 0: the whole run"},
+        {"min_learning_rate", "number in [0, learning_rate]", "0",
+         "warmup_cosine: the rate the cosine decays to"},
+        {"step_size", "integer >= 1", "-", "step: epochs between decays (required)"},
+        {"gamma", "number > 0", "0.1", "step: the factor of each decay"},
+        {"clip_grad_norm", "number >= 0", "0",
+         "scale the gradient down to this global L2 norm when it is larger; 0: off"},
         {"bucket_mb", "number in (0, 1024]", "4", "gradient all-reduce bucket size in MiB"},
         {"bucket_bytes", "integer >= 4", "4194304", "the same in bytes (give one of the two)"},
         {"overlap_communication", "boolean", "true",
@@ -448,6 +461,27 @@ toml::table parse_toml(const std::string& path, const std::string& text) {
 
 using Bound = SettingsReader::Bound;
 
+// The ranges a key's type states; TrainingConfig::validate checks how the keys fit together
+// (those a schedule does not read, decay_steps against warmup_steps, the floor against
+// learning_rate) and names the field, which locate_library_error maps back to the key.
+void read_schedule(SettingsReader& r, TrainingConfig& t) {
+  const std::string s = "training";
+  constexpr double kAny = std::numeric_limits<double>::max();
+  if (auto v = r.choice<Schedule>(s, "schedule")) t.schedule = *v;
+  if (auto v = r.integer(s, "warmup_steps", 0)) t.warmup_steps = static_cast<int>(*v);
+  if (auto v = r.number(s, "warmup_initial_learning_rate", 0.0, Bound::Inclusive, kAny)) {
+    t.warmup_initial_learning_rate = *v;
+  }
+  if (auto v = r.integer(s, "decay_steps", 0, std::numeric_limits<std::int64_t>::max())) {
+    t.decay_steps = *v;
+  }
+  if (auto v = r.number(s, "min_learning_rate", 0.0, Bound::Inclusive, kAny)) {
+    t.min_learning_rate = *v;
+  }
+  if (auto v = r.integer(s, "step_size", 1)) t.step_size = static_cast<int>(*v);
+  if (auto v = r.number(s, "gamma", 0.0, Bound::Exclusive, kAny)) t.gamma = *v;
+}
+
 void read_training(SettingsReader& r, TrainingConfig& t) {
   const std::string s = "training";
   if (auto v = r.integer(s, "num_epochs", 1)) t.num_epochs = static_cast<int>(*v);
@@ -463,6 +497,11 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
   if (auto v = r.boolean(s, "shuffle")) t.shuffle = *v;
   if (auto v = r.integer(s, "validation_every", 0)) t.validation_every = static_cast<int>(*v);
   if (auto v = r.choice<NonFinite>(s, "nonfinite")) t.nonfinite = *v;
+  read_schedule(r, t);
+  if (auto v = r.number(s, "clip_grad_norm", 0.0, Bound::Inclusive,
+                        std::numeric_limits<double>::max())) {
+    t.clip_grad_norm = *v;
+  }
   if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
   if (auto v = r.choice<Progress>(s, "progress")) t.progress = *v;
   const bool mb = r.has(s, "bucket_mb");
@@ -612,6 +651,14 @@ const std::map<std::string, std::string>& library_fields() {
       {"optimizer", "training.optimizer"},
       {"loss", "training.loss"},
       {"progress", "training.progress"},
+      {"schedule", "training.schedule"},
+      {"warmup_steps", "training.warmup_steps"},
+      {"warmup_initial_learning_rate", "training.warmup_initial_learning_rate"},
+      {"decay_steps", "training.decay_steps"},
+      {"min_learning_rate", "training.min_learning_rate"},
+      {"step_size", "training.step_size"},
+      {"gamma", "training.gamma"},
+      {"clip_grad_norm", "training.clip_grad_norm"},
       {"mesh_shape", "distributed.mesh_shape"},
       {"mesh_axis_names", "distributed.mesh_axis_names"},
       {"strategy", "distributed.strategy"},

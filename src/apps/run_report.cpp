@@ -103,8 +103,12 @@ void ProgressPrinter::epoch(const EpochReport& r) {
   const std::string test =
       std::isfinite(r.test_loss) ? printf_string(", test loss %.6f", r.test_loss) : "";
   if (bar_shown_) std::printf("\r\033[K");
-  std::printf("epoch %d/%d: train loss %.6f, val loss %s%s, %.0f samples/s, elapsed %s, ETA %s\n",
-              done, r.num_epochs, r.train_loss, val.c_str(), test.c_str(), r.samples_per_second,
+  const std::string norm =
+      std::isfinite(r.gradient_norm) ? printf_string(", grad norm %.6g", r.gradient_norm) : "";
+  std::printf("epoch %d/%d: train loss %.6f, val loss %s%s, lr %.6g%s, %.0f samples/s, "
+              "elapsed %s, ETA %s\n",
+              done, r.num_epochs, r.train_loss, val.c_str(), test.c_str(), r.learning_rate,
+              norm.c_str(), r.samples_per_second,
               format_duration(r.elapsed_seconds).c_str(), format_duration(eta).c_str());
   if (bar_) {
     constexpr int width = 30;
@@ -156,16 +160,20 @@ void MetricsFiles::append(const EpochReport& r) {
                "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"test_loss\": %s, "
                "\"step\": %lld, "
                "\"skipped_steps\": %lld, \"epoch_seconds\": %.6f, \"elapsed_seconds\": %.6f, "
-               "\"samples_per_second\": %.1f}\n",
+               "\"samples_per_second\": %.1f, \"learning_rate\": %s, \"grad_norm\": %s}\n",
                epoch, json_number(r.train_loss, "%.17g").c_str(),
                json_number(r.validation_loss, "%.17g").c_str(),
                json_number(r.test_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
-               r.elapsed_seconds, r.samples_per_second);
-  std::fprintf(csv_, "%d,%s,%s,%s,%lld,%lld,%.6f,%.6f,%.1f\n", epoch,
+               r.elapsed_seconds, r.samples_per_second,
+               json_number(r.learning_rate, "%.17g").c_str(),
+               json_number(r.gradient_norm, "%.9g").c_str());
+  std::fprintf(csv_, "%d,%s,%s,%s,%lld,%lld,%.6f,%.6f,%.1f,%s,%s\n", epoch,
                csv_number(r.train_loss, "%.17g").c_str(),
                csv_number(r.validation_loss, "%.17g").c_str(),
                csv_number(r.test_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
-               r.elapsed_seconds, r.samples_per_second);
+               r.elapsed_seconds, r.samples_per_second,
+               csv_number(r.learning_rate, "%.17g").c_str(),
+               csv_number(r.gradient_norm, "%.9g").c_str());
   std::fflush(jsonl_);
   std::fflush(csv_);
 }

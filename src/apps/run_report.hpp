@@ -15,7 +15,8 @@ class ProgressPrinter {
  public:
   // first_epoch: the 0-based epoch this process starts in (after a resume), for the ETA.
   ProgressPrinter(bool bar, int first_epoch);
-  // "epoch 3/20: train loss 4.123456, val loss -, 123456 samples/s, elapsed 0.01 s, ETA 0.05 s"
+  // "epoch 3/20: train loss 4.123456, val loss -, lr 0.001, 123456 samples/s, elapsed 0.01 s,
+  // ETA 0.05 s"
   void epoch(const EpochReport& report);
   void finish();  // removes the bar
 
@@ -28,7 +29,9 @@ class ProgressPrinter {
 // metrics.jsonl (one JSON object per epoch) and metrics.csv (a header and one row per epoch)
 // in dir, each line flushed as it is written. Columns: epoch (1-based), train_loss, val_loss
 // (empty in the CSV, null in JSON, when not evaluated), step, skipped_steps, epoch_seconds,
-// elapsed_seconds (since this process started training), samples_per_second.
+// elapsed_seconds (since this process started training), samples_per_second, learning_rate
+// (the schedule's rate at the epoch's last step), grad_norm (with clipping: the gradient norm
+// before clipping at the epoch's last step; empty / null without).
 class MetricsFiles {
  public:
   // A fresh run (completed_epochs 0) starts both files anew. A resumed run keeps the rows of
@@ -51,6 +54,7 @@ class MetricsFiles {
 };
 
 inline constexpr const char* kMetricsCsvHeader =
-    "epoch,train_loss,val_loss,test_loss,step,skipped_steps,epoch_seconds,elapsed_seconds,samples_per_second";
+    "epoch,train_loss,val_loss,test_loss,step,skipped_steps,epoch_seconds,elapsed_seconds,"
+    "samples_per_second,learning_rate,grad_norm";
 
 }  // namespace meshtrain::app

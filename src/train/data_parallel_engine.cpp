@@ -1,3 +1,5 @@
+#include <cmath>
+
 #include "meshtrain/train/step_engine.hpp"
 
 namespace meshtrain {
@@ -19,6 +21,34 @@ double sum_scalar(Kokkos::View<float, MemSpace, Unmanaged> value,
   float host = 0.0f;
   Kokkos::deep_copy(host, value);
   return host;
+}
+
+double squared_norm(const float* data, std::size_t n) {
+  double sum = 0.0;
+  Kokkos::parallel_reduce(
+      "meshtrain::squared_norm", Kokkos::RangePolicy<ExecSpace>(0, n),
+      KOKKOS_LAMBDA(std::size_t i, double& s) {
+        const double v = data[i];
+        s += v * v;
+      },
+      sum);
+  return sum;
+}
+
+double sum_over(Communicator& group, double value, Kokkos::View<double, MemSpace> scratch) {
+  if (group.size() == 1) return value;
+  Kokkos::deep_copy(scratch, value);
+  ExecSpace().fence();
+  group.allreduce(scratch.data(), 1, DataType::Float64, ReduceOp::Sum);
+  double total = 0.0;
+  Kokkos::deep_copy(total, scratch);
+  return total;
+}
+
+void scale_in_place(float* data, std::size_t n, float factor) {
+  Kokkos::parallel_for(
+      "meshtrain::scale_gradients", Kokkos::RangePolicy<ExecSpace>(0, n),
+      KOKKOS_LAMBDA(std::size_t i) { data[i] *= factor; });
 }
 
 std::string format_state_bytes(const StateBytes& b) {
@@ -64,6 +94,13 @@ class DataParallelEngine final : public StepEngine {
 
   ConstVectorRef gradients() const override {
     return ConstVectorRef(grads_.data(), model_.num_parameters());
+  }
+  // Every rank holds the whole summed gradient: no communication.
+  double gradient_norm() override {
+    return std::sqrt(squared_norm(grads_.data(), model_.num_parameters()));
+  }
+  void scale_gradients(float factor) override {
+    scale_in_place(grads_.data(), model_.num_parameters(), factor);
   }
   double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
     const Kokkos::View<float, MemSpace, Unmanaged> out(eval_.data());

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 
 #include "meshtrain/clock.hpp"
 #include "meshtrain/train/step_engine.hpp"
@@ -50,6 +51,15 @@ class FsdpEngine final : public StepEngine {
 
   void apply_gradients(double lr) override { optimizer_->step(param_shard_, grad_shard_, lr); }
   ConstVectorRef gradients() const override { return grad_shard_; }
+  // Each element lives in exactly one shard of the shard group (the padding is zero); the
+  // replica group holds copies of the same shards, so it is not summed over.
+  double gradient_norm() override {
+    const double mine = squared_norm(grad_shard_.data(), grad_shard_.extent(0));
+    return std::sqrt(sum_over(shards_, mine, norm_scratch_));
+  }
+  void scale_gradients(float factor) override {
+    scale_in_place(grad_shard_.data(), grad_shard_.extent(0), factor);
+  }
   double evaluate(ConstMatrixRef x, ConstMatrixRef y, float scale) override {
     model_.forward_loss(x, y, scale, loss(), workspace_, hooks_);
     return sum_scalar(loss(), {&shards_, &replicas_});
@@ -132,6 +142,7 @@ class FsdpEngine final : public StepEngine {
   Vector gathered_;
   Vector layer_grad_;
   Kokkos::View<float, MemSpace> loss_;
+  Kokkos::View<double, MemSpace> norm_scratch_{"meshtrain::fsdp_norm"};
   std::unique_ptr<Optimizer> optimizer_;
   // Each layer gathered before use into one buffer (so nothing to release), its gradient
   // reduce-scattered as soon as backward has written it.

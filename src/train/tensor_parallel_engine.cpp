@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cmath>
+#include <stdexcept>
 #include <string>
 
 #include "meshtrain/clock.hpp"
@@ -43,6 +45,13 @@ class TensorParallelEngine final : public StepEngine {
     hooks_.reduce_input_gradient = [this](std::size_t, MatrixRef partial) {
       all_reduce_model(partial);
     };
+    for (const TensorSpec& tensor : model.tensors()) {
+      split_.push_back(std::find(tensor.partition.begin(), tensor.partition.end(), kAxis) !=
+                       tensor.partition.end());
+    }
+    if (split_.size() != local_.tensors().size()) {
+      throw std::logic_error("tensor parallelism: a shard has another number of tensors");
+    }
     scatter(model.parameters_on_host(), local_.parameters());
     model.release_parameters();  // each rank keeps only its slices
   }
@@ -69,6 +78,20 @@ class TensorParallelEngine final : public StepEngine {
   }
   ConstVectorRef gradients() const override {
     return ConstVectorRef(grads_.data(), local_.num_parameters());
+  }
+  // A tensor split over the model axis holds a different slice on each of its ranks (summed
+  // over the axis); a replicated one holds the same values on every rank (counted once).
+  double gradient_norm() override {
+    double split = 0.0, replicated = 0.0;
+    const auto& tensors = local_.tensors();
+    for (std::size_t t = 0; t < tensors.size(); ++t) {
+      const double s = squared_norm(grads_.data() + tensors[t].offset, tensors[t].size);
+      (split_[t] ? split : replicated) += s;
+    }
+    return std::sqrt(sum_over(shards_, split, norm_scratch_) + replicated);
+  }
+  void scale_gradients(float factor) override {
+    scale_in_place(grads_.data(), local_.num_parameters(), factor);
   }
   Vector local_parameters() const override { return local_.parameters(); }
   Optimizer& optimizer() override { return optimizer_; }
@@ -136,6 +159,8 @@ class TensorParallelEngine final : public StepEngine {
   Vector grads_;  // local parameters + 1: the loss rides in the last slot
   Optimizer optimizer_;
   PassHooks hooks_;
+  std::vector<bool> split_;  // per tensor: split over the model axis
+  Kokkos::View<double, MemSpace> norm_scratch_{"meshtrain::tp_norm"};
   double blocked_ = 0.0;
 };
 

@@ -111,6 +111,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
+  schedule_.emplace(config_, static_cast<std::int64_t>(num_batches_));
   const int parts = groups_->batch_parts();
   full_plan_ = shard_batch(*world_, static_cast<int>(std::min(batch, n)), parts);
   last_plan_ = shard_batch(*world_, static_cast<int>(n % batch), parts);
@@ -153,6 +154,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   carried_loss_sum_ = 0.0;
   carried_loss_count_ = 0;
   skipped_steps_ = 0;
+  last_gradient_norm_ = std::numeric_limits<double>::quiet_NaN();
   epoch_losses_.clear();
   validation_losses_.clear();
   test_losses_.clear();
@@ -249,12 +251,27 @@ bool Trainer::step(std::size_t batch) {
         "meshtrain::record_skipped", Kokkos::RangePolicy<ExecSpace>(0, 1),
         KOKKOS_LAMBDA(int) { losses(batch) = nan; });
   } else {
-    engine_->apply_gradients(config_.learning_rate);
+    if (config_.clip_grad_norm > 0.0) clip_gradients();
+    engine_->apply_gradients(learning_rate_at(run_steps_));
     Kokkos::parallel_for(
         "meshtrain::record_loss", Kokkos::RangePolicy<ExecSpace>(0, 1),
         KOKKOS_LAMBDA(int) { losses(batch) = loss(); });
   }
   return flags[1] != 0;
+}
+
+void Trainer::clip_gradients() {
+  // optax.clip_by_global_norm: g * max_norm / ||g|| when ||g|| > max_norm. The norm is the
+  // same on every rank, so every rank scales alike.
+  last_gradient_norm_ = engine_->gradient_norm();
+  if (last_gradient_norm_ > config_.clip_grad_norm) {
+    engine_->scale_gradients(static_cast<float>(config_.clip_grad_norm / last_gradient_norm_));
+  }
+}
+
+double Trainer::learning_rate_at(std::int64_t step) const {
+  if (!schedule_) throw std::logic_error("Trainer::learning_rate_at() called before prepare()");
+  return (*schedule_)(step);
 }
 
 double Trainer::evaluate(const Matrix& x, const Matrix& y) {
@@ -341,6 +358,8 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
     report.test_loss = test_losses_.back();
     report.step = run_steps_;
     report.skipped_steps = skipped_steps_;
+    report.learning_rate = learning_rate_at(run_steps_ - 1);
+    report.gradient_norm = last_gradient_norm_;
     report.epoch_seconds = now - epoch_start;
     report.elapsed_seconds = now - clock.start;
     report.samples_per_second =
@@ -349,6 +368,7 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   }
   ++epoch_;
   batch_ = 0;
+  last_gradient_norm_ = nan;
   if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
 }
 
@@ -463,6 +483,7 @@ void Trainer::restore(const TrainingState& st) {
   carried_loss_sum_ = st.epoch_loss_sum;
   carried_loss_count_ = st.epoch_loss_count;
   skipped_steps_ = st.skipped_steps;
+  last_gradient_norm_ = std::numeric_limits<double>::quiet_NaN();
   epoch_losses_ = st.epoch_losses;
   validation_losses_ = st.validation_losses;
   test_losses_ = st.test_losses;

@@ -91,7 +91,9 @@ class Flags(unittest.TestCase):
                    "--optimizer": ("adam", ["adam", "adamw", "sgd"]),
                    "--comm": ("auto", ["auto", "mpi", "nccl"]),
                    "--nonfinite": ("abort", ["abort", "skip"]),
-                   "--progress": ("auto", ["auto", "thread", "poll"])}
+                   "--progress": ("auto", ["auto", "thread", "poll"]),
+                   "--schedule": ("constant",
+                                  ["constant", "warmup_cosine", "step", "warmup_constant"])}
         for flag, (default, names) in choices.items():
             with self.subTest(flag=flag):
                 lines = [l.strip() for l in r.stdout.splitlines()
@@ -115,6 +117,16 @@ class Flags(unittest.TestCase):
         self.assertEqual(field(r.stdout, "Training data:"), "x=(95, 4), y=(95, 1)")
         self.assertIn("global batch: 10 (5 to 5 per rank)", r.stdout)
         self.assertIn("lr: 0.01", r.stdout)
+
+    def test_a_schedule_is_announced_and_changes_the_run(self):
+        constant = run(2, "--epochs", "3")
+        r = run(2, "--epochs", "3", "--schedule", "warmup_cosine", "--warmup-steps", "4",
+                "--min-lr", "1e-5")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("lr: 0.001, warmup_cosine (warmup 4 steps from 0, cosine to 1e-05 at the "
+                      "run's end)", r.stdout)
+        self.assertNotIn("constant", constant.stdout)
+        self.assertNotEqual(field(r.stdout, "Final loss:"), field(constant.stdout, "Final loss:"))
 
     def test_fsdp_and_hybrid_match_data_parallel(self):
         dp = run(4, "--epochs", "3")
@@ -216,9 +228,25 @@ class BadInput(unittest.TestCase):
         (["--comm", "nccl"], "--comm 'nccl'"),  # no GPU here, or a host-memory Kokkos
         (["--no-such-flag"], "--no-such-flag"),
         (["--epochs"], "--epochs"),
+        (["--schedule", "cosine"],
+         "--schedule 'cosine': unknown (choose constant, warmup_cosine, step or warmup_constant)"),
+        (["--warmup-steps", "5"],
+         "--warmup-steps 5: only with schedule warmup_cosine or warmup_constant"),
+        (["--schedule", "warmup_cosine", "--warmup-steps", "160"],
+         "--warmup-steps 160: not fewer than the schedule's 160 optimizer steps"),
+        (["--schedule", "warmup_cosine", "--min-lr", "0.5"],
+         "--min-lr 0.5: must be between 0 and the peak learning rate (0.001)"),
+        (["--schedule", "warmup_cosine", "--warmup-steps", "10", "--decay-steps", "10"],
+         "--decay-steps 10: must be 0 (the whole run) or more than the 10 warmup steps"),
+        (["--schedule", "step"], "--step-size 0: must be at least 1"),
+        (["--schedule", "step", "--step-size", "2", "--gamma", "-1"], "--gamma -1: must be"),
+        (["--schedule", "warmup_constant", "--warmup-initial-lr", "x"], "--warmup-initial-lr 'x'"),
+        (["--clip-grad-norm", "-1"], "--clip-grad-norm -1: must be 0 (off) or a finite number"),
+        (["--clip-grad-norm", "nan"], "--clip-grad-norm nan"),
     ]
 
     INTERNAL_FIELDS = ("num_epochs", "batch_size", "learning_rate", "bucket_bytes", "mesh_shape",
+                       "warmup_steps", "decay_steps", "step_size", "clip_grad_norm",
                        "mesh_axis_names", "collective_timeout", "model widths")
 
     def test_each_bad_input(self):

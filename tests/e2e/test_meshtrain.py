@@ -9,6 +9,7 @@ safetensors (8-byte header length, JSON header, raw bytes) by hand.
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,8 @@ STRAIGHT_RESULT = None
 
 PREEMPTED = 75
 CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "step", "skipped_steps",
-               "epoch_seconds", "elapsed_seconds", "samples_per_second"]
+               "epoch_seconds", "elapsed_seconds", "samples_per_second", "learning_rate",
+               "grad_norm"]
 
 # 96 training samples in batches of 16: 6 steps per epoch.
 BASE_CONFIG = """\
@@ -261,7 +263,7 @@ class StraightRun(unittest.TestCase):
         r = self.result
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stderr.strip(), "")
-        epochs = re.findall(r"^epoch (\d+)/4: train loss [0-9.]+, val loss [0-9.]+, \d+ samples/s, "
+        epochs = re.findall(r"^epoch (\d+)/4: train loss [0-9.]+, val loss [0-9.]+, lr 0\.01, \d+ samples/s, "
                             r"elapsed \S+ s, ETA \S+ s$", r.stdout, re.M)
         self.assertEqual(epochs, ["1", "2", "3", "4"])
         self.assertEqual(r.stdout.count("Final loss:"), 1)  # rank 0 only
@@ -297,6 +299,8 @@ class StraightRun(unittest.TestCase):
         self.assertEqual([r[0] for r in rows[1:]], ["1", "2", "3", "4"])
         self.assertEqual([r[4] for r in rows[1:]], ["6", "12", "18", "24"])
         self.assertEqual([r[3] for r in rows[1:]], ["", "", "", ""])  # no test set
+        self.assertEqual([r[9] for r in rows[1:]], ["0.01"] * 4)  # constant schedule
+        self.assertEqual([r[10] for r in rows[1:]], [""] * 4)  # no clipping: no norm computed
         with open(run_dir(self.config, "out", "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
         self.assertEqual([r["epoch"] for r in records], [1, 2, 3, 4])
@@ -306,6 +310,7 @@ class StraightRun(unittest.TestCase):
             self.assertEqual(record["val_loss"], float(row[2]))
             self.assertGreater(record["val_loss"], 0)
             self.assertIsNone(record["test_loss"])
+            self.assertIsNone(record["grad_norm"])
         # The losses in the checkpoint are the ones in the metrics.
         meta, _ = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
         self.assertEqual(json.loads(meta["epoch_losses"]), [r["train_loss"] for r in records])
@@ -536,6 +541,47 @@ class Help(unittest.TestCase):
             self.assertIn(line, r.stdout)
 
 
+class Schedules(unittest.TestCase):
+    """The learning rate of each epoch's last step in the metrics, as optax computes it."""
+
+    def test_warmup_cosine_rates_in_the_metrics(self):
+        config = make_run("warmup-cosine")
+        r = launch(2, "train", "--config", config, "--set", "training.schedule=warmup_cosine",
+                   "--set", "training.warmup_steps=6", "--set", "training.min_learning_rate=0.001")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("lr 0.01, warmup_cosine (warmup 6 steps from 0, cosine to 0.001 at the "
+                      "run's end)", r.stdout)
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            rows = list(csv.reader(f))[1:]
+        # 4 epochs of 6 steps; epoch e ends with step 6 e - 1 (counted from 0).
+        def rate(t):
+            if t < 6:
+                return 0.01 * t / 6
+            return 0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * (t - 6) / 18))
+        for e, row in enumerate(rows, start=1):
+            self.assertAlmostEqual(float(row[CSV_COLUMNS.index("learning_rate")]),
+                                   rate(6 * e - 1), delta=1e-12)
+        lines = re.findall(r"^epoch \d+/4: .*, lr (\S+), ", r.stdout, re.M)
+        self.assertEqual([float(v) for v in lines], [float("%.6g" % rate(6 * e - 1))
+                                                     for e in range(1, 5)])
+
+
+class Clipping(unittest.TestCase):
+    def test_the_norm_before_clipping_is_reported(self):
+        config = make_run("clipped")
+        r = launch(2, "train", "--config", config, "--set", "training.clip_grad_norm=0.05")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        norms = re.findall(r"^epoch \d+/4: .*, lr 0\.01, grad norm (\S+), ", r.stdout, re.M)
+        self.assertEqual(len(norms), 4, r.stdout)
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            rows = list(csv.reader(f))[1:]
+        self.assertEqual(["%.6g" % float(row[CSV_COLUMNS.index("grad_norm")]) for row in rows],
+                         norms)
+        self.assertTrue(all(float(n) > 0 for n in norms))
+        # Clipping changed the run.
+        self.assertNotEqual(field(r.stdout, "Final loss:"), field(STRAIGHT_RESULT.stdout, "Final loss:"))
+
+
 class BadInput(unittest.TestCase):
     """One line on stderr from rank 0 naming the file, line and key (or the .npy problem),
     and a non-zero exit, before any training."""
@@ -599,6 +645,16 @@ class BadInput(unittest.TestCase):
             (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
             (["--no-such-flag"], "--no-such-flag"),
             (["--progress", "sometimes"], "--progress: sometimes not in {auto,bar,lines}"),
+            (["--set", "training.schedule=linear"], "--set: training.schedule: 'linear' is not "
+             "one of constant, warmup_cosine, step, warmup_constant"),
+            (["--set", "training.warmup_steps=3"], "--set: training.warmup_steps 3: only with "
+             "schedule warmup_cosine or warmup_constant (this run's is constant)"),
+            (["--set", "training.schedule=step"], "CONFIG: training.step_size 0: must be at least 1"),
+            (["--set", "training.schedule=warmup_cosine", "--set", "training.warmup_steps=24"],
+             "--set: training.warmup_steps 24: not fewer than the schedule's 24 optimizer steps"),
+            (["--set", "training.gamma=0"], "--set: training.gamma: 0 is out of range"),
+            (["--set", "training.clip_grad_norm=-1"],
+             "--set: training.clip_grad_norm: -1 is out of range (at least 0)"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):

@@ -30,6 +30,13 @@ std::string format_state_bytes(const StateBytes& bytes);
 double sum_scalar(Kokkos::View<float, MemSpace, Unmanaged> value,
                   std::initializer_list<Communicator*> groups);
 
+// The sum of data[i]^2 over [0, n), accumulated in double (device data, host result).
+double squared_norm(const float* data, std::size_t n);
+// value summed over group, through scratch (device memory, which NCCL needs): collective.
+double sum_over(Communicator& group, double value, Kokkos::View<double, MemSpace> scratch);
+// data[i] *= factor over [0, n).
+void scale_in_place(float* data, std::size_t n, float factor);
+
 class StepEngine {
  public:
   virtual ~StepEngine() = default;
@@ -45,6 +52,12 @@ class StepEngine {
   }
   virtual Kokkos::View<float, MemSpace, Unmanaged> loss() const = 0;
   virtual ConstVectorRef gradients() const = 0;
+  // After compute_gradients: the L2 norm of the whole model's summed gradient, each element
+  // counted once whatever the strategy splits or replicates (collective over the groups that
+  // split the model), the same on every rank.
+  virtual double gradient_norm() = 0;
+  // Multiplies the gradients this rank holds by factor (clipping), before apply_gradients.
+  virtual void scale_gradients(float factor) = 0;
   // Forward only: the sum over the batch group of scale * sum((model(x) - y)^2) over each
   // rank's rows (collective; every rank of the group must call it, with zero rows if need
   // be). At most the max_rows given at construction per call.

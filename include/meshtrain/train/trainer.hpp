@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "meshtrain/runtime/process_groups.hpp"
 #include "meshtrain/runtime/shard_plan.hpp"
 #include "meshtrain/train/gradient_reducer.hpp"
+#include "meshtrain/train/schedule.hpp"
 #include "meshtrain/train/step_engine.hpp"
 #include "meshtrain/train/training_config.hpp"
 
@@ -52,6 +54,10 @@ struct EpochReport {
   double test_loss = 0.0;        // the same for the test set
   std::int64_t step = 0;         // optimizer steps of the whole run so far
   std::int64_t skipped_steps = 0;
+  double learning_rate = 0.0;    // the schedule's rate at the epoch's last step
+  // With clip_grad_norm: the global gradient norm before clipping of the epoch's last
+  // (non-skipped) step. NaN without clipping, which is the only time it is computed.
+  double gradient_norm = 0.0;
   double epoch_seconds = 0.0;
   double elapsed_seconds = 0.0;  // since this fit() started
   double samples_per_second = 0.0;
@@ -112,6 +118,9 @@ class Trainer {
   // Returns true when the stop flag was raised on some rank (every rank agrees).
   bool step(std::size_t batch);
   std::size_t batches_per_epoch() const { return num_batches_; }
+  // The rate of the optimizer step that follows `step` earlier ones of the run (after
+  // prepare()).
+  double learning_rate_at(std::int64_t step) const;
 
   // Optional, before fit(): a validation set and a test set (every rank holds them in full),
   // evaluated with the training loss every validation_every epochs and after the last.
@@ -159,6 +168,7 @@ class Trainer {
   double evaluate(const Matrix& x, const Matrix& y);
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
+  void clip_gradients();
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
   // including what a resumed epoch carried in.
   std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;
@@ -172,6 +182,7 @@ class Trainer {
   std::size_t samples_ = 0;
   std::size_t num_batches_ = 0;
   std::size_t max_rows_ = 0;
+  std::optional<LearningRateSchedule> schedule_;
   ShardPlan full_plan_;
   ShardPlan last_plan_;
   Matrix x_;
@@ -195,6 +206,7 @@ class Trainer {
   double carried_loss_sum_ = 0.0;  // a resumed epoch's losses from before the resume
   std::int64_t carried_loss_count_ = 0;
   std::int64_t skipped_steps_ = 0;
+  double last_gradient_norm_ = 0.0;  // before clipping; NaN until a clipped step
   std::vector<double> epoch_losses_;
   std::vector<double> validation_losses_;
   std::vector<double> test_losses_;

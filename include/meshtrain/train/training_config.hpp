@@ -36,9 +36,35 @@ struct TrainingConfig {
   // rank) or Skip it (no update; counted in the metrics).
   NonFinite nonfinite = NonFinite::Abort;
 
+  // The learning rate of each optimizer step (train/schedule.hpp), learning_rate its peak.
+  // Keys that a schedule does not use must keep their defaults (ConfigError otherwise).
+  Schedule schedule = Schedule::Constant;
+  // warmup_cosine, warmup_constant: optimizer steps of linear warmup from
+  // warmup_initial_learning_rate to learning_rate (optax's warmup_steps and init_value).
+  int warmup_steps = 0;
+  double warmup_initial_learning_rate = 0.0;
+  // warmup_cosine: optimizer steps of the whole schedule, warmup included (optax's
+  // decay_steps); 0: the run's (num_epochs x batches per epoch). After them, and at the
+  // run's end, the rate is min_learning_rate (optax's end_value).
+  std::int64_t decay_steps = 0;
+  double min_learning_rate = 0.0;
+  // step: learning_rate * gamma^floor(epoch / step_size), epochs as PyTorch's StepLR is
+  // usually stepped (once per epoch).
+  int step_size = 0;
+  static constexpr double kDefaultGamma = 0.1;  // PyTorch's StepLR
+  double gamma = kDefaultGamma;
+
+  // Gradient clipping by global norm (optax.clip_by_global_norm): when the L2 norm of the
+  // whole model's gradient, averaged over the global batch, exceeds this, every gradient is
+  // scaled by clip_grad_norm / norm before the optimizer step. 0: off.
+  double clip_grad_norm = 0.0;
+
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
   void validate(int data_axis_size) const;
+
+ private:
+  void validate_schedule() const;
 };
 
 }  // namespace meshtrain
