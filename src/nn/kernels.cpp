@@ -19,7 +19,8 @@ constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 // on [-4, 4] (erf is +-1 in float outside), absolute error below 2e-7 (tested against
 // std::erf).
 KOKKOS_INLINE_FUNCTION float erf_float(float x) {
-  x = x < -4.0f ? -4.0f : (x > 4.0f ? 4.0f : x);
+  x = x < -4.0f ? -4.0f : x;
+  x = x > 4.0f ? 4.0f : x;
   const float x2 = x * x;
   float p = -2.72614225801306e-10f;
   p = p * x2 + 2.77068142495902e-08f;
@@ -97,44 +98,85 @@ void matmul_add(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y) {
   KokkosBlas::gemm("N", "N", 1.0f, x, w, 1.0f, y);
 }
 
+namespace {
+
+// y = op(z, y) element by element: one 1-D loop over contiguous matrices (which compilers
+// vectorise; the workspace's are), a 2-D one otherwise. One kernel per activation, so that no
+// switch sits inside the loop.
+template <class Op>
+void map_into(const char* name, ConstMatrixRef z, MatrixRef y, Op op) {
+  const std::size_t n = z.extent(0), m = z.extent(1);
+  if (n == 0 || m == 0) return;
+  if (z.span_is_contiguous() && y.span_is_contiguous()) {
+    // On host threads a work item is a block of elements, whose plain inner loop the
+    // compiler vectorises (it does not vectorise Kokkos' loop over single elements); on a GPU
+    // one element, so that neighbouring threads touch neighbouring floats.
+    constexpr std::size_t block =
+        Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 512 : 1;
+    const std::size_t count = n * m;
+    const float* in = z.data();
+    float* out = y.data();
+    Kokkos::parallel_for(
+        name, Kokkos::RangePolicy<ExecSpace>(0, (count + block - 1) / block),
+        KOKKOS_LAMBDA(std::size_t b) {
+          const std::size_t end = (b + 1) * block < count ? (b + 1) * block : count;
+          for (std::size_t k = b * block; k < end; ++k) out[k] = op(in[k], out[k]);
+        });
+  } else {
+    Kokkos::parallel_for(
+        name, Policy2D({0, 0}, {n, m}),
+        KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = op(z(i, j), y(i, j)); });
+  }
+}
+
+struct CopyOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float) const { return v; }
+};
+struct ReluOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float) const { return v > 0.0f ? v : 0.0f; }
+};
+struct TanhOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float) const {
+    return Kokkos::Experimental::tanh(v);
+  }
+};
+struct GeluOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float) const { return gelu(v); }
+};
+// Backward: (pre-activation v, dL/dy g) -> dL/dz.
+struct ReluBackwardOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float g) const { return v > 0.0f ? g : 0.0f; }
+};
+struct TanhBackwardOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float g) const {
+    const float t = Kokkos::Experimental::tanh(v);
+    return g * (1.0f - t * t);
+  }
+};
+struct GeluBackwardOp {
+  KOKKOS_INLINE_FUNCTION float operator()(float v, float g) const {
+    return g * gelu_derivative(v);
+  }
+};
+
+}  // namespace
+
 void activation_forward(ConstMatrixRef z, MatrixRef y, Activation activation) {
-  const auto n = z.extent(0);
-  const auto out = z.extent(1);
-  if (n == 0) return;
-  Kokkos::parallel_for(
-      "meshtrain::activation", Policy2D({0, 0}, {n, out}),
-      KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
-        const float v = z(i, j);
-        switch (activation) {
-          case Activation::Identity: y(i, j) = v; break;
-          case Activation::ReLU: y(i, j) = v > 0.0f ? v : 0.0f; break;
-          case Activation::Tanh: y(i, j) = Kokkos::Experimental::tanh(v); break;
-          case Activation::Gelu: y(i, j) = gelu(v); break;
-        }
-      });
+  switch (activation) {
+    case Activation::Identity: map_into("meshtrain::identity", z, y, CopyOp{}); break;
+    case Activation::ReLU: map_into("meshtrain::relu", z, y, ReluOp{}); break;
+    case Activation::Tanh: map_into("meshtrain::tanh", z, y, TanhOp{}); break;
+    case Activation::Gelu: map_into("meshtrain::gelu", z, y, GeluOp{}); break;
+  }
 }
 
 void activation_backward_from_input(ConstMatrixRef z, MatrixRef dy, Activation activation) {
-  const auto n = z.extent(0);
-  const auto out = z.extent(1);
-  if (n == 0 || activation == Activation::Identity) return;
-  Kokkos::parallel_for(
-      "meshtrain::activation_backward_from_input", Policy2D({0, 0}, {n, out}),
-      KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
-        const float v = z(i, j);
-        switch (activation) {
-          case Activation::Identity: break;
-          case Activation::ReLU:
-            if (!(v > 0.0f)) dy(i, j) = 0.0f;
-            break;
-          case Activation::Tanh: {
-            const float t = Kokkos::Experimental::tanh(v);
-            dy(i, j) *= 1.0f - t * t;
-            break;
-          }
-          case Activation::Gelu: dy(i, j) *= gelu_derivative(v); break;
-        }
-      });
+  switch (activation) {
+    case Activation::Identity: break;
+    case Activation::ReLU: map_into("meshtrain::relu_backward", z, dy, ReluBackwardOp{}); break;
+    case Activation::Tanh: map_into("meshtrain::tanh_backward", z, dy, TanhBackwardOp{}); break;
+    case Activation::Gelu: map_into("meshtrain::gelu_backward", z, dy, GeluBackwardOp{}); break;
+  }
 }
 
 void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation) {
