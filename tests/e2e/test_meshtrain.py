@@ -274,7 +274,7 @@ class StraightRun(unittest.TestCase):
     def test_checkpoint_metadata(self):
         meta, tensors = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
         self.assertEqual(meta["meshtrain.format"], "training_state")
-        self.assertEqual(meta["meshtrain.format_version"], "1")
+        self.assertEqual(meta["meshtrain.format_version"], "2")
         self.assertEqual(meta["epoch"], "4")
         self.assertEqual(meta["batch"], "0")
         self.assertEqual(meta["optimizer_step"], "24")
