@@ -39,10 +39,12 @@ constexpr const char* kExitCodes =
     "EXIT CODES\n"
     "  0   trained to the end\n"
     "  1   internal error (the failing rank reports it and the job is aborted)\n"
-    "  2   bad input: command line, config, data or checkpoint (one line from rank 0)\n"
+    "  2   bad input: command line, config, data, checkpoint, or a run directory that\n"
+    "      cannot be written, lacks space, or holds another run's checkpoints (one line\n"
+    "      from rank 0, before any training)\n"
     "  3   the training diverged (NaN/Inf loss with training.nonfinite = \"abort\")\n"
     "  75  preempted by SIGTERM or SIGUSR1: a checkpoint was written; resubmit with\n"
-    "      --resume latest (EX_TEMPFAIL)\n";
+    "      --resume latest or --resume auto (EX_TEMPFAIL)\n";
 
 // Raised by SIGTERM or SIGUSR1 (a scheduler's warning before the end of an allocation);
 // the trainer polls it at every step and stops every rank after the same one.
@@ -112,9 +114,11 @@ struct CommandLine {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     train
         ->add_option("--resume", t.resume,
-                     "Continue from a checkpoint: 'latest' (the newest in checkpoint.dir) or a "
-                     "file; the run's settings must match those that wrote it")
-        ->type_name("latest|PATH");
+                     "Continue from a checkpoint: 'latest' (the newest in checkpoint.dir; there "
+                     "must be one), 'auto' (the newest if checkpoint.dir holds one, else start "
+                     "fresh: for job scripts that are resubmitted) or a file; the run's settings "
+                     "and training data must match those that wrote it")
+        ->type_name("auto|latest|PATH");
     train
         ->add_option("--progress", t.progress, choice_help<Display>())
         ->check(CLI::IsMember(choice_names<Display>()))
@@ -152,6 +156,12 @@ auto locating_errors(const RunConfig& config, F&& work) {
   }
 }
 
+// The metrics files' size at the end of the run, generously: two lines of about 200
+// characters an epoch, plus the header.
+std::uint64_t metrics_bytes_estimate(int num_epochs) {
+  return 4096 + 2 * 256 * static_cast<std::uint64_t>(std::max(num_epochs, 0));
+}
+
 std::string widths_text(const std::vector<int>& widths) {
   std::string out = "[";
   for (std::size_t i = 0; i < widths.size(); ++i)
@@ -176,6 +186,45 @@ Model build_model(const RunConfig& config, const TrainingData& data) {
   return make_fno2d(fno);
 }
 
+// Before the model is built: a model (with its gradients, optimizer state and activations)
+// that cannot fit in the node's memory is refused naming the key that sized it.
+void check_memory(const RunConfig& config, const TrainingData& data, const ProcessGroups& groups,
+                  int ranks_on_node) {
+  const ModelSettings& m = config.model;
+  const std::size_t samples = data.x.extent(0) + data.val_x.extent(0);
+  const MemoryLayout layout = memory_layout(groups, config.training.batch_size, samples,
+                                            data.x.extent(1) + data.y.extent(1));
+  std::string key, value;
+  MemoryEstimate estimate;
+  if (m.type == ModelType::Mlp) {
+    estimate = estimate_mlp_memory(m.widths, config.training.optimizer, layout);
+    key = "model.widths";
+    for (const char* given : {"model.widths", "model.hidden", "model.layers"}) {
+      if (config.origins.count(given)) {
+        key = given;
+        break;
+      }
+    }
+    value = widths_text(m.widths);
+  } else {
+    FnoConfig fno;
+    fno.s1 = static_cast<int>(data.x_sample_shape.at(0));
+    fno.s2 = static_cast<int>(data.x_sample_shape.at(1));
+    fno.in_channels = static_cast<int>(data.x_sample_shape.at(2));
+    fno.out_channels = static_cast<int>(data.y_sample_shape.at(2));
+    fno.modes1 = fno.modes2 = m.modes;
+    fno.width = m.width;
+    fno.layers = m.layers;
+    fno.projection = m.projection;
+    estimate = estimate_fno_memory(fno, config.training.optimizer, layout);
+    key = "model.width";
+    value = std::to_string(m.width);
+  }
+  const auto shortfall =
+      memory_shortfall(estimate, available_memory_per_rank(ranks_on_node), ranks_on_node);
+  if (shortfall) throw ConfigError(config.where(key) + " " + value + ": " + *shortfall);
+}
+
 std::string model_text(const RunConfig& config, const TrainingData& data) {
   const ModelSettings& m = config.model;
   if (m.type == ModelType::Mlp) {
@@ -188,7 +237,8 @@ std::string model_text(const RunConfig& config, const TrainingData& data) {
 }
 
 void print_header(const RunConfig& config, const Trainer& trainer, const DistributedManager& dm,
-                  const TrainingData& data, const std::optional<ResumePoint>& resumed) {
+                  const TrainingData& data, const std::optional<ResumePoint>& resumed,
+                  const std::string& set_aside) {
   const TrainingConfig& t = trainer.config();
   const DistributedConfig& d = t.distributed_config;
   const Model& model = trainer.model();
@@ -218,6 +268,10 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
   if (resumed) {
     std::printf("Resumed:     %s at epoch %d, batch %zu\n", resumed->path.c_str(),
                 resumed->state.epoch + 1, resumed->state.batch);
+  }
+  if (!set_aside.empty()) {
+    std::printf("Set aside:   another run's checkpoints, moved to %s (checkpoint.overwrite)\n",
+                set_aside.c_str());
   }
   std::fflush(stdout);
 }
@@ -252,27 +306,34 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   const auto groups = locating_errors(
       config, [&] { return dm.process_groups(config.training.distributed_config); });
   const TrainingData data = load_training_data(config, world);
+  check_memory(config, data, *groups, dm.local_size());
   Model model = locating_errors(config, [&] { return build_model(config, data); });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, groups); });
-  RunCheckpoints checkpoints(config, world);
+  RunCheckpoints checkpoints(config, data, world);
   const std::size_t samples = data.x.extent(0);
   locating_errors(config, [&] {
     trainer.prepare(data.x, data.y);
     if (data.has_validation()) trainer.set_validation_data(data.val_x, data.val_y);
   });
 
-  std::optional<ResumePoint> resumed;
-  if (!options.resume.empty()) {
-    resumed = checkpoints.load(options.resume, trainer, samples);
-    trainer.restore(resumed->state);
+  // Before any training: the run's directories (the output first: checking the checkpoints
+  // may move another run's aside), and what the run continues.
+  if (!config.output.dir.empty()) {
+    on_root_sharing_errors(world, [&] {
+      prepare_output_directory(config.where("output.dir"), config.output.dir,
+                               metrics_bytes_estimate(config.training.num_epochs),
+                               "metrics.csv and metrics.jsonl");
+    });
   }
+  const std::optional<ResumePoint> resumed = checkpoints.start(options.resume, trainer, samples);
+  if (resumed) trainer.restore(resumed->state);
   std::optional<MetricsFiles> metrics;
   if (!config.output.dir.empty()) {
     on_root_sharing_errors(
         world, [&] { metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0); });
   }
-  if (root) print_header(config, trainer, dm, data, resumed);
+  if (root) print_header(config, trainer, dm, data, resumed, checkpoints.set_aside());
 
   const Display display = parse_choice<Display>("--progress", options.progress);
   const bool bar = display == Display::Bar || (display == Display::Auto && stdout_is_terminal());
