@@ -207,6 +207,10 @@ class BadInput(unittest.TestCase):
         (["--overlap", "maybe"], "--overlap 'maybe'"),
         (["--progress", "sometimes"], "--progress 'sometimes'"),
         (["--hidden", "0"], "--hidden 0"),
+        # Too large for any node's memory: refused up front, once, naming the flags and bytes.
+        (["--hidden", "2000000", "--layers", "2"],
+         "--hidden 2000000 --layers 2: training needs about "),
+        (["--hidden", "64", "--layers", "1000000"], "--hidden 64 --layers 1000000: training needs about "),
         (["--strategy", "fsdp", "--mesh-shape", "2,1", "--axis-names", "model,other"],
          "--axis-names ('model', 'other')"),
         (["--axis-names", "data,data", "--mesh-shape", "2,1"], "--axis-names ('data', 'data')"),
