@@ -1,6 +1,12 @@
 #include "run_checkpoints.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 
@@ -71,6 +77,28 @@ RunCheckpoints::RunCheckpoints(const RunConfig& config, const TrainingData& data
   if (comm_.rank() == 0) data_crc_ = data_crc(data);
 }
 
+RunCheckpoints::~RunCheckpoints() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock
+}
+
+// Rank 0: one run at a time per directory and prefix. Two runs started together would both
+// find the directory empty, then write checkpoints that --resume latest mixes up.
+void RunCheckpoints::lock_directory() {
+  const std::string path = (fs::path(settings_.dir) / ("." + settings_.prefix + ".lock")).string();
+  lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) {
+    throw ConfigError(dir_where_ + ": " + settings_.dir + ": cannot open the lock file " + path + ": " +
+                      std::strerror(errno));
+  }
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) == 0) return;
+  const int error = errno;
+  if (error != EWOULDBLOCK) return;  // e.g. ENOLCK: a file system without locks; go on without
+  ::close(lock_fd_);
+  lock_fd_ = -1;
+  throw ConfigError(dir_where_ + ": " + settings_.dir + ": another meshtrain run is using it (it holds " +
+                    path + "); wait for it to end, or give this run another checkpoint.dir or checkpoint.prefix");
+}
+
 std::optional<ResumePoint> RunCheckpoints::start(const std::string& resume, const Trainer& trainer,
                                                  std::size_t samples) {
   std::optional<ResumePoint> point;
@@ -79,6 +107,7 @@ std::optional<ResumePoint> RunCheckpoints::start(const std::string& resume, cons
       // Writable before anything is read: the space needed is checked once the run's own
       // checkpoints there are known.
       prepare_output_directory(dir_where_, settings_.dir, 0, "");
+      lock_directory();
     }
     point = resolve(resume, trainer, samples);
     run_id_ = point ? run_id_ : new_run_id();
@@ -197,15 +226,23 @@ std::string RunCheckpoints::save(const TrainingState& state, const Trainer& trai
   if (step == saved_step_) return saved_path_;
   const std::string path =
       checkpoint_path(settings_.dir, settings_.prefix, static_cast<std::uint64_t>(step));
+  std::string error;
   if (comm_.rank() == 0) {
     Checkpoint checkpoint = to_checkpoint(state, trainer.model(), trainer.config(), samples);
     checkpoint.metadata[kRunIdKey] = run_id_;
     checkpoint.metadata[kDataCrcKey] = crc_text(data_crc_);
     checkpoint.metadata[kDataKey] = data_description_;
-    write_checkpoint_atomic(path, checkpoint);
-    prune_run_checkpoints(settings_.dir, settings_.prefix,
-                          static_cast<std::size_t>(settings_.keep_last), run_id_, path);
+    try {
+      write_checkpoint_atomic(path, checkpoint);
+      prune_run_checkpoints(settings_.dir, settings_.prefix,
+                            static_cast<std::size_t>(settings_.keep_last), run_id_, path);
+    } catch (const std::runtime_error& e) {  // the file system, not the program
+      error = e.what();
+      if (saved_step_ >= 0) error += "; the run's checkpoint " + saved_path_ + " is intact";
+    }
   }
+  broadcast_string(comm_, error);
+  if (!error.empty()) throw ConfigError(dir_where_ + ": " + error);
   saved_step_ = step;
   saved_path_ = path;
   return path;

@@ -26,6 +26,9 @@ class RunCheckpoints {
   // Rank 0 takes the CRC-32 of the training data (x then y, as float32), which every
   // checkpoint records and a resume must match.
   RunCheckpoints(const RunConfig& config, const TrainingData& data, Communicator& comm);
+  ~RunCheckpoints();
+  RunCheckpoints(const RunCheckpoints&) = delete;
+  RunCheckpoints& operator=(const RunCheckpoints&) = delete;
 
   bool enabled() const { return !settings_.dir.empty(); }
 
@@ -33,7 +36,8 @@ class RunCheckpoints {
   // resume: "" (a fresh run), "auto" (the newest checkpoint when checkpoint.dir holds one,
   // else a fresh run), "latest" (the newest; there must be one) or a file's path.
   // Rank 0 creates checkpoint.dir, checks that it is writable with room for the checkpoints
-  // the run keeps, reads and checks the checkpoint to resume (this run's settings and
+  // the run keeps, locks it against other runs with the same prefix for as long as this
+  // object lives (flock on DIR/.PREFIX.lock; a file system without locks is not refused), reads and checks the checkpoint to resume (this run's settings and
   // training data), and refuses when checkpoint.dir holds checkpoints (same prefix) of
   // another run, or of this run beyond the one resumed, unless checkpoint.overwrite moves
   // them aside. Returns the state to resume, or nothing for a fresh run. ConfigError on every
@@ -44,7 +48,9 @@ class RunCheckpoints {
   // Rank 0 writes state (Trainer::state(), which every rank must call) atomically to
   // DIR/PREFIX-STEP.safetensors, STEP being the global batches trained since the run began,
   // then prunes this run's older ones. Returns the path; writes nothing when this step was
-  // just saved.
+  // just saved. Collective: a write that fails (the disk filled up during the run) is a
+  // ConfigError on every rank naming checkpoint.dir and the file, so that the run ends with
+  // one line; the previous checkpoint is intact.
   std::string save(const TrainingState& state, const Trainer& trainer, std::size_t samples);
 
   // Where the checkpoints of another run went (checkpoint.overwrite), or empty.
@@ -53,6 +59,7 @@ class RunCheckpoints {
  private:
   std::optional<ResumePoint> resolve(const std::string& resume, const Trainer& trainer,
                                      std::size_t samples);
+  void lock_directory();
   void check_directory_contents(const std::optional<ResumePoint>& resumed, const Trainer& trainer);
 
   CheckpointSettings settings_;
@@ -63,6 +70,7 @@ class RunCheckpoints {
   std::uint32_t data_crc_ = 0;  // rank 0
   std::string run_id_;
   std::string set_aside_;
+  int lock_fd_ = -1;  // rank 0: the open, locked DIR/.PREFIX.lock
   std::int64_t saved_step_ = -1;
   std::string saved_path_;
 };

@@ -8,6 +8,7 @@ safetensors (8-byte header length, JSON header, raw bytes) by hand.
 """
 import argparse
 import csv
+import fcntl
 import json
 import os
 import re
@@ -543,6 +544,32 @@ class RunDirectory(unittest.TestCase):
                     one_error_line(self, r, f"--set: {key}: {path}: {expected}")
                     self.assertEqual(r.returncode, 2)
                     self.assertNotIn("epoch 1/", r.stdout)
+
+    def test_a_directory_in_use_by_another_run_is_refused(self):
+        config = make_run("locked")
+        os.makedirs(run_dir(config, "ckpt"))
+        lock = run_dir(config, "ckpt", ".ckpt.lock")
+        with open(lock, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running meshtrain holds it
+            r = launch(2, "train", "--config", config, timeout=30)
+        one_error_line(self, r, f"checkpoint.dir: {run_dir(config, 'ckpt')}: another meshtrain run is using "
+                                f"it (it holds {lock})")
+        self.assertEqual(r.returncode, 2)
+        # Released with the process: the next run goes ahead, and another prefix never waited.
+        r = launch(2, "train", "--config", config, "--set", "training.num_epochs=1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(self):
+        config = make_run("write-fails", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 2"))
+        os.makedirs(run_dir(config, "ckpt", "ckpt-12.safetensors"))  # where epoch 2's must go
+        r = launch(2, "train", "--config", config, timeout=60)
+        one_error_line(self, r, f"checkpoint.dir: {run_dir(config, 'ckpt', 'ckpt-12.safetensors')}: cannot "
+                                "write checkpoint (renaming ")
+        self.assertIn(f"the run's checkpoint {run_dir(config, 'ckpt', 'ckpt-6.safetensors')} is intact", r.stderr)
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(sorted(n for n in os.listdir(run_dir(config, "ckpt")) if not n.startswith(".")),
+                         ["ckpt-12.safetensors", "ckpt-6.safetensors"])  # no temporary file left
+        self.assertTrue(os.path.isdir(run_dir(config, "ckpt", "ckpt-12.safetensors")))
 
     def test_a_full_file_system_fails_before_training(self):
         mount = os.path.join(WORK, "small-fs")
