@@ -70,6 +70,14 @@ TEST(MemoryEstimate, AbsurdSizesSaturateAndAreReported) {
   const MemoryEstimate fits = estimate_mlp_memory(small, OptimizerType::Adam, MemoryLayout{});
   EXPECT_FALSE(memory_shortfall(fits, fits.total(), 1).has_value());
   EXPECT_TRUE(memory_shortfall(fits, fits.total() - 1, 1).has_value());
+  EXPECT_EQ(fits.largest(), MemoryEstimate::Part::State);
+  MemoryLayout big_batch;
+  big_batch.rows = 1000000;
+  EXPECT_EQ(estimate_mlp_memory(small, OptimizerType::Adam, big_batch).largest(), MemoryEstimate::Part::Activations);
+  MemoryLayout big_data;
+  big_data.samples = 1000000;
+  big_data.features = 5;
+  EXPECT_EQ(estimate_mlp_memory(small, OptimizerType::Adam, big_data).largest(), MemoryEstimate::Part::Data);
   EXPECT_GT(available_memory_per_rank(1), 0u);
   EXPECT_LE(available_memory_per_rank(4), available_memory_per_rank(1) / 4 + 1);
 }

@@ -39,9 +39,10 @@ constexpr const char* kExitCodes =
     "EXIT CODES\n"
     "  0   trained to the end\n"
     "  1   internal error (the failing rank reports it and the job is aborted)\n"
-    "  2   bad input: command line, config, data, checkpoint, or a run directory that\n"
-    "      cannot be written, lacks space, or holds another run's checkpoints (one line\n"
-    "      from rank 0, before any training)\n"
+    "  2   bad input: command line, config, data, checkpoint, a model too large for the\n"
+    "      memory, or a run directory that cannot be written, lacks space, or holds another\n"
+    "      run's checkpoints (one line from rank 0, before any training); or a checkpoint\n"
+    "      that could not be written during the run (the previous one is intact)\n"
     "  3   the training diverged (NaN/Inf loss with training.nonfinite = \"abort\")\n"
     "  75  preempted by SIGTERM or SIGUSR1: a checkpoint was written; resubmit with\n"
     "      --resume latest or --resume auto (EX_TEMPFAIL)\n";
@@ -186,14 +187,19 @@ Model build_model(const RunConfig& config, const TrainingData& data) {
   return make_fno2d(fno);
 }
 
-// Before the model is built: a model (with its gradients, optimizer state and activations)
-// that cannot fit in the node's memory is refused naming the key that sized it.
-void check_memory(const RunConfig& config, const TrainingData& data, const ProcessGroups& groups,
+// Before the model is built: a run (its model with gradients, optimizer state and
+// activations, and its data) that cannot fit in the node's memory is refused naming the key
+// that sized its largest part. data: the data as loaded; nullptr for synthetic data before
+// it is generated (an MLP's: its host and device copies are both still to come).
+void check_memory(const RunConfig& config, const TrainingData* data, const ProcessGroups& groups,
                   int ranks_on_node) {
   const ModelSettings& m = config.model;
-  const std::size_t samples = data.x.extent(0) + data.val_x.extent(0);
-  const MemoryLayout layout = memory_layout(groups, config.training.batch_size, samples,
-                                            data.x.extent(1) + data.y.extent(1));
+  if (!data && m.type != ModelType::Mlp) return;
+  const std::size_t samples =
+      data ? data->x.extent(0) + data->val_x.extent(0) : static_cast<std::size_t>(config.data.samples);
+  const std::size_t features = data ? data->x.extent(1) + data->y.extent(1)
+                                    : 2 * (static_cast<std::size_t>(config.data.dim) + 1);
+  const MemoryLayout layout = memory_layout(groups, config.training.batch_size, samples, features);
   std::string key, value;
   MemoryEstimate estimate;
   if (m.type == ModelType::Mlp) {
@@ -208,10 +214,10 @@ void check_memory(const RunConfig& config, const TrainingData& data, const Proce
     value = widths_text(m.widths);
   } else {
     FnoConfig fno;
-    fno.s1 = static_cast<int>(data.x_sample_shape.at(0));
-    fno.s2 = static_cast<int>(data.x_sample_shape.at(1));
-    fno.in_channels = static_cast<int>(data.x_sample_shape.at(2));
-    fno.out_channels = static_cast<int>(data.y_sample_shape.at(2));
+    fno.s1 = static_cast<int>(data->x_sample_shape.at(0));
+    fno.s2 = static_cast<int>(data->x_sample_shape.at(1));
+    fno.in_channels = static_cast<int>(data->x_sample_shape.at(2));
+    fno.out_channels = static_cast<int>(data->y_sample_shape.at(2));
     fno.modes1 = fno.modes2 = m.modes;
     fno.width = m.width;
     fno.layers = m.layers;
@@ -222,7 +228,15 @@ void check_memory(const RunConfig& config, const TrainingData& data, const Proce
   }
   const auto shortfall =
       memory_shortfall(estimate, available_memory_per_rank(ranks_on_node), ranks_on_node);
-  if (shortfall) throw ConfigError(config.where(key) + " " + value + ": " + *shortfall);
+  if (!shortfall) return;
+  if (estimate.largest() == MemoryEstimate::Part::Activations) {
+    key = "training.batch_size";
+    value = std::to_string(config.training.batch_size);
+  } else if (estimate.largest() == MemoryEstimate::Part::Data) {
+    key = config.data.synthetic.empty() ? "data.train_x" : "data.samples";
+    value = config.data.synthetic.empty() ? config.data.train_x : std::to_string(config.data.samples);
+  }
+  throw ConfigError(config.where(key) + " " + value + ": " + *shortfall);
 }
 
 std::string model_text(const RunConfig& config, const TrainingData& data) {
@@ -305,8 +319,10 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   // The mesh first: a config that does not fit the job fails before the model is built.
   const auto groups = locating_errors(
       config, [&] { return dm.process_groups(config.training.distributed_config); });
+  const bool synthetic = !config.data.synthetic.empty();
+  if (synthetic) check_memory(config, nullptr, *groups, dm.local_size());  // before generating it
   const TrainingData data = load_training_data(config, world);
-  check_memory(config, data, *groups, dm.local_size());
+  if (!synthetic) check_memory(config, &data, *groups, dm.local_size());
   Model model = locating_errors(config, [&] { return build_model(config, data); });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, groups); });

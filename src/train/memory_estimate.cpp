@@ -50,6 +50,12 @@ std::uint64_t MemoryEstimate::total() const {
   return add(add(add(parameters, gradients), add(optimizer, activations)), data);
 }
 
+MemoryEstimate::Part MemoryEstimate::largest() const {
+  const std::uint64_t state = add(add(parameters, gradients), optimizer);
+  if (data > state && data > activations) return Part::Data;
+  return activations > state ? Part::Activations : Part::State;
+}
+
 std::string MemoryEstimate::describe() const {
   return format_bytes(total()) + " (parameters " + format_bytes(parameters) + ", gradients " +
          format_bytes(gradients) + ", optimizer " + format_bytes(optimizer) + ", activations " +

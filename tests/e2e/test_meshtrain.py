@@ -898,6 +898,13 @@ class BadInput(unittest.TestCase):
         self.check("--set: model.hidden [4, 3000000, 3000000, 1]: training needs about ",
                    "--set", "model.hidden=3000000", "--set", "model.layers=2",
                    config_text=BASE_CONFIG.replace("widths = [4, 16, 1]\n", ""))
+        # Synthetic data, checked before it is generated; a batch whose activations do not fit.
+        synthetic = BASE_CONFIG[:BASE_CONFIG.index("[data]")] + "[data]\nsynthetic = \"reference\"\n"
+        self.check("--set: data.samples 2000000000: training needs about ",
+                   "--set", "data.samples=2000000000", config_text=synthetic)
+        self.check("--set: training.batch_size 200000000: training needs about ",
+                   "--set", "data.samples=200000000", "--set", "training.batch_size=200000000",
+                   "--set", "model.widths=[4, 1000, 1]", config_text=synthetic)
         r = launch(2, "train", "--config", make_run("huge"), "--set", "model.widths=[4, 2000000, 2000000, 1]",
                    timeout=30)
         self.assertIn(" per rank, more than the ", r.stderr)
@@ -1147,6 +1154,7 @@ class FnoTraining(unittest.TestCase):
             (["--set", "model.modes=9"], "model.modes 9: SpectralConv2d on a 16 x 16 grid"),
             (["--set", "model.hidden=9"], "model.hidden: only with type = \"mlp\""),
             (["--set", "model.layers=0"], "model.layers: 0 is out of range"),
+            (["--set", "model.width=100000"], "--set: model.width 100000: training needs about "),
             (["--set", "model.type=transformer"], "model.type"),
             (["--set", "data.train_x=data/train_x.npy", "--set", "data.train_y=data/train_y.npy"],
              "data.train_x: data/train_x.npy: samples of shape (4,); type = \"fno\""),

@@ -24,6 +24,10 @@ struct MemoryEstimate {
   std::uint64_t activations = 0;  // the layers' outputs, scratch and gradients for one batch
   std::uint64_t data = 0;         // the training data's device copy
   std::uint64_t total() const;
+  // What needs the most: the model's state (parameters, gradients, optimizer), the
+  // activations (the batch) or the data; for naming the setting to change.
+  enum class Part { State, Activations, Data };
+  Part largest() const;
   // "1.2 GiB (parameters 0.4 GiB, gradients ..., optimizer ..., activations ..., data ...)"
   std::string describe() const;
 };
