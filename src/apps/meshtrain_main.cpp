@@ -1,5 +1,5 @@
 // meshtrain: the command line.
-//   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume latest|PATH]
+//   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume auto|latest|PATH]
 //   meshtrain plot metrics.csv [-o loss.png]
 //   meshtrain data darcy --samples N --resolution S [--seed K] -o DIR
 // Launch `train` and `data` with mpirun (or launch/mpirun.sh); every rank runs the same
@@ -252,7 +252,7 @@ std::string model_text(const RunConfig& config, const TrainingData& data) {
 
 void print_header(const RunConfig& config, const Trainer& trainer, const DistributedManager& dm,
                   const TrainingData& data, const std::optional<ResumePoint>& resumed,
-                  const std::string& set_aside) {
+                  const std::vector<std::string>& set_aside) {
   const TrainingConfig& t = trainer.config();
   const DistributedConfig& d = t.distributed_config;
   const Model& model = trainer.model();
@@ -283,10 +283,7 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
     std::printf("Resumed:     %s at epoch %d, batch %zu\n", resumed->path.c_str(),
                 resumed->state.epoch + 1, resumed->state.batch);
   }
-  if (!set_aside.empty()) {
-    std::printf("Set aside:   another run's checkpoints, moved to %s (checkpoint.overwrite)\n",
-                set_aside.c_str());
-  }
+  for (const std::string& line : set_aside) std::printf("Set aside:   %s\n", line.c_str());
   std::fflush(stdout);
 }
 
@@ -344,12 +341,26 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   }
   const std::optional<ResumePoint> resumed = checkpoints.start(options.resume, trainer, samples);
   if (resumed) trainer.restore(resumed->state);
+  std::vector<std::string> set_aside;
+  if (!checkpoints.set_aside().empty()) {
+    set_aside.push_back("another run's checkpoints, moved to " + checkpoints.set_aside() +
+                        " (checkpoint.overwrite)");
+  }
   std::optional<MetricsFiles> metrics;
   if (!config.output.dir.empty()) {
-    on_root_sharing_errors(
-        world, [&] { metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0); });
+    on_root_sharing_errors(world, [&] {
+      // A fresh run starts the metrics anew: an earlier run's are moved, never overwritten.
+      if (const auto earlier = MetricsFiles::existing(config.output.dir); !resumed && !earlier.empty()) {
+        try {
+          set_aside.push_back("the earlier metrics, moved to " + move_files_aside(config.output.dir, earlier));
+        } catch (const ConfigError& e) {
+          throw ConfigError(config.where("output.dir") + ": " + e.what());
+        }
+      }
+      metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0);
+    });
   }
-  if (root) print_header(config, trainer, dm, data, resumed, checkpoints.set_aside());
+  if (root) print_header(config, trainer, dm, data, resumed, set_aside);
 
   const Display display = parse_choice<Display>("--progress", options.progress);
   const bool bar = display == Display::Bar || (display == Display::Auto && stdout_is_terminal());

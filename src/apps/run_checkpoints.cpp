@@ -212,7 +212,7 @@ void RunCheckpoints::check_directory_contents(const std::optional<ResumePoint>& 
     std::vector<std::string> paths;
     for (const CheckpointFileInfo& file : in_the_way) paths.push_back(file.path);
     try {
-      set_aside_ = move_checkpoints_aside(settings_.dir, paths);
+      set_aside_ = move_files_aside(settings_.dir, paths);
     } catch (const ConfigError& e) {
       throw ConfigError(dir_where_ + ": " + e.what());
     }

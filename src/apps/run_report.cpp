@@ -121,8 +121,18 @@ void ProgressPrinter::finish() {
   std::fflush(stdout);
 }
 
+std::vector<std::string> MetricsFiles::existing(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const char* name : {"metrics.jsonl", "metrics.csv"}) {
+    const fs::path path = fs::path(dir) / name;
+    std::error_code ec;
+    if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) > 0 && !ec) found.push_back(path.string());
+  }
+  return found;
+}
+
 MetricsFiles::MetricsFiles(const std::string& dir, int completed_epochs)
-    : jsonl_path_((fs::path(dir) / "metrics.jsonl").string()),
+    : jsonl_path_((fs::path(dir) / "metrics.jsonl").string()),  // names as in existing()
       csv_path_((fs::path(dir) / "metrics.csv").string()) {
   std::error_code ec;
   fs::create_directories(dir, ec);

@@ -305,7 +305,7 @@ void prune_run_checkpoints(const std::string& dir, const std::string& prefix, st
   }
 }
 
-std::string move_checkpoints_aside(const std::string& dir, const std::vector<std::string>& paths) {
+std::string move_files_aside(const std::string& dir, const std::vector<std::string>& paths) {
   namespace fs = std::filesystem;
   const std::string base = (fs::path(dir) / ("replaced-" + utc_now("%Y%m%dT%H%M%SZ"))).string();
   std::string target = base;
@@ -315,7 +315,7 @@ std::string move_checkpoints_aside(const std::string& dir, const std::vector<std
   for (const std::string& path : paths) {
     if (!ec) fs::rename(path, fs::path(target) / fs::path(path).filename(), ec);
   }
-  if (ec) throw ConfigError(dir + ": cannot move checkpoints to " + target + ": " + ec.message());
+  if (ec) throw ConfigError(dir + ": cannot move files to " + target + ": " + ec.message());
   return target;
 }
 

@@ -482,6 +482,25 @@ class RunDirectory(unittest.TestCase):
         self.assertIn("ckpt-6.safetensors at epoch 2, batch 0", resumed.stdout)
         self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors", "ckpt-12.safetensors"])
 
+    def test_starting_over_keeps_the_earlier_runs_files(self):
+        config = make_run("start-over", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 1"))
+        first = launch(2, "train", "--config", config)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        metrics = {n: file_bytes(run_dir(config, "out", n)) for n in ("metrics.csv", "metrics.jsonl")}
+        checkpoint = file_bytes(run_dir(config, "ckpt", "ckpt-6.safetensors"))
+        again = launch(2, "train", "--config", config, "--set", "checkpoint.overwrite=true")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        lines = re.findall(r"^Set aside:   (.*)$", again.stdout, re.M)
+        self.assertEqual(len(lines), 2, again.stdout)
+        ckpt_aside = re.search(r"moved to (\S+) \(checkpoint\.overwrite\)$", lines[0]).group(1)
+        out_aside = re.search(r"^the earlier metrics, moved to (\S+)$", lines[1]).group(1)
+        self.assertEqual(os.path.dirname(out_aside), run_dir(config, "out"))
+        self.assertEqual(file_bytes(os.path.join(ckpt_aside, "ckpt-6.safetensors")), checkpoint)
+        for name, blob in metrics.items():
+            self.assertEqual(file_bytes(os.path.join(out_aside, name)), blob, name)
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            self.assertEqual(len(f.read().splitlines()), 2)  # the new run's header and epoch
+
     def test_resume_auto_starts_fresh_then_continues(self):
         straight = straight_checkpoint(self)
         config = make_run("auto")

@@ -72,10 +72,11 @@ std::vector<CheckpointFileInfo> describe_checkpoints(const std::string& dir, con
 void prune_run_checkpoints(const std::string& dir, const std::string& prefix, std::size_t keep_last,
                            const std::string& run_id, const std::string& keep);
 
-// Moves the files `paths` (checkpoints of dir) into a new directory dir/replaced-<UTC time>
-// (with -2, -3, ... when that exists) and returns its path: set aside, not deleted, and no
-// longer listed. ConfigError naming dir and the target when a move fails.
-std::string move_checkpoints_aside(const std::string& dir, const std::vector<std::string>& paths);
+// Moves the files `paths` (files of dir: another run's checkpoints or metrics) into a new
+// directory dir/replaced-<UTC time> (with -2, -3, ... when that exists) and returns its
+// path: set aside, not deleted, and no longer listed. ConfigError naming dir and the target
+// when a move fails.
+std::string move_files_aside(const std::string& dir, const std::vector<std::string>& paths);
 
 // About the size in bytes of one checkpoint of model under config (its tensors exactly,
 // the header by a generous estimate), for checking the free space before a run.
