@@ -367,9 +367,18 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   ProgressPrinter progress(bar, resumed ? resumed->state.epoch : 0);
   const int every = config.checkpoint.every_epochs;
   trainer.set_epoch_callback([&](const EpochReport& report) {
+    std::string metrics_error;
     if (root) {
       progress.epoch(report);
-      if (metrics) metrics->append(report);
+      try {
+        if (metrics) metrics->append(report);
+      } catch (const std::runtime_error& e) {  // the disk filled up during the run
+        metrics_error = e.what();
+      }
+    }
+    if (!config.output.dir.empty()) {  // every rank leaves at the same epoch, rank 0 says why
+      broadcast_string(world, metrics_error);
+      if (!metrics_error.empty()) throw ConfigError(config.where("output.dir") + ": " + metrics_error);
     }
     if (checkpoints.enabled() && every > 0 && (report.epoch + 1) % every == 0) {
       checkpoints.save(trainer.state(), trainer, samples);  // state() is collective

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -160,19 +161,25 @@ void MetricsFiles::append(const EpochReport& r) {
   const int epoch = r.epoch + 1;
   const auto step = static_cast<long long>(r.step);
   const auto skipped = static_cast<long long>(r.skipped_steps);
-  std::fprintf(jsonl_,
+  const int jsonl_written = std::fprintf(jsonl_,
                "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"step\": %lld, "
                "\"skipped_steps\": %lld, \"epoch_seconds\": %.6f, \"elapsed_seconds\": %.6f, "
                "\"samples_per_second\": %.1f}\n",
                epoch, json_number(r.train_loss, "%.17g").c_str(),
                json_number(r.validation_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second);
-  std::fprintf(csv_, "%d,%s,%s,%lld,%lld,%.6f,%.6f,%.1f\n", epoch,
+  const int csv_written = std::fprintf(csv_, "%d,%s,%s,%lld,%lld,%.6f,%.6f,%.1f\n", epoch,
                csv_number(r.train_loss, "%.17g").c_str(),
                csv_number(r.validation_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second);
-  std::fflush(jsonl_);
-  std::fflush(csv_);
+  // A full disk shows at the latest when the lines are flushed.
+  const auto check = [](std::FILE* f, int written, const std::string& path) {
+    if (written < 0 || std::fflush(f) != 0 || std::ferror(f)) {
+      throw std::runtime_error(path + ": cannot write the metrics: " + std::strerror(errno));
+    }
+  };
+  check(jsonl_, jsonl_written, jsonl_path_);
+  check(csv_, csv_written, csv_path_);
 }
 
 }  // namespace meshtrain::app

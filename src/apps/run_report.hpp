@@ -41,6 +41,7 @@ class MetricsFiles {
   MetricsFiles(const MetricsFiles&) = delete;
   MetricsFiles& operator=(const MetricsFiles&) = delete;
 
+  // std::runtime_error naming the file when a line cannot be written (a full disk).
   void append(const EpochReport& report);
   // The metrics files in dir that hold something (an earlier run's, which a fresh run
   // would start anew).

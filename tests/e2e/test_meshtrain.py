@@ -590,6 +590,16 @@ class RunDirectory(unittest.TestCase):
                          ["ckpt-12.safetensors", "ckpt-6.safetensors"])  # no temporary file left
         self.assertTrue(os.path.isdir(run_dir(config, "ckpt", "ckpt-12.safetensors")))
 
+    def test_metrics_that_cannot_be_written_mid_run_are_one_line(self):
+        config = make_run("metrics-full")
+        os.makedirs(run_dir(config, "out"))
+        os.symlink("/dev/full", run_dir(config, "out", "metrics.csv"))  # every write: ENOSPC
+        r = launch(2, "train", "--config", config, timeout=60)
+        one_error_line(self, r, f"{config}:24: output.dir: {run_dir(config, 'out', 'metrics.csv')}: cannot write "
+                                "the metrics: No space left on device")
+        self.assertEqual(r.returncode, 2)
+        self.assertNotIn("epoch 2/", r.stdout)  # stopped after the first epoch, on every rank
+
     def test_a_full_file_system_fails_before_training(self):
         mount = os.path.join(WORK, "small-fs")
         os.makedirs(mount, exist_ok=True)
