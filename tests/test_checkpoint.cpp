@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -113,6 +114,82 @@ TEST(Checkpoint, ChecksumIsZlibCrc32OfTheBuffer) {
   write_checkpoint_atomic(path, Checkpoint{{{"x", {3}, {1, 2, 3}}}, {}});
   // python3 -c "import zlib,struct; print('%08x' % zlib.crc32(struct.pack('<3f', 1, 2, 3)))"
   EXPECT_TRUE(contains(read_file(path), "\"meshtrain.crc32\":\"b20e96b1\""));
+}
+
+TEST(Checkpoint, WholeFileChecksumCoversHeaderMetadataAndData) {
+  TempDir dir("meshtrain-ckpt");
+  const std::string path = dir.file("whole.safetensors");
+  write_checkpoint_atomic(path, sample_checkpoint());
+  const std::string good = read_file(path);
+  const std::string key = std::string("\"") + kCheckpointFileChecksumKey + "\":\"";
+  const std::size_t at = good.find(key);
+  ASSERT_NE(at, std::string::npos);
+  // The stored value is the CRC-32 of the file with its own 8 digits as '0's.
+  std::string blanked = good;
+  blanked.replace(at + key.size(), 8, "00000000");
+  char expected[9];
+  std::snprintf(expected, sizeof expected, "%08x", crc32(blanked.data(), blanked.size()));
+  EXPECT_EQ(good.substr(at + key.size(), 8), expected);
+  const Checkpoint back = read_checkpoint(path);
+  EXPECT_FALSE(back.header_unverified);
+  EXPECT_EQ(back.metadata.count(kCheckpointFileChecksumKey), 0u);  // checked, not returned
+
+  // One byte of a metadata value, of a tensor's shape, of the length prefix's padding: each
+  // refused, naming the file.
+  // One byte of a metadata value, or the key's own name: refused, naming the file.
+  for (const auto& [edit, replacement] :
+       {std::pair<std::string, char>{"\"step\":\"120\"", '1'}, {"\"optimizer\":\"adam\"", 'n'},
+        {"\"step\":\"120\"", ' '}}) {
+    std::string edited = good;
+    const std::size_t where = edited.find(edit);
+    ASSERT_NE(where, std::string::npos) << edit;
+    edited[where + edit.size() - 2] = replacement;
+    write_file(path, edited);
+    const std::string message = config_error([&] { read_checkpoint(path); });
+    EXPECT_TRUE(starts_with(message, path + ": corrupt: checksum mismatch over the header")) << message;
+  }
+  // Digits of the checksum itself.
+  std::string edited = good;
+  edited[at + key.size()] = edited[at + key.size()] == 'a' ? 'b' : 'a';
+  write_file(path, edited);
+  EXPECT_TRUE(contains(config_error([&] { read_checkpoint(path); }), "checksum mismatch"));
+  // A checksum that is not 8 hex digits.
+  edited = good;
+  edited[at + key.size()] = 'g';
+  write_file(path, edited);
+  EXPECT_TRUE(contains(config_error([&] { read_checkpoint(path); }),
+                       "metadata 'meshtrain.file_crc32' is not 8 hex digits"));
+
+  // The metadata alone, without reading the data.
+  write_file(path, good);
+  const auto metadata = read_checkpoint_metadata(path);
+  EXPECT_EQ(metadata.at("step"), "120");
+}
+
+TEST(Checkpoint, ReadsEarlierFilesThatChecksummedOnlyTheData) {
+  // As meshtrain wrote them before the whole-file checksum: meshtrain.crc32 of the data only.
+  // python3 -c "import zlib,struct; print('%08x' % zlib.crc32(struct.pack('<3f', 1, 2, 3)))"
+  TempDir dir("meshtrain-ckpt");
+  const std::string path = dir.file("v1.safetensors");
+  const std::string header =
+      R"({"__metadata__":{"step":"7","meshtrain.crc32":"b20e96b1"},"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}})";
+  write_file(path, safetensors_file(header, bytes_of({1, 2, 3})));
+  const Checkpoint c = read_checkpoint(path);
+  EXPECT_TRUE(c.header_unverified);
+  EXPECT_EQ(c.metadata, (std::map<std::string, std::string>{{"step", "7"}}));
+  write_file(path, safetensors_file(header, bytes_of({1, 2, 4})));
+  EXPECT_TRUE(contains(config_error([&] { read_checkpoint(path); }), "corrupt: checksum mismatch (the header"));
+}
+
+TEST(Checkpoint, ReservedChecksumNamesAreRefusedOnWriting) {
+  TempDir dir("meshtrain-ckpt");
+  for (const char* name : {kCheckpointChecksumKey, kCheckpointFileChecksumKey}) {
+    Checkpoint c{{{name, {1}, {1}}}, {}};
+    EXPECT_THROW(write_checkpoint_atomic(dir.file("r.safetensors"), c), std::invalid_argument) << name;
+    Checkpoint m{{{"x", {1}, {1}}}, {{name, "00000000"}}};
+    EXPECT_THROW(write_checkpoint_atomic(dir.file("r.safetensors"), m), std::invalid_argument) << name;
+  }
+  EXPECT_TRUE(dir.entries().empty());
 }
 
 TEST(Checkpoint, ReadsFilesFromOtherWritersWithoutChecksum) {
@@ -354,6 +431,47 @@ TEST(Checkpoint, ListsCheckpointsByNumericStepAndPrunesTheOldest) {
   EXPECT_TRUE(fs::exists(dir.file("other-3.safetensors")));
 
   EXPECT_TRUE(list_checkpoints(dir.file("missing"), "ckpt").empty());
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Checkpoint, PrepareOutputDirectoryCreatesProbesAndChecksTheSpace) {
+  TempDir dir("meshtrain-ckpt");
+  const std::string made = dir.file("a/b/c");
+  prepare_output_directory("checkpoint.dir", made, 100, "x", 1000);
+  EXPECT_TRUE(fs::is_directory(made));
+  EXPECT_TRUE(TempDir::entries_of(made).empty());  // the probe is gone
+  prepare_output_directory("checkpoint.dir", made, 0, "x");  // the real free space
+
+  // Not enough space, by the injected figure: the message names the key, the directory, both
+  // amounts and what the space is for.
+  std::string message =
+      config_error([&] { prepare_output_directory("run.toml:3: checkpoint.dir", made, 5u << 20, "4 checkpoints", 1u << 20); });
+  EXPECT_EQ(message, "run.toml:3: checkpoint.dir: " + made +
+                         ": only 1.0 MiB free, but this run needs about 5.0 MiB there (4 checkpoints)");
+  // Exactly enough is enough.
+  prepare_output_directory("checkpoint.dir", made, 1u << 20, "x", 1u << 20);
+
+  const std::string file = dir.file("a-file");
+  write_file(file, "x");
+  message = config_error([&] { prepare_output_directory("output.dir", file + "/sub", 0, ""); });
+  EXPECT_TRUE(starts_with(message, "output.dir: " + file + "/sub: cannot create the directory")) << message;
+  message = config_error([&] { prepare_output_directory("output.dir", file, 0, ""); });
+  EXPECT_TRUE(starts_with(message, "output.dir: " + file + ": cannot create the directory")) << message;
+  // A directory nobody may create files in, root included.
+  message = config_error([&] { prepare_output_directory("output.dir", "/proc/self", 0, ""); });
+  EXPECT_TRUE(starts_with(message, "output.dir: /proc/self: cannot create a file in the directory: ")) << message;
+  message = config_error([&] { prepare_output_directory("output.dir", "", 0, ""); });
+  EXPECT_EQ(message, "output.dir: : empty path");
+}
+
+TEST(Checkpoint, FormatBytes) {
+  EXPECT_EQ(format_bytes(512), "512 bytes");
+  EXPECT_EQ(format_bytes(1536), "1.5 KiB");
+  EXPECT_EQ(format_bytes(3u << 20), "3.0 MiB");
+  EXPECT_EQ(format_bytes(std::uint64_t{5} << 30), "5.0 GiB");
 }
 
 }  // namespace

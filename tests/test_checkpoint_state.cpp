@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <string>
@@ -80,6 +81,13 @@ std::string refusal(const Checkpoint& c, const Mlp& model, const TrainingConfig&
   }
 }
 
+void write_file_text(const std::string& path, const std::string& text) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr) << path;
+  std::fwrite(text.data(), 1, text.size(), f);
+  std::fclose(f);
+}
+
 std::string temp_file(const std::string& name) {
   return (fs::temp_directory_path() /
           ("meshtrain-state-" + std::to_string(::getpid()) + "-" + name))
@@ -130,7 +138,7 @@ TEST(CheckpointState, LayoutOfTensorsAndMetadata) {
 
   const auto& m = c.metadata;
   EXPECT_EQ(m.at("meshtrain.format"), "training_state");
-  EXPECT_EQ(m.at("meshtrain.format_version"), "1");
+  EXPECT_EQ(m.at("meshtrain.format_version"), "2");
   EXPECT_EQ(m.at("optimizer_step"), "17");
   EXPECT_EQ(m.at("epoch"), "2");
   EXPECT_EQ(m.at("batch"), "1");
@@ -267,7 +275,15 @@ TEST(CheckpointState, ForeignOrMalformedMetadataIsRefused) {
   };
   EXPECT_NE(without("meshtrain.format").find("not a meshtrain training-state checkpoint"),
             std::string::npos);
-  EXPECT_NE(with("meshtrain.format_version", "2").find("format version 2"), std::string::npos);
+  EXPECT_NE(with("meshtrain.format_version", "3").find("format version 3; this meshtrain reads versions 1 to 2"),
+            std::string::npos);
+  // Version 2 read from a file that no whole-file checksum covers (the key was removed, or
+  // the header rewritten by another writer): refused. Version 1 (data checksum only) loads.
+  Checkpoint unverified = good;
+  unverified.header_unverified = true;
+  EXPECT_NE(refusal(unverified, model, config).find("no whole-file checksum"), std::string::npos);
+  unverified.metadata["meshtrain.format_version"] = "1";
+  EXPECT_EQ(refusal(unverified, model, config), "");
   EXPECT_NE(without("fingerprint").find("metadata fingerprint is missing"), std::string::npos);
   EXPECT_NE(with("optimizer_step", "-1").find("metadata optimizer_step '-1'"), std::string::npos);
   EXPECT_NE(with("epoch", "two").find("metadata epoch 'two'"), std::string::npos);
@@ -278,6 +294,85 @@ TEST(CheckpointState, ForeignOrMalformedMetadataIsRefused) {
             std::string::npos);
   EXPECT_NE(with("batch", "7").find("metadata batch 7: an epoch of this run has 2 batches"),
             std::string::npos);
+}
+
+// A run's checkpoints carry its id; pruning touches only the run's own files and never the
+// one just written, whatever steps other runs' files have.
+TEST(CheckpointState, PruningTouchesOnlyThisRunsCheckpoints) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) GTEST_SKIP() << "files: rank 0 only";
+  const std::string dir = temp_file("prune");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const Mlp model({4, 8, 1}, Activation::ReLU, 0);
+  const TrainingConfig config;
+  Checkpoint base = to_checkpoint(sample_state(model), model, config, kSamples);
+  const auto write = [&](std::uint64_t step, const std::string& run_id) {
+    Checkpoint c = base;
+    if (!run_id.empty()) c.metadata[kRunIdKey] = run_id;
+    write_checkpoint_atomic(checkpoint_path(dir, "ckpt", step), c);
+  };
+  const std::string old_run = "00000000000000aa", new_run = new_run_id();
+  EXPECT_EQ(new_run.size(), 16u);
+  EXPECT_NE(new_run, new_run_id());
+  for (std::uint64_t step : {18, 24, 30}) write(step, old_run);  // an earlier run, higher steps
+  write(6, new_run);
+  prune_run_checkpoints(dir, "ckpt", 1, new_run, checkpoint_path(dir, "ckpt", 6));
+  write(12, new_run);
+  prune_run_checkpoints(dir, "ckpt", 1, new_run, checkpoint_path(dir, "ckpt", 12));
+  std::vector<std::string> names;
+  for (const std::string& p : list_checkpoints(dir, "ckpt")) names.push_back(fs::path(p).filename().string());
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt-12.safetensors", "ckpt-18.safetensors",
+                                             "ckpt-24.safetensors", "ckpt-30.safetensors"}));
+  // The file just written is kept even when its step is lower than the run's others.
+  write(3, new_run);
+  prune_run_checkpoints(dir, "ckpt", 1, new_run, checkpoint_path(dir, "ckpt", 3));
+  EXPECT_TRUE(fs::exists(checkpoint_path(dir, "ckpt", 3)));
+  EXPECT_FALSE(fs::exists(checkpoint_path(dir, "ckpt", 12)));
+
+  // Each file's step and run; a checkpoint from before run ids belongs to its fingerprint;
+  // an unreadable one to no run, and it is never pruned.
+  write(40, "");
+  write_file_text(checkpoint_path(dir, "ckpt", 50), "not a checkpoint");
+  const auto files = describe_checkpoints(dir, "ckpt");
+  ASSERT_EQ(files.size(), 6u);
+  EXPECT_EQ(files[0].step, 3u);
+  EXPECT_EQ(files[0].run_id, new_run);
+  EXPECT_EQ(files[1].run_id, old_run);
+  EXPECT_EQ(files[4].step, 40u);
+  EXPECT_EQ(files[4].run_id, base.metadata.at("fingerprint"));
+  EXPECT_TRUE(files[4].problem.empty());
+  EXPECT_EQ(files[5].run_id, "");
+  EXPECT_NE(files[5].problem.find("runs past the end of the file"), std::string::npos) << files[5].problem;
+  prune_run_checkpoints(dir, "ckpt", 1, "", checkpoint_path(dir, "ckpt", 99));
+  EXPECT_EQ(describe_checkpoints(dir, "ckpt").size(), 6u);
+  fs::remove_all(dir);
+}
+
+TEST(CheckpointState, SizeEstimateCoversTheFile) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) GTEST_SKIP() << "files: rank 0 only";
+  for (const OptimizerType optimizer : {OptimizerType::Adam, OptimizerType::Sgd}) {
+    const Mlp model({4, 32, 32, 1}, Activation::Tanh, 0);
+    TrainingConfig config;
+    config.optimizer = optimizer;
+    config.num_epochs = 500;
+    TrainingState state = sample_state(model);
+    if (optimizer == OptimizerType::Sgd) state.first_moment = state.second_moment = HostVector();
+    state.epoch = 500;
+    state.batch = 0;
+    state.epoch_losses.assign(500, 1.0 / 3.0);
+    state.validation_losses.assign(500, 2.0 / 3.0);
+    const std::string path = temp_file("size.safetensors");
+    write_checkpoint_atomic(path, to_checkpoint(state, model, config, kSamples));
+    const auto actual = fs::file_size(path);
+    const std::uint64_t estimate = checkpoint_size_estimate(model, config);
+    EXPECT_GE(estimate, actual) << name_of(optimizer);
+    EXPECT_LE(estimate, actual + 64 * 1024) << name_of(optimizer);
+    fs::remove(path);
+  }
 }
 
 // A run stopped mid-epoch, written to a file by rank 0, read back by every rank and resumed in

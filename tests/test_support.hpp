@@ -98,9 +98,11 @@ class TempDir {
 
   const std::filesystem::path& path() const { return path_; }
   std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::vector<std::string> entries() const {
+  std::vector<std::string> entries() const { return entries_of(path_); }
+  // The sorted names in any directory.
+  static std::vector<std::string> entries_of(const std::filesystem::path& dir) {
     std::vector<std::string> names;
-    for (const auto& e : std::filesystem::directory_iterator(path_)) {
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
       names.push_back(e.path().filename().string());
     }
     std::sort(names.begin(), names.end());

@@ -16,5 +16,6 @@
 #include "meshtrain/runtime/shard_plan.hpp"
 #include "meshtrain/train/checkpoint.hpp"
 #include "meshtrain/train/checkpoint_state.hpp"
+#include "meshtrain/train/memory_estimate.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "meshtrain/train/training_config.hpp"

@@ -236,6 +236,20 @@ int run(DistributedManager& dm, int argc, char** argv) {
   // Validate everything before any work: the mesh, then the training config against it.
   const std::shared_ptr<ProcessGroups> groups = dm.process_groups(run.config.distributed_config);
   run.config.validate(groups->batch_parts());
+  // Before anything is allocated: a model that cannot fit is one line naming the flags.
+  const MemoryLayout layout =
+      memory_layout(*groups, run.config.batch_size, static_cast<std::size_t>(run.samples), 4 + 1);
+  const MemoryEstimate estimate = estimate_mlp_memory(run.widths, run.config.optimizer, layout);
+  if (const auto shortfall =
+          memory_shortfall(estimate, available_memory_per_rank(dm.local_size()), dm.local_size())) {
+    switch (estimate.largest()) {
+      case MemoryEstimate::Part::Data: throw ConfigError("--samples", o.samples + ": " + *shortfall);
+      case MemoryEstimate::Part::Activations:
+        throw ConfigError("--batch-size", o.batch_size + ": " + *shortfall);
+      case MemoryEstimate::Part::State:
+        throw ConfigError("--hidden", o.hidden + " --layers " + o.layers + ": " + *shortfall);
+    }
+  }
   const ReferenceData data = make_reference_data(run.samples, 4, run.config.seed);
   Trainer trainer(Mlp(run.widths, Activation::ReLU, run.config.seed), run.config, groups);
   trainer.prepare(data.x, data.y);

@@ -1,5 +1,5 @@
 // meshtrain: the command line.
-//   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume latest|PATH]
+//   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume auto|latest|PATH]
 //   meshtrain plot metrics.csv [-o loss.png]
 //   meshtrain data darcy --samples N --resolution S [--seed K] -o DIR
 // Launch `train` and `data` with mpirun (or launch/mpirun.sh); every rank runs the same
@@ -39,10 +39,13 @@ constexpr const char* kExitCodes =
     "EXIT CODES\n"
     "  0   trained to the end\n"
     "  1   internal error (the failing rank reports it and the job is aborted)\n"
-    "  2   bad input: command line, config, data or checkpoint (one line from rank 0)\n"
+    "  2   bad input: command line, config, data, checkpoint, a model too large for the\n"
+    "      memory, or a run directory that cannot be written, lacks space, or holds another\n"
+    "      run's checkpoints (one line from rank 0, before any training); or a checkpoint\n"
+    "      that could not be written during the run (the previous one is intact)\n"
     "  3   the training diverged (NaN/Inf loss with training.nonfinite = \"abort\")\n"
     "  75  preempted by SIGTERM or SIGUSR1: a checkpoint was written; resubmit with\n"
-    "      --resume latest (EX_TEMPFAIL)\n";
+    "      --resume latest or --resume auto (EX_TEMPFAIL)\n";
 
 // Raised by SIGTERM or SIGUSR1 (a scheduler's warning before the end of an allocation);
 // the trainer polls it at every step and stops every rank after the same one.
@@ -112,9 +115,11 @@ struct CommandLine {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     train
         ->add_option("--resume", t.resume,
-                     "Continue from a checkpoint: 'latest' (the newest in checkpoint.dir) or a "
-                     "file; the run's settings must match those that wrote it")
-        ->type_name("latest|PATH");
+                     "Continue from a checkpoint: 'latest' (the newest in checkpoint.dir; there "
+                     "must be one), 'auto' (the newest if checkpoint.dir holds one, else start "
+                     "fresh: for job scripts that are resubmitted) or a file; the run's settings "
+                     "and training data must match those that wrote it")
+        ->type_name("auto|latest|PATH");
     train
         ->add_option("--progress", t.progress, choice_help<Display>())
         ->check(CLI::IsMember(choice_names<Display>()))
@@ -152,6 +157,12 @@ auto locating_errors(const RunConfig& config, F&& work) {
   }
 }
 
+// The metrics files' size at the end of the run, generously: two lines of about 200
+// characters an epoch, plus the header.
+std::uint64_t metrics_bytes_estimate(int num_epochs) {
+  return 4096 + 2 * 256 * static_cast<std::uint64_t>(std::max(num_epochs, 0));
+}
+
 std::string widths_text(const std::vector<int>& widths) {
   std::string out = "[";
   for (std::size_t i = 0; i < widths.size(); ++i)
@@ -159,21 +170,27 @@ std::string widths_text(const std::vector<int>& widths) {
   return out + "]";
 }
 
-// The model [model] describes; an FNO takes its grid and channels from the data.
-Model described_model(const RunConfig& config, const TrainingData& data) {
+// [model]'s FNO on the data's grid and channels.
+FnoConfig fno_config(const RunConfig& config, const TrainingData& data) {
   const ModelSettings& m = config.model;
-  if (m.type == ModelType::Mlp) return Mlp(m.widths, m.activation, config.training.seed);
   FnoConfig fno;
-  fno.s1 = static_cast<int>(data.x_sample_shape[0]);
-  fno.s2 = static_cast<int>(data.x_sample_shape[1]);
-  fno.in_channels = static_cast<int>(data.x_sample_shape[2]);
-  fno.out_channels = static_cast<int>(data.y_sample_shape[2]);
+  fno.s1 = static_cast<int>(data.x_sample_shape.at(0));
+  fno.s2 = static_cast<int>(data.x_sample_shape.at(1));
+  fno.in_channels = static_cast<int>(data.x_sample_shape.at(2));
+  fno.out_channels = static_cast<int>(data.y_sample_shape.at(2));
   fno.modes1 = fno.modes2 = m.modes;
   fno.width = m.width;
   fno.layers = m.layers;
   fno.projection = m.projection;
   fno.seed = config.training.seed;
-  return make_fno2d(fno);
+  return fno;
+}
+
+// The model [model] describes; an FNO takes its grid and channels from the data.
+Model described_model(const RunConfig& config, const TrainingData& data) {
+  const ModelSettings& m = config.model;
+  if (m.type == ModelType::Mlp) return Mlp(m.widths, m.activation, config.training.seed);
+  return make_fno2d(fno_config(config, data));
 }
 
 // ... with the output decoder of normalised data after it.
@@ -184,6 +201,50 @@ Model build_model(const RunConfig& config, const TrainingData& data) {
         std::make_unique<FeatureAffine>(data.output_decoder->scale, data.output_decoder->mean));
   }
   return model;
+}
+
+// Before the model is built: a run (its model with gradients, optimizer state and
+// activations, and its data) that cannot fit in the node's memory is refused naming the key
+// that sized its largest part. data: the data as loaded; nullptr for synthetic data before
+// it is generated (an MLP's: its host and device copies are both still to come).
+void check_memory(const RunConfig& config, const TrainingData* data, const ProcessGroups& groups,
+                  int ranks_on_node) {
+  const ModelSettings& m = config.model;
+  if (!data && m.type != ModelType::Mlp) return;
+  const std::size_t samples =
+      data ? data->x.extent(0) + data->val_x.extent(0) + data->test_x.extent(0)
+           : static_cast<std::size_t>(config.data.samples);
+  const std::size_t features = data ? data->x.extent(1) + data->y.extent(1)
+                                    : 2 * (static_cast<std::size_t>(config.data.dim) + 1);
+  const MemoryLayout layout = memory_layout(groups, config.training.batch_size, samples, features);
+  std::string key, value;
+  MemoryEstimate estimate;
+  if (m.type == ModelType::Mlp) {
+    estimate = estimate_mlp_memory(m.widths, config.training.optimizer, layout);
+    key = "model.widths";
+    for (const char* given : {"model.widths", "model.hidden", "model.layers"}) {
+      if (config.origins.count(given)) {
+        key = given;
+        break;
+      }
+    }
+    value = widths_text(m.widths);
+  } else {
+    estimate = estimate_fno_memory(fno_config(config, *data), config.training.optimizer, layout);
+    key = "model.width";
+    value = std::to_string(m.width);
+  }
+  const auto shortfall =
+      memory_shortfall(estimate, available_memory_per_rank(ranks_on_node), ranks_on_node);
+  if (!shortfall) return;
+  if (estimate.largest() == MemoryEstimate::Part::Activations) {
+    key = "training.batch_size";
+    value = std::to_string(config.training.batch_size);
+  } else if (estimate.largest() == MemoryEstimate::Part::Data) {
+    key = config.data.synthetic.empty() ? "data.train_x" : "data.samples";
+    value = config.data.synthetic.empty() ? config.data.train_x : std::to_string(config.data.samples);
+  }
+  throw ConfigError(config.where(key) + " " + value + ": " + *shortfall);
 }
 
 std::string model_text(const RunConfig& config, const TrainingData& data) {
@@ -198,7 +259,8 @@ std::string model_text(const RunConfig& config, const TrainingData& data) {
 }
 
 void print_header(const RunConfig& config, const Trainer& trainer, const DistributedManager& dm,
-                  const TrainingData& data, const std::optional<ResumePoint>& resumed) {
+                  const TrainingData& data, const std::optional<ResumePoint>& resumed,
+                  const std::vector<std::string>& set_aside) {
   const TrainingConfig& t = trainer.config();
   const DistributedConfig& d = t.distributed_config;
   const Model& model = trainer.model();
@@ -230,6 +292,7 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
     std::printf("Resumed:     %s at epoch %d, batch %zu\n", resumed->path.c_str(),
                 resumed->state.epoch + 1, resumed->state.batch);
   }
+  for (const std::string& line : set_aside) std::printf("Set aside:   %s\n", line.c_str());
   std::fflush(stdout);
 }
 
@@ -262,11 +325,14 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   // The mesh first: a config that does not fit the job fails before the model is built.
   const auto groups = locating_errors(
       config, [&] { return dm.process_groups(config.training.distributed_config); });
+  const bool synthetic = !config.data.synthetic.empty();
+  if (synthetic) check_memory(config, nullptr, *groups, dm.local_size());  // before generating it
   const TrainingData data = load_training_data(config, world);
+  if (!synthetic) check_memory(config, &data, *groups, dm.local_size());
   Model model = locating_errors(config, [&] { return build_model(config, data); });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, groups); });
-  RunCheckpoints checkpoints(config, world);
+  RunCheckpoints checkpoints(config, data, world);
   const std::size_t samples = data.x.extent(0);
   locating_errors(config, [&] {
     trainer.prepare(data.x, data.y);
@@ -274,26 +340,55 @@ int train(DistributedManager& dm, const TrainOptions& options) {
     if (data.has_test()) trainer.set_test_data(data.test_x, data.test_y);
   });
 
-  std::optional<ResumePoint> resumed;
-  if (!options.resume.empty()) {
-    resumed = checkpoints.load(options.resume, trainer, samples);
-    trainer.restore(resumed->state);
+  // Before any training: the run's directories (the output first: checking the checkpoints
+  // may move another run's aside), and what the run continues.
+  if (!config.output.dir.empty()) {
+    on_root_sharing_errors(world, [&] {
+      prepare_output_directory(config.where("output.dir"), config.output.dir,
+                               metrics_bytes_estimate(config.training.num_epochs),
+                               "metrics.csv and metrics.jsonl");
+    });
+  }
+  const std::optional<ResumePoint> resumed = checkpoints.start(options.resume, trainer, samples);
+  if (resumed) trainer.restore(resumed->state);
+  std::vector<std::string> set_aside;
+  if (!checkpoints.set_aside().empty()) {
+    set_aside.push_back("another run's checkpoints, moved to " + checkpoints.set_aside() +
+                        " (checkpoint.overwrite)");
   }
   std::optional<MetricsFiles> metrics;
   if (!config.output.dir.empty()) {
-    on_root_sharing_errors(
-        world, [&] { metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0); });
+    on_root_sharing_errors(world, [&] {
+      // A fresh run starts the metrics anew: an earlier run's are moved, never overwritten.
+      if (const auto earlier = MetricsFiles::existing(config.output.dir); !resumed && !earlier.empty()) {
+        try {
+          set_aside.push_back("the earlier metrics, moved to " + move_files_aside(config.output.dir, earlier));
+        } catch (const ConfigError& e) {
+          throw ConfigError(config.where("output.dir") + ": " + e.what());
+        }
+      }
+      metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0);
+    });
   }
-  if (root) print_header(config, trainer, dm, data, resumed);
+  if (root) print_header(config, trainer, dm, data, resumed, set_aside);
 
   const Display display = parse_choice<Display>("--progress", options.progress);
   const bool bar = display == Display::Bar || (display == Display::Auto && stdout_is_terminal());
   ProgressPrinter progress(bar, resumed ? resumed->state.epoch : 0);
   const int every = config.checkpoint.every_epochs;
   trainer.set_epoch_callback([&](const EpochReport& report) {
+    std::string metrics_error;
     if (root) {
       progress.epoch(report);
-      if (metrics) metrics->append(report);
+      try {
+        if (metrics) metrics->append(report);
+      } catch (const std::runtime_error& e) {  // the disk filled up during the run
+        metrics_error = e.what();
+      }
+    }
+    if (!config.output.dir.empty()) {  // every rank leaves at the same epoch, rank 0 says why
+      broadcast_string(world, metrics_error);
+      if (!metrics_error.empty()) throw ConfigError(config.where("output.dir") + ": " + metrics_error);
     }
     if (checkpoints.enabled() && every > 0 && (report.epoch + 1) % every == 0) {
       checkpoints.save(trainer.state(), trainer, samples);  // state() is collective

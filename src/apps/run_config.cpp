@@ -134,7 +134,10 @@ const std::vector<SectionSpec>& schema() {
          "write one every N epochs (0: only at the end and on preemption)"},
         {"keep_last", "integer >= 0", "3", "delete all but the newest N (0: keep all)"},
         {"prefix", "string of [A-Za-z0-9_.-]", "\"ckpt\"",
-         "files are DIR/PREFIX-STEP.safetensors"}}},
+         "files are DIR/PREFIX-STEP.safetensors"},
+        {"overwrite", "boolean", "false",
+         "a run that does not resume may start where another run's checkpoints (same prefix) "
+         "are: they are moved to DIR/replaced-TIME/ (without it, such a run is refused)"}}},
       {"output",
        {{"dir", "path", "-", "metrics.jsonl and metrics.csv, one record per epoch; unset: none"}}},
   };
@@ -628,6 +631,7 @@ void read_checkpoint(SettingsReader& r, CheckpointSettings& c) {
   c.dir = r.path(s, "dir").value_or("");
   if (auto v = r.integer(s, "every_epochs", 0)) c.every_epochs = static_cast<int>(*v);
   if (auto v = r.integer(s, "keep_last", 0)) c.keep_last = static_cast<int>(*v);
+  if (auto v = r.boolean(s, "overwrite")) c.overwrite = *v;
   if (auto v = r.text(s, "prefix")) {
     const bool ok = std::all_of(v->begin(), v->end(), [](char ch) {
       return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-';

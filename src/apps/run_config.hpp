@@ -39,6 +39,9 @@ struct CheckpointSettings {
   int every_epochs = 1;  // 0: only at the end and on preemption
   int keep_last = 3;     // 0: keep every checkpoint
   std::string prefix = "ckpt";
+  // Another run's checkpoints (same prefix) in dir: moved aside to DIR/replaced-TIME/ when
+  // true; otherwise a run that does not continue them is refused.
+  bool overwrite = false;
 };
 
 struct OutputSettings {

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -127,8 +128,18 @@ void ProgressPrinter::finish() {
   std::fflush(stdout);
 }
 
+std::vector<std::string> MetricsFiles::existing(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const char* name : {"metrics.jsonl", "metrics.csv"}) {
+    const fs::path path = fs::path(dir) / name;
+    std::error_code ec;
+    if (fs::is_regular_file(path, ec) && fs::file_size(path, ec) > 0 && !ec) found.push_back(path.string());
+  }
+  return found;
+}
+
 MetricsFiles::MetricsFiles(const std::string& dir, int completed_epochs)
-    : jsonl_path_((fs::path(dir) / "metrics.jsonl").string()),
+    : jsonl_path_((fs::path(dir) / "metrics.jsonl").string()),  // names as in existing()
       csv_path_((fs::path(dir) / "metrics.csv").string()) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -156,7 +167,7 @@ void MetricsFiles::append(const EpochReport& r) {
   const int epoch = r.epoch + 1;
   const auto step = static_cast<long long>(r.step);
   const auto skipped = static_cast<long long>(r.skipped_steps);
-  std::fprintf(jsonl_,
+  const int jsonl_written = std::fprintf(jsonl_,
                "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"test_loss\": %s, "
                "\"step\": %lld, "
                "\"skipped_steps\": %lld, \"epoch_seconds\": %.6f, \"elapsed_seconds\": %.6f, "
@@ -167,15 +178,21 @@ void MetricsFiles::append(const EpochReport& r) {
                r.elapsed_seconds, r.samples_per_second,
                json_number(r.learning_rate, "%.17g").c_str(),
                json_number(r.gradient_norm, "%.9g").c_str());
-  std::fprintf(csv_, "%d,%s,%s,%s,%lld,%lld,%.6f,%.6f,%.1f,%s,%s\n", epoch,
+  const int csv_written = std::fprintf(csv_, "%d,%s,%s,%s,%lld,%lld,%.6f,%.6f,%.1f,%s,%s\n", epoch,
                csv_number(r.train_loss, "%.17g").c_str(),
                csv_number(r.validation_loss, "%.17g").c_str(),
                csv_number(r.test_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second,
                csv_number(r.learning_rate, "%.17g").c_str(),
                csv_number(r.gradient_norm, "%.9g").c_str());
-  std::fflush(jsonl_);
-  std::fflush(csv_);
+  // A full disk shows at the latest when the lines are flushed.
+  const auto check = [](std::FILE* f, int written, const std::string& path) {
+    if (written < 0 || std::fflush(f) != 0 || std::ferror(f)) {
+      throw std::runtime_error(path + ": cannot write the metrics: " + std::strerror(errno));
+    }
+  };
+  check(jsonl_, jsonl_written, jsonl_path_);
+  check(csv_, csv_written, csv_path_);
 }
 
 }  // namespace meshtrain::app

@@ -3,6 +3,7 @@
 // on a terminal) and the metrics files.
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "meshtrain/train/trainer.hpp"
 
@@ -43,7 +44,11 @@ class MetricsFiles {
   MetricsFiles(const MetricsFiles&) = delete;
   MetricsFiles& operator=(const MetricsFiles&) = delete;
 
+  // std::runtime_error naming the file when a line cannot be written (a full disk).
   void append(const EpochReport& report);
+  // The metrics files in dir that hold something (an earlier run's, which a fresh run
+  // would start anew).
+  static std::vector<std::string> existing(const std::string& dir);
   std::string csv_path() const { return csv_path_; }
 
  private:

@@ -1,6 +1,7 @@
 #include "meshtrain/train/checkpoint.hpp"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,12 +55,31 @@ constexpr std::array<std::uint32_t, 256> make_crc_table() {
 }
 constexpr auto kCrcTable = make_crc_table();
 
-// Start with crc = 0; feed the buffer in pieces.
-std::uint32_t crc32_update(std::uint32_t crc, const void* data, std::size_t size) {
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  for (std::size_t i = 0; i < size; ++i) crc = kCrcTable[(crc ^ bytes[i]) & 0xff] ^ (crc >> 8);
-  return ~crc;
+constexpr std::size_t kCrcDigits = 8;
+
+// Where the 8 digits of the whole-file checksum's value start in a header's text: after the
+// one occurrence of "meshtrain.file_crc32" (quotes included), optional whitespace, ':',
+// optional whitespace and '"'. A quoted key cannot occur inside a JSON string (its quotes
+// would be escaped); nothing when it is missing, occurs twice, or its value is not 8
+// characters in quotes.
+std::optional<std::size_t> file_checksum_position(const std::string& header) {
+  const std::string key = std::string("\"") + kCheckpointFileChecksumKey + "\"";
+  const std::size_t at = header.find(key);
+  if (at == std::string::npos || header.find(key, at + 1) != std::string::npos) return std::nullopt;
+  std::size_t i = at + key.size();
+  const auto skip_space = [&] {
+    while (i < header.size() && (header[i] == ' ' || header[i] == '\t' || header[i] == '\n' ||
+                                 header[i] == '\r'))
+      ++i;
+  };
+  skip_space();
+  if (i >= header.size() || header[i] != ':') return std::nullopt;
+  ++i;
+  skip_space();
+  if (i >= header.size() || header[i] != '"') return std::nullopt;
+  ++i;
+  if (i + kCrcDigits >= header.size() || header[i + kCrcDigits] != '"') return std::nullopt;
+  return i;
 }
 
 std::string crc_hex(std::uint32_t crc) {
@@ -114,8 +134,10 @@ void validate_for_writing(const std::string& path, const Checkpoint& checkpoint)
               " values) but holds " + std::to_string(t.values.size()));
     }
   }
-  if (checkpoint.metadata.count(kCheckpointChecksumKey)) {
-    invalid(std::string("the metadata key '") + kCheckpointChecksumKey + "' is reserved");
+  for (const char* reserved : {kCheckpointChecksumKey, kCheckpointFileChecksumKey}) {
+    if (checkpoint.metadata.count(reserved))
+      invalid(std::string("the metadata key '") + reserved + "' is reserved");
+    if (names.count(reserved)) invalid(std::string("the tensor name '") + reserved + "' is reserved");
   }
 }
 
@@ -125,6 +147,7 @@ std::string build_header(const std::string& path, const Checkpoint& checkpoint, 
   nlohmann::ordered_json metadata = nlohmann::ordered_json::object();
   for (const auto& [key, value] : checkpoint.metadata) metadata[key] = value;
   metadata[kCheckpointChecksumKey] = crc_hex(crc);
+  metadata[kCheckpointFileChecksumKey] = std::string(kCrcDigits, '0');  // see write_checkpoint_atomic
   header[kMetadataKey] = std::move(metadata);
   std::size_t offset = 0;
   for (const CheckpointTensor& t : checkpoint.tensors) {
@@ -308,11 +331,11 @@ std::map<std::string, std::string> parse_metadata(const std::string& path, const
   return metadata;
 }
 
-std::uint32_t parse_crc(const std::string& path, const std::string& text) {
+std::uint32_t parse_crc(const std::string& path, const char* key, const std::string& text) {
   std::uint32_t crc = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), crc, 16);
-  if (text.size() != 8 || ec != std::errc() || end != text.data() + text.size()) {
-    fail(path, std::string("metadata '") + kCheckpointChecksumKey + "' is not 8 hex digits: '" + text + "'");
+  if (text.size() != kCrcDigits || ec != std::errc() || end != text.data() + text.size()) {
+    fail(path, std::string("metadata '") + key + "' is not 8 hex digits: '" + text + "'");
   }
   return crc;
 }
@@ -348,15 +371,31 @@ const CheckpointTensor* Checkpoint::find(const std::string& name) const {
   return nullptr;
 }
 
+std::uint32_t crc32(const void* data, std::size_t size, std::uint32_t crc) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (std::size_t i = 0; i < size; ++i) crc = kCrcTable[(crc ^ bytes[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
 void write_checkpoint_atomic(const std::string& path, const Checkpoint& checkpoint) {
   validate_for_writing(path, checkpoint);
-  std::uint32_t crc = 0;
+  std::uint32_t data_crc = 0;
   for (const CheckpointTensor& t : checkpoint.tensors)
-    crc = crc32_update(crc, t.values.data(), t.values.size() * sizeof(float));
-  const std::string header = build_header(path, checkpoint, crc);
+    data_crc = crc32(t.values.data(), t.values.size() * sizeof(float), data_crc);
+  std::string header = build_header(path, checkpoint, data_crc);
   unsigned char length_prefix[kLengthPrefixSize];
   for (std::size_t i = 0; i < kLengthPrefixSize; ++i)
     length_prefix[i] = static_cast<unsigned char>(std::uint64_t{header.size()} >> (8 * i));
+  // The whole file's CRC, computed with its own digits as "00000000" (as build_header wrote
+  // them), then put in their place.
+  const auto file_crc_at = file_checksum_position(header);
+  if (!file_crc_at) throw std::logic_error(path + ": the header lost its file checksum field");
+  std::uint32_t file_crc = crc32(length_prefix, sizeof length_prefix);
+  file_crc = crc32(header.data(), header.size(), file_crc);
+  for (const CheckpointTensor& t : checkpoint.tensors)
+    file_crc = crc32(t.values.data(), t.values.size() * sizeof(float), file_crc);
+  header.replace(*file_crc_at, kCrcDigits, crc_hex(file_crc));
 
   const std::string temporary_path = path + ".tmp." + std::to_string(::getpid());
   const auto write_failed = [&](const std::string& step) {
@@ -381,61 +420,117 @@ void write_checkpoint_atomic(const std::string& path, const Checkpoint& checkpoi
   sync_directory(path);
 }
 
-Checkpoint read_checkpoint(const std::string& path) {
+namespace {
+
+// An open checkpoint file positioned after its header, with the header parsed.
+struct OpenedCheckpoint {
+  File file;
+  std::uintmax_t size = 0;
+  unsigned char length_prefix[kLengthPrefixSize] = {};
+  std::string header_text;
+  json header;
+};
+
+OpenedCheckpoint open_checkpoint(const std::string& path) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
   if (!fs::exists(status)) fail(path, "cannot open: no such file");
   if (fs::is_directory(status)) fail(path, "cannot open: is a directory, not a checkpoint");
-  File file(std::fopen(path.c_str(), "rb"));
-  if (!file) fail(path, "cannot open: " + system_error_text());
-  const std::uintmax_t file_size = fs::file_size(path, ec);
+  OpenedCheckpoint opened;
+  opened.file.reset(std::fopen(path.c_str(), "rb"));
+  if (!opened.file) fail(path, "cannot open: " + system_error_text());
+  opened.size = fs::file_size(path, ec);
   if (ec) fail(path, "cannot read its size: " + ec.message());
 
-  if (file_size < kLengthPrefixSize)
-    fail(path, "too short to be a safetensors file (" + std::to_string(file_size) + " bytes)");
-  unsigned char length_prefix[kLengthPrefixSize];
-  read_exact(file.get(), length_prefix, sizeof length_prefix, path);
+  if (opened.size < kLengthPrefixSize)
+    fail(path, "too short to be a safetensors file (" + std::to_string(opened.size) + " bytes)");
+  read_exact(opened.file.get(), opened.length_prefix, kLengthPrefixSize, path);
   std::uint64_t header_size = 0;
   for (std::size_t i = 0; i < kLengthPrefixSize; ++i)
-    header_size |= std::uint64_t{length_prefix[i]} << (8 * i);
-  if (header_size > file_size - kLengthPrefixSize) {
+    header_size |= std::uint64_t{opened.length_prefix[i]} << (8 * i);
+  if (header_size > opened.size - kLengthPrefixSize) {
     fail(path, "header length " + std::to_string(header_size) + " runs past the end of the file (" +
-                   std::to_string(file_size) + " bytes)");
+                   std::to_string(opened.size) + " bytes)");
   }
   if (header_size > kMaxHeaderSize)
     fail(path, "header length " + std::to_string(header_size) + " is implausibly large");
-  std::string header_text(header_size, '\0');
-  read_exact(file.get(), header_text.data(), header_text.size(), path);
-  const json header = parse_header(path, header_text);
+  opened.header_text.assign(header_size, '\0');
+  read_exact(opened.file.get(), opened.header_text.data(), opened.header_text.size(), path);
+  opened.header = parse_header(path, opened.header_text);
+  return opened;
+}
 
+std::map<std::string, std::string> metadata_of(const std::string& path, const json& header) {
+  const auto it = header.find(kMetadataKey);
+  return it == header.end() ? std::map<std::string, std::string>{} : parse_metadata(path, *it);
+}
+
+// Removes the stored CRC under key from metadata and returns it, if there is one.
+std::optional<std::uint32_t> take_crc(const std::string& path, std::map<std::string, std::string>& metadata,
+                                      const char* key) {
+  const auto stored = metadata.find(key);
+  if (stored == metadata.end()) return std::nullopt;
+  const std::uint32_t crc = parse_crc(path, key, stored->second);
+  metadata.erase(stored);
+  return crc;
+}
+
+}  // namespace
+
+Checkpoint read_checkpoint(const std::string& path) {
+  OpenedCheckpoint opened = open_checkpoint(path);
   Checkpoint checkpoint;
   std::vector<TensorEntry> entries;
-  for (const auto& [key, value] : header.items()) {
-    if (key == kMetadataKey)
-      checkpoint.metadata = parse_metadata(path, value);
-    else
-      entries.push_back(parse_tensor_entry(path, key, value));
+  for (const auto& [key, value] : opened.header.items()) {
+    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
   }
-  check_layout(path, entries, file_size - kLengthPrefixSize - header_size);
+  checkpoint.metadata = metadata_of(path, opened.header);
+  const std::uint64_t header_size = opened.header_text.size();
+  check_layout(path, entries, opened.size - kLengthPrefixSize - header_size);
+
+  const auto stored_file_crc = take_crc(path, checkpoint.metadata, kCheckpointFileChecksumKey);
+  const auto stored_data_crc = take_crc(path, checkpoint.metadata, kCheckpointChecksumKey);
+  std::uint32_t file_crc = 0;
+  if (stored_file_crc) {
+    const auto at = file_checksum_position(opened.header_text);
+    if (!at) {
+      fail(path, std::string("corrupt: metadata '") + kCheckpointFileChecksumKey +
+                     "' cannot be found in the header's text");
+    }
+    std::string blanked = opened.header_text;
+    blanked.replace(*at, kCrcDigits, std::string(kCrcDigits, '0'));
+    file_crc = crc32(opened.length_prefix, kLengthPrefixSize);
+    file_crc = crc32(blanked.data(), blanked.size(), file_crc);
+  }
 
   // The entries tile the buffer in order, so one sequential pass reads every tensor.
-  std::uint32_t crc = 0;
+  std::uint32_t data_crc = 0;
   for (TensorEntry& e : entries) {
     CheckpointTensor tensor{std::move(e.name), std::move(e.shape),
                             std::vector<float>((e.end - e.begin) / sizeof(float))};
-    read_exact(file.get(), tensor.values.data(), e.end - e.begin, path);
-    crc = crc32_update(crc, tensor.values.data(), e.end - e.begin);
+    read_exact(opened.file.get(), tensor.values.data(), e.end - e.begin, path);
+    data_crc = crc32(tensor.values.data(), e.end - e.begin, data_crc);
+    if (stored_file_crc) file_crc = crc32(tensor.values.data(), e.end - e.begin, file_crc);
     checkpoint.tensors.push_back(std::move(tensor));
   }
-  if (const auto stored = checkpoint.metadata.find(kCheckpointChecksumKey);
-      stored != checkpoint.metadata.end()) {
-    if (parse_crc(path, stored->second) != crc) {
-      fail(path, "corrupt: checksum mismatch (the header records " + stored->second +
-                     ", the data hashes to " + crc_hex(crc) + ")");
-    }
-    checkpoint.metadata.erase(stored);
+  if (stored_file_crc && *stored_file_crc != file_crc) {
+    fail(path, "corrupt: checksum mismatch over the header, metadata and data (the header records " +
+                   crc_hex(*stored_file_crc) + ", the file hashes to " + crc_hex(file_crc) + ")");
   }
+  if (stored_data_crc && *stored_data_crc != data_crc) {
+    fail(path, "corrupt: checksum mismatch (the header records " + crc_hex(*stored_data_crc) +
+                   ", the data hashes to " + crc_hex(data_crc) + ")");
+  }
+  checkpoint.header_unverified = !stored_file_crc;
   return checkpoint;
+}
+
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
+  const OpenedCheckpoint opened = open_checkpoint(path);
+  for (const auto& [key, value] : opened.header.items()) {
+    if (key != kMetadataKey) parse_tensor_entry(path, key, value);
+  }
+  return metadata_of(path, opened.header);
 }
 
 std::string checkpoint_path(const std::string& dir, const std::string& prefix, std::uint64_t step) {
@@ -466,6 +561,52 @@ void prune_checkpoints(const std::string& dir, const std::string& prefix, std::s
     std::error_code ec;
     if (!fs::remove(paths[i], ec) && ec)
       throw std::runtime_error(paths[i] + ": cannot remove old checkpoint: " + ec.message());
+  }
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  char text[64];
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (std::uint64_t{1} << 30))
+    std::snprintf(text, sizeof text, "%.1f GiB", b / (1u << 30));
+  else if (bytes >= (std::uint64_t{1} << 20))
+    std::snprintf(text, sizeof text, "%.1f MiB", b / (1u << 20));
+  else if (bytes >= 1024)
+    std::snprintf(text, sizeof text, "%.1f KiB", b / 1024);
+  else
+    std::snprintf(text, sizeof text, "%llu bytes", static_cast<unsigned long long>(bytes));
+  return text;
+}
+
+void prepare_output_directory(const std::string& label, const std::string& dir,
+                              std::uint64_t bytes_needed, const std::string& needed_for,
+                              std::optional<std::uint64_t> free_bytes) {
+  const auto refuse = [&](const std::string& why) { throw ConfigError(label + ": " + dir + ": " + why); };
+  if (dir.empty()) refuse("empty path");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const bool is_dir = fs::is_directory(dir);
+  if (ec || !is_dir) {
+    refuse(std::string("cannot create the directory") +
+           (ec ? ": " + ec.message() : fs::exists(dir) ? ": a file of that name is in the way" : ""));
+  }
+  const std::string probe =
+      (fs::path(dir) / (".meshtrain-probe." + std::to_string(::getpid()))).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) refuse("cannot create a file in the directory: " + system_error_text());
+  const bool written = ::write(fd, "probe\n", 6) == 6;
+  const std::string write_error = written ? "" : system_error_text();
+  ::close(fd);
+  if (::unlink(probe.c_str()) != 0) refuse("cannot remove the probe file " + probe + ": " + system_error_text());
+  if (!written) refuse("cannot write a file in the directory: " + write_error);
+  if (!free_bytes) {
+    struct statvfs st {};
+    if (::statvfs(dir.c_str(), &st) != 0) refuse("cannot read the free space: " + system_error_text());
+    free_bytes = static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+  }
+  if (*free_bytes < bytes_needed) {
+    refuse("only " + format_bytes(*free_bytes) + " free, but this run needs about " +
+           format_bytes(bytes_needed) + " there (" + needed_for + ")");
   }
 }
 

@@ -6,10 +6,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <ctime>
 #include <limits>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <span>
 #include <string_view>
@@ -62,12 +65,13 @@ std::string format_shape_list(const std::vector<std::size_t>& shape) {
   return out + "]";
 }
 
-std::string utc_now() {
+// The time now in UTC, as strftime's format has it.
+std::string utc_now(const char* format = "%Y-%m-%dT%H:%M:%SZ") {
   const std::time_t now = std::time(nullptr);
   std::tm tm{};
   gmtime_r(&now, &tm);
   char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  std::strftime(buffer, sizeof buffer, format, &tm);
   return buffer;
 }
 
@@ -246,6 +250,87 @@ std::string fingerprint_of(const std::string& text) {
   return buffer;
 }
 
+std::string new_run_id() {
+  std::random_device device;
+  const std::uint64_t id = (std::uint64_t{device()} << 32) ^ device();
+  char buffer[17];
+  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(id));
+  return buffer;
+}
+
+std::string run_id_of(const std::map<std::string, std::string>& metadata) {
+  for (const char* key : {kRunIdKey, "fingerprint"}) {
+    const auto it = metadata.find(key);
+    if (it != metadata.end() && !it->second.empty()) return it->second;
+  }
+  return "";
+}
+
+std::vector<CheckpointFileInfo> describe_checkpoints(const std::string& dir, const std::string& prefix) {
+  std::vector<CheckpointFileInfo> files;
+  for (const std::string& path : list_checkpoints(dir, prefix)) {
+    CheckpointFileInfo info;
+    info.path = path;
+    const std::string name = std::filesystem::path(path).filename().string();
+    const std::string digits = name.substr(prefix.size() + 1, name.size() - prefix.size() - 1 -
+                                                                   std::strlen(".safetensors"));
+    std::from_chars(digits.data(), digits.data() + digits.size(), info.step);
+    try {
+      info.run_id = run_id_of(read_checkpoint_metadata(path));
+      if (info.run_id.empty()) info.problem = "not a meshtrain training-state checkpoint";
+    } catch (const ConfigError& e) {
+      info.problem = e.what();
+    }
+    files.push_back(std::move(info));
+  }
+  return files;
+}
+
+void prune_run_checkpoints(const std::string& dir, const std::string& prefix, std::size_t keep_last,
+                           const std::string& run_id, const std::string& keep) {
+  if (keep_last == 0) return;
+  const auto is_keep = [&](const std::string& path) {
+    return std::filesystem::path(path).filename() == std::filesystem::path(keep).filename();
+  };
+  std::vector<CheckpointFileInfo> ours;
+  for (CheckpointFileInfo& file : describe_checkpoints(dir, prefix)) {
+    if (is_keep(file.path) || (!run_id.empty() && file.run_id == run_id)) ours.push_back(std::move(file));
+  }
+  if (ours.size() <= keep_last) return;  // sorted by step: the oldest first
+  std::size_t excess = ours.size() - keep_last;
+  for (std::size_t i = 0; i < ours.size() && excess > 0; ++i) {
+    if (is_keep(ours[i].path)) continue;
+    std::error_code ec;
+    if (!std::filesystem::remove(ours[i].path, ec) && ec)
+      throw std::runtime_error(ours[i].path + ": cannot remove old checkpoint: " + ec.message());
+    --excess;
+  }
+}
+
+std::string move_files_aside(const std::string& dir, const std::vector<std::string>& paths) {
+  namespace fs = std::filesystem;
+  const std::string base = (fs::path(dir) / ("replaced-" + utc_now("%Y%m%dT%H%M%SZ"))).string();
+  std::string target = base;
+  for (int n = 2; fs::exists(target); ++n) target = base + "-" + std::to_string(n);
+  std::error_code ec;
+  fs::create_directory(target, ec);
+  for (const std::string& path : paths) {
+    if (!ec) fs::rename(path, fs::path(target) / fs::path(path).filename(), ec);
+  }
+  if (ec) throw ConfigError(dir + ": cannot move files to " + target + ": " + ec.message());
+  return target;
+}
+
+std::uint64_t checkpoint_size_estimate(const Model& model, const TrainingConfig& config) {
+  const MomentKinds moments = moment_kinds(config.optimizer);
+  const std::uint64_t copies = 1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0);
+  std::uint64_t header = 8192;  // the metadata's fixed part, generously
+  for (const TensorSpec& t : model.tensors()) header += copies * (t.name.size() + 96);
+  // epoch_losses and validation_losses: up to 26 characters a number
+  header += 2 * 26 * static_cast<std::uint64_t>(std::max(config.num_epochs, 0));
+  return copies * model.num_parameters() * sizeof(float) + header;
+}
+
 void broadcast_state(Communicator& comm, TrainingState& s, std::size_t parameters, int root) {
   std::array<std::int64_t, 8> header{s.first_moment.extent(0) > 0,
                                      s.second_moment.extent(0) > 0,
@@ -339,9 +424,16 @@ void check_format(const Checkpoint& checkpoint, const MetadataReader& meta) {
               " is not '" + kFormatName + "')");
   }
   const std::int64_t version = meta.integer(kVersionKey, 1);
-  if (version != kTrainingStateFormatVersion) {
-    meta.fail("format version " + std::to_string(version) + "; this meshtrain reads version " +
+  if (version > kTrainingStateFormatVersion) {
+    meta.fail("format version " + std::to_string(version) + "; this meshtrain reads versions 1 to " +
               std::to_string(kTrainingStateFormatVersion));
+  }
+  // Version 1 files checksummed their tensor data only; from version 2 on the whole file is,
+  // so a file that claims version 2 without a verified whole-file checksum was edited.
+  if (version >= 2 && checkpoint.header_unverified) {
+    meta.fail(std::string("format version ") + std::to_string(version) +
+              " but no whole-file checksum (metadata " + kCheckpointFileChecksumKey +
+              ") covers its header: edited or damaged");
   }
 }
 

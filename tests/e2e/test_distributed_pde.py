@@ -219,6 +219,14 @@ class BadInput(unittest.TestCase):
         (["--overlap", "maybe"], "--overlap 'maybe'"),
         (["--progress", "sometimes"], "--progress 'sometimes'"),
         (["--hidden", "0"], "--hidden 0"),
+        # Too large for any node's memory: refused up front, once, naming the flags and bytes.
+        (["--hidden", "2000000", "--layers", "2"],
+         "--hidden 2000000 --layers 2: training needs about "),
+        (["--hidden", "64", "--layers", "1000000"], "--hidden 64 --layers 1000000: training needs about "),
+        # ... naming what needs the most: the data, or the batch's activations.
+        (["--samples", "2000000000"], "--samples 2000000000: training needs about "),
+        (["--samples", "100000000", "--batch-size", "100000000", "--hidden", "1000"],
+         "--batch-size 100000000: training needs about "),
         (["--strategy", "fsdp", "--mesh-shape", "2,1", "--axis-names", "model,other"],
          "--axis-names ('model', 'other')"),
         (["--axis-names", "data,data", "--mesh-shape", "2,1"], "--axis-names ('data', 'data')"),

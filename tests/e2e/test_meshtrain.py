@@ -8,6 +8,7 @@ safetensors (8-byte header length, JSON header, raw bytes) by hand.
 """
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import unittest
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
@@ -238,6 +240,8 @@ def setUpModule():
     make_npy.write_regression(os.path.join(data, "val_x.npy"), os.path.join(data, "val_y.npy"), 32, 4, 2)
     make_npy.write_regression(os.path.join(data, "big_x.npy"), os.path.join(data, "big_y.npy"), 2048, 4, 5)
     make_npy.write_regression(os.path.join(data, "short_x.npy"), os.path.join(data, "short_y.npy"), 50, 4, 1)
+    # As many samples as train_x/train_y, other values: a resume must notice.
+    make_npy.write_regression(os.path.join(data, "other_x.npy"), os.path.join(data, "other_y.npy"), 96, 4, 7)
     for kind in make_npy.BAD_KINDS:
         make_npy.write_bad(kind, os.path.join(data, f"bad-{kind}.npy"))
     # The uninterrupted run the resume tests compare with, launched from another directory:
@@ -273,10 +277,16 @@ class StraightRun(unittest.TestCase):
         self.assertEqual(checkpoints_in(run_dir(self.config, "ckpt")),
                          ["ckpt-18.safetensors", "ckpt-24.safetensors"])
 
+    def test_the_checksum_covers_the_whole_file(self):
+        for name in checkpoints_in(run_dir(self.config, "ckpt")):
+            self.assertTrue(file_crc_is_valid(run_dir(self.config, "ckpt", name)), name)
+
     def test_checkpoint_metadata(self):
         meta, tensors = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
         self.assertEqual(meta["meshtrain.format"], "training_state")
-        self.assertEqual(meta["meshtrain.format_version"], "1")
+        self.assertEqual(meta["meshtrain.format_version"], "2")
+        self.assertRegex(meta["run_id"], r"^[0-9a-f]{16}$")
+        self.assertRegex(meta["data_crc32"], r"^[0-9a-f]{8}$")
         self.assertEqual(meta["epoch"], "4")
         self.assertEqual(meta["batch"], "0")
         self.assertEqual(meta["optimizer_step"], "24")
@@ -354,6 +364,30 @@ class StraightRun(unittest.TestCase):
         one_error_line(self, r, "not a meshtrain metrics.csv")
 
 
+def file_crc_is_valid(path):
+    """The whole-file CRC-32 (zlib's) over the file with its own 8 digits as '0's."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    m = re.search(rb'"meshtrain\.file_crc32":"([0-9a-f]{8})"', blob)
+    assert m, path
+    blanked = blob[:m.start(1)] + b"00000000" + blob[m.end(1):]
+    return int(m.group(1), 16) == zlib.crc32(blanked)
+
+
+def rewrite_safetensors(source, target, edit_metadata):
+    """Copies a checkpoint with its metadata changed by edit_metadata(dict), re-serialised as
+    another writer would (json.dumps, padded to 8 bytes); the tensor bytes are unchanged."""
+    with open(source, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    edit_metadata(header["__metadata__"])
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(target, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + blob[8 + n:])
+
+
 class Resume(unittest.TestCase):
     def setUp(self):
         self.straight = STRAIGHT
@@ -394,6 +428,270 @@ class Resume(unittest.TestCase):
         r = launch(2, "train", "--config", config, "--resume", "latest")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("ckpt-18.safetensors at epoch 4, batch 0", r.stdout)
+
+
+def straight_checkpoint(test, step=24):
+    path = run_dir(STRAIGHT, "ckpt", f"ckpt-{step}.safetensors")
+    if not os.path.exists(path):
+        test.skipTest("the straight run failed")
+    return path
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class RunDirectory(unittest.TestCase):
+    """A run never prunes, resumes or overwrites another run's checkpoints: runs are
+    identified (run_id), a fresh run refuses a directory that holds another run's
+    checkpoints unless told to set them aside, --resume auto continues or starts fresh."""
+
+    def with_straight_checkpoints(self, name, config_text=BASE_CONFIG):
+        config = make_run(name, config_text)
+        shutil.copytree(run_dir(STRAIGHT, "ckpt"), run_dir(config, "ckpt"))
+        return config
+
+    def test_a_fresh_run_refuses_another_runs_checkpoints(self):
+        straight_checkpoint(self)
+        config = self.with_straight_checkpoints("fresh-over-old")
+        before = {n: file_bytes(run_dir(config, "ckpt", n)) for n in checkpoints_in(run_dir(config, "ckpt"))}
+        r = launch(2, "train", "--config", config, "--set", "training.num_epochs=1", timeout=30)
+        one_error_line(self, r, f"{config}:19: checkpoint.dir: {run_dir(config, 'ckpt')}: holds 2 "
+                                "checkpoint(s) of another run (ckpt-18.safetensors, ckpt-24.safetensors); "
+                                "continue that run with --resume auto (or latest), or set "
+                                "checkpoint.overwrite = true to move them to ")
+        self.assertEqual(r.returncode, 2)
+        self.assertNotIn("epoch 1/", r.stdout)
+        after = {n: file_bytes(run_dir(config, "ckpt", n)) for n in checkpoints_in(run_dir(config, "ckpt"))}
+        self.assertEqual(after, before)  # nothing written, nothing pruned
+        self.assertFalse(os.path.exists(run_dir(config, "out", "metrics.csv")))
+
+    def test_overwrite_sets_them_aside_and_the_new_run_keeps_its_own(self):
+        straight_checkpoint(self)
+        config = self.with_straight_checkpoints("overwrite")
+        old = {n: file_bytes(run_dir(config, "ckpt", n)) for n in checkpoints_in(run_dir(config, "ckpt"))}
+        r = launch(2, "train", "--config", config, "--set", "training.num_epochs=1",
+                   "--set", "checkpoint.overwrite=true")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        aside = field(r.stdout, "Set aside:")
+        m = re.search(r"moved to (\S+) \(checkpoint\.overwrite\)", aside)
+        self.assertIsNotNone(m, aside)
+        self.assertEqual(os.path.dirname(m.group(1)), run_dir(config, "ckpt"))
+        self.assertRegex(os.path.basename(m.group(1)), r"^replaced-\d{8}T\d{6}Z$")
+        self.assertEqual({n: file_bytes(os.path.join(m.group(1), n)) for n in os.listdir(m.group(1))}, old)
+        self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors"])
+        printed = field(r.stdout, "Checkpoint:")
+        self.assertTrue(os.path.exists(printed), printed)
+        # --resume latest continues the new run, not the old one.
+        resumed = launch(2, "train", "--config", config, "--resume", "latest", "--set", "training.num_epochs=2")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertIn("ckpt-6.safetensors at epoch 2, batch 0", resumed.stdout)
+        self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors", "ckpt-12.safetensors"])
+
+    def test_starting_over_keeps_the_earlier_runs_files(self):
+        config = make_run("start-over", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 1"))
+        first = launch(2, "train", "--config", config)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        metrics = {n: file_bytes(run_dir(config, "out", n)) for n in ("metrics.csv", "metrics.jsonl")}
+        checkpoint = file_bytes(run_dir(config, "ckpt", "ckpt-6.safetensors"))
+        again = launch(2, "train", "--config", config, "--set", "checkpoint.overwrite=true")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        lines = re.findall(r"^Set aside:   (.*)$", again.stdout, re.M)
+        self.assertEqual(len(lines), 2, again.stdout)
+        ckpt_aside = re.search(r"moved to (\S+) \(checkpoint\.overwrite\)$", lines[0]).group(1)
+        out_aside = re.search(r"^the earlier metrics, moved to (\S+)$", lines[1]).group(1)
+        self.assertEqual(os.path.dirname(out_aside), run_dir(config, "out"))
+        self.assertEqual(file_bytes(os.path.join(ckpt_aside, "ckpt-6.safetensors")), checkpoint)
+        for name, blob in metrics.items():
+            self.assertEqual(file_bytes(os.path.join(out_aside, name)), blob, name)
+        with open(run_dir(config, "out", "metrics.csv")) as f:
+            self.assertEqual(len(f.read().splitlines()), 2)  # the new run's header and epoch
+
+    def test_resume_auto_starts_fresh_then_continues(self):
+        straight = straight_checkpoint(self)
+        config = make_run("auto")
+        first = launch(2, "train", "--config", config, "--resume", "auto", "--set", "training.num_epochs=2")
+        self.assertEqual(first.returncode, 0, first.stderr)
+        self.assertNotIn("Resumed:", first.stdout)
+        self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors", "ckpt-12.safetensors"])
+        second = launch(2, "train", "--config", config, "--resume", "auto")
+        self.assertEqual(second.returncode, 0, second.stderr)
+        self.assertIn("ckpt-12.safetensors at epoch 3, batch 0", second.stdout)
+        self.assertEqual(params_of(run_dir(config, "ckpt", "ckpt-24.safetensors")), params_of(straight))
+        meta = [read_safetensors(run_dir(config, "ckpt", n))[0]["run_id"] for n in checkpoints_in(run_dir(config, "ckpt"))]
+        self.assertEqual(len(set(meta)), 1, meta)  # the resumed run kept its id
+
+    def test_resume_auto_needs_a_checkpoint_dir(self):
+        config = make_run("auto-no-dir", BASE_CONFIG.replace('[checkpoint]\ndir = "ckpt"\n', "[checkpoint]\n"))
+        one_error_line(self, launch(2, "train", "--config", config, "--resume", "auto", timeout=30),
+                       f"--resume auto: checkpoint.dir is not set in {config}")
+
+    def test_resume_latest_refuses_a_directory_shared_with_another_run(self):
+        straight_checkpoint(self)
+        config = self.with_straight_checkpoints("mixed")
+        other = make_run("mixed-other")
+        r = launch(2, "train", "--config", other, "--set", "training.num_epochs=1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        shutil.copy(run_dir(other, "ckpt", "ckpt-6.safetensors"), run_dir(config, "ckpt"))
+        r = launch(2, "train", "--config", config, "--resume", "latest", timeout=30)
+        one_error_line(self, r, f"checkpoint.dir: {run_dir(config, 'ckpt')}: holds 1 checkpoint(s) of "
+                                "another run (ckpt-6.safetensors); resume the newest with --resume latest, or "
+                                "set checkpoint.overwrite = true")
+        self.assertEqual(r.returncode, 2)
+
+    def test_resuming_before_this_runs_later_checkpoints(self):
+        straight = straight_checkpoint(self)
+        config = self.with_straight_checkpoints("rewind")
+        middle = run_dir(config, "ckpt", "ckpt-18.safetensors")
+        r = launch(2, "train", "--config", config, "--resume", middle, timeout=30)
+        one_error_line(self, r, "holds 1 checkpoint(s) of this run beyond the one resumed (step 18) "
+                                "(ckpt-24.safetensors)")
+        self.assertEqual(r.returncode, 2)
+        r = launch(2, "train", "--config", config, "--resume", middle, "--set", "checkpoint.overwrite=true")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(params_of(run_dir(config, "ckpt", "ckpt-24.safetensors")), params_of(straight))
+
+    def test_unwritable_or_impossible_directories_fail_before_training(self):
+        blocker = os.path.join(WORK, "blocker-file")
+        with open(blocker, "w") as f:
+            f.write("not a directory\n")
+        cases = [
+            (f"{blocker}/ckpt", "cannot create the directory: Not a directory"),
+            (blocker, "cannot create the directory"),
+            ("/proc/self", "cannot create a file in the directory"),  # read-only, even for root
+            ("/proc/meshtrain-ckpt", "cannot create the directory"),
+        ]
+        for key in ("checkpoint.dir", "output.dir"):
+            for path, expected in cases:
+                with self.subTest(key=key, path=path):
+                    config = make_run("bad-dir", BASE_CONFIG.replace("every_epochs = 1", "every_epochs = 0"))
+                    r = launch(2, "train", "--config", config, "--set", f"{key}={path}", timeout=30)
+                    one_error_line(self, r, f"--set: {key}: {path}: {expected}")
+                    self.assertEqual(r.returncode, 2)
+                    self.assertNotIn("epoch 1/", r.stdout)
+
+    def test_a_directory_in_use_by_another_run_is_refused(self):
+        config = make_run("locked")
+        os.makedirs(run_dir(config, "ckpt"))
+        lock = run_dir(config, "ckpt", ".ckpt.lock")
+        with open(lock, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running meshtrain holds it
+            r = launch(2, "train", "--config", config, timeout=30)
+        one_error_line(self, r, f"checkpoint.dir: {run_dir(config, 'ckpt')}: another meshtrain run is using "
+                                f"it (it holds {lock})")
+        self.assertEqual(r.returncode, 2)
+        # Released with the process: the next run goes ahead, and another prefix never waited.
+        r = launch(2, "train", "--config", config, "--set", "training.num_epochs=1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_a_checkpoint_that_cannot_be_written_mid_run_is_one_line(self):
+        config = make_run("write-fails", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 2"))
+        os.makedirs(run_dir(config, "ckpt", "ckpt-12.safetensors"))  # where epoch 2's must go
+        r = launch(2, "train", "--config", config, timeout=60)
+        one_error_line(self, r, f"checkpoint.dir: {run_dir(config, 'ckpt', 'ckpt-12.safetensors')}: cannot "
+                                "write checkpoint (renaming ")
+        self.assertIn(f"the run's checkpoint {run_dir(config, 'ckpt', 'ckpt-6.safetensors')} is intact", r.stderr)
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(sorted(n for n in os.listdir(run_dir(config, "ckpt")) if not n.startswith(".")),
+                         ["ckpt-12.safetensors", "ckpt-6.safetensors"])  # no temporary file left
+        self.assertTrue(os.path.isdir(run_dir(config, "ckpt", "ckpt-12.safetensors")))
+
+    def test_metrics_that_cannot_be_written_mid_run_are_one_line(self):
+        config = make_run("metrics-full")
+        os.makedirs(run_dir(config, "out"))
+        os.symlink("/dev/full", run_dir(config, "out", "metrics.csv"))  # every write: ENOSPC
+        r = launch(2, "train", "--config", config, timeout=60)
+        one_error_line(self, r, f"{config}:24: output.dir: {run_dir(config, 'out', 'metrics.csv')}: cannot write "
+                                "the metrics: No space left on device")
+        self.assertEqual(r.returncode, 2)
+        self.assertNotIn("epoch 2/", r.stdout)  # stopped after the first epoch, on every rank
+
+    def test_a_full_file_system_fails_before_training(self):
+        mount = os.path.join(WORK, "small-fs")
+        os.makedirs(mount, exist_ok=True)
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mount],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            self.skipTest(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+        try:
+            config = make_run("full", BASE_CONFIG.replace("widths = [4, 16, 1]", "widths = [4, 128, 128, 1]"))
+            r = launch(2, "train", "--config", config, "--set", f"checkpoint.dir={mount}/ckpt", timeout=30)
+            one_error_line(self, r, f"--set: checkpoint.dir: {mount}/ckpt: only ")
+            self.assertIn("free, but this run needs about", r.stderr)
+            self.assertIn("3 more checkpoint(s) of about", r.stderr)
+            self.assertEqual(r.returncode, 2)
+            self.assertNotIn("epoch 1/", r.stdout)
+        finally:
+            subprocess.run(["umount", mount], capture_output=True)
+
+
+class CheckpointIntegrity(unittest.TestCase):
+    """The whole file is checked (header, metadata, data), old checkpoints still load, and a
+    checkpoint made from other training data is refused."""
+
+    def test_an_edited_metadata_value_is_refused_naming_the_file(self):
+        straight = straight_checkpoint(self)
+        for old, new in ((b'"optimizer_step":"24"', b'"optimizer_step":"25"'),
+                         (b'"epoch":"4"', b'"epoch":"3"'),
+                         (b'"epoch_losses":"[', b'"epoch_losses":" ')):
+            with self.subTest(edit=new):
+                blob = file_bytes(straight)
+                self.assertIn(old, blob)
+                edited = os.path.join(WORK, "edited.safetensors")
+                with open(edited, "wb") as f:
+                    f.write(blob.replace(old, new, 1))
+                config = make_run("edited")
+                r = launch(2, "train", "--config", config, "--resume", edited, timeout=30)
+                one_error_line(self, r, f"--resume {edited}: {edited}: corrupt: checksum mismatch over the "
+                                        "header, metadata and data")
+                self.assertEqual(r.returncode, 2)
+
+    def test_a_rewritten_header_without_the_checksum_is_refused(self):
+        straight = straight_checkpoint(self)
+        stripped = os.path.join(WORK, "stripped.safetensors")
+
+        def drop(meta):
+            del meta["meshtrain.file_crc32"]
+            meta["optimizer_step"] = "25"
+        rewrite_safetensors(straight, stripped, drop)
+        r = launch(2, "train", "--config", make_run("stripped"), "--resume", stripped, timeout=30)
+        one_error_line(self, r, f"checkpoint {stripped}: format version 2 but no whole-file checksum")
+
+    def test_checkpoints_of_the_previous_format_still_load(self):
+        straight = straight_checkpoint(self, 18)
+        old = os.path.join(WORK, "format1.safetensors")
+
+        def as_format_1(meta):
+            for key in ("meshtrain.file_crc32", "run_id", "data_crc32", "data"):
+                del meta[key]
+            meta["meshtrain.format_version"] = "1"
+        rewrite_safetensors(straight, old, as_format_1)
+        config = make_run("format1")
+        r = launch(2, "train", "--config", config, "--resume", old)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(params_of(run_dir(config, "ckpt", "ckpt-24.safetensors")),
+                         params_of(straight_checkpoint(self)))
+        # Its data checksum is still checked.
+        blob = bytearray(file_bytes(old))
+        blob[-10] ^= 0x40
+        with open(old, "wb") as f:
+            f.write(blob)
+        one_error_line(self, launch(2, "train", "--config", make_run("format1-bad"), "--resume", old, timeout=30),
+                       "corrupt: checksum mismatch (the header records")
+
+    def test_other_training_data_is_refused(self):
+        straight = straight_checkpoint(self, 18)
+        config = make_run("other-data")
+        other_x = os.path.join(WORK, "data", "other_x.npy")
+        other_y = os.path.join(WORK, "data", "other_y.npy")
+        r = launch(2, "train", "--config", config, "--resume", straight,
+                   "--set", f"data.train_x={other_x}", "--set", f"data.train_y={other_y}", timeout=30)
+        meta, _ = read_safetensors(straight)
+        one_error_line(self, r, f"checkpoint {straight}: made with other training data (its data_crc32 "
+                                f"{meta['data_crc32']}, this run's data.train_x = {other_x}, "
+                                f"data.train_y = {other_y} hash to ")
+        self.assertEqual(r.returncode, 2)
 
 
 class KilledRank(unittest.TestCase):
@@ -510,7 +808,8 @@ class Display(unittest.TestCase):
         bar = launch(1, "train", "--config", config, "--progress", "bar")
         self.assertEqual(bar.returncode, 0, bar.stderr)
         self.assertIn("] 1/1 epochs", bar.stdout)
-        lines = launch(1, "train", "--config", config, "--progress", "lines")
+        lines = launch(1, "train", "--config", config, "--progress", "lines",
+                       "--set", "checkpoint.overwrite=true")  # the first run's are there
         self.assertEqual(lines.returncode, 0, lines.stderr)
         self.assertNotIn("] 1/1 epochs", lines.stdout)
         self.assertRegex(lines.stdout, r"(?m)^epoch 1/1: train loss")
@@ -679,6 +978,24 @@ class BadInput(unittest.TestCase):
     def test_data_error_in_the_file_names_its_line(self):
         self.check(f"CONFIG:13: data.train_x: {self.data('bad-nan.npy')}: holds nan",
                    config_text=BASE_CONFIG.replace("../data/train_x.npy", "../data/bad-nan.npy"))
+
+    def test_a_model_too_large_for_memory_is_one_line(self):
+        self.check("--set: model.widths [4, 2000000, 2000000, 1]: training needs about ",
+                   "--set", "model.widths=[4, 2000000, 2000000, 1]")
+        self.check("--set: model.hidden [4, 3000000, 3000000, 1]: training needs about ",
+                   "--set", "model.hidden=3000000", "--set", "model.layers=2",
+                   config_text=BASE_CONFIG.replace("widths = [4, 16, 1]\n", ""))
+        # Synthetic data, checked before it is generated; a batch whose activations do not fit.
+        synthetic = BASE_CONFIG[:BASE_CONFIG.index("[data]")] + "[data]\nsynthetic = \"reference\"\n"
+        self.check("--set: data.samples 2000000000: training needs about ",
+                   "--set", "data.samples=2000000000", config_text=synthetic)
+        self.check("--set: training.batch_size 200000000: training needs about ",
+                   "--set", "data.samples=200000000", "--set", "training.batch_size=200000000",
+                   "--set", "model.widths=[4, 1000, 1]", config_text=synthetic)
+        r = launch(2, "train", "--config", make_run("huge"), "--set", "model.widths=[4, 2000000, 2000000, 1]",
+                   timeout=30)
+        self.assertIn(" per rank, more than the ", r.stderr)
+        self.assertIn("of memory available to each of this node's 2 rank(s)", r.stderr)
 
     def test_checkpoint_errors(self):
         straight = run_dir(STRAIGHT, "ckpt", "ckpt-24.safetensors")
@@ -955,6 +1272,7 @@ class FnoTraining(unittest.TestCase):
             (["--set", "model.modes=9"], "model.modes 9: SpectralConv2d on a 16 x 16 grid"),
             (["--set", "model.hidden=9"], "model.hidden: only with type = \"mlp\""),
             (["--set", "model.layers=0"], "model.layers: 0 is out of range"),
+            (["--set", "model.width=100000"], "--set: model.width 100000: training needs about "),
             (["--set", "model.type=transformer"], "model.type"),
             (["--set", "data.test_x='../fno-fields/test/x.npy'"],
              "data.test_x: give test_x and test_y together"),

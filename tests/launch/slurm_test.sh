@@ -311,8 +311,35 @@ $lines"; }
   say "[gpu] ok in $((SECONDS - t0)) s: the script's defaults give 4 ranks, each seeing GPUs 0,1,2,3"
 }
 
+# meshtrain through the script: the first submission starts fresh (the script adds --resume
+# auto and there is no checkpoint yet), the second, for more epochs, continues the first.
+meshtrain_job() {
+  local meshtrain run="$tmp/meshtrain-run" out rc n t0=$SECONDS
+  meshtrain="$(dirname "$binary")/meshtrain"
+  [ -x "$meshtrain" ] || fail "no meshtrain beside $binary"
+  mkdir -p "$run"
+  printf '[training]\nnum_epochs = 2\n\n[data]\nsynthetic = "reference"\n\n[checkpoint]\ndir = "ckpt"\n' \
+    >"$run/run.toml"
+  for n in 1 2; do
+    out="$run/job-$n.out" rc=0
+    ( cd "$root" && env "$marker" MESHTRAIN_PROGRAM="$meshtrain" MESHTRAIN_LAUNCHER=srun \
+        timeout 300 sbatch --wait --quiet --nodes=1 --ntasks=2 --ntasks-per-node=2 \
+          --cpus-per-task=1 --gpus-per-node=0 --time=5 --job-name="meshtrain-train-$n" \
+          --output="$out" "$sbatch_script" train --config "$run/run.toml" --progress lines \
+          --set "training.num_epochs=$((2 * n))" ) || rc=$?
+    [ "$rc" = "0" ] || { [ -f "$out" ] && cat "$out" >&2; fail "[meshtrain] submission $n failed (sbatch --wait exit $rc)"; }
+  done
+  grep -q -- "train --config $run/run.toml .*--resume auto" "$run/job-1.out" \
+    || { cat "$run/job-1.out" >&2; fail "[meshtrain] the script did not add --resume auto"; }
+  ! grep -q '^Resumed:' "$run/job-1.out" || { cat "$run/job-1.out" >&2; fail "[meshtrain] the first submission resumed"; }
+  grep -q '^Resumed: .*ckpt-16\.safetensors at epoch 3, batch 0' "$run/job-2.out" \
+    || { cat "$run/job-2.out" >&2; fail "[meshtrain] the second submission did not continue the first"; }
+  say "[meshtrain] ok in $((SECONDS - t0)) s: submitted twice, the first started fresh, the second resumed"
+}
+
 run_job srun
 run_job mpirun
+meshtrain_job
 signal_job srun
 signal_job mpirun
 if [ "$fake_gpus" = "1" ]; then gpu_job; fi

@@ -6,17 +6,24 @@
 //   adam/mu/<tensor>    the optimizer's first moment, when it keeps one (adam, adamw)
 //   adam/nu/<tensor>    the second moment (adam, adamw)
 // Metadata (strings, as safetensors requires):
-//   meshtrain.format = "training_state", meshtrain.format_version = "1"
+//   meshtrain.format = "training_state", meshtrain.format_version = "2" (version 1 files,
+//     whose checksum covered only the tensor data, still load; version 2 ones must carry
+//     the whole-file checksum, checkpoint.hpp's kCheckpointFileChecksumKey)
 //   optimizer_step, epoch, batch, epoch_loss_count, skipped_steps: decimal integers
 //   epoch_loss_sum: "%.17g"; epoch_losses, validation_losses, test_losses: "[a, b, ...]"
 //     with "%.17g" (NaN, where an epoch had no validation, as "nan"; test_losses may be
 //     absent, in checkpoints from before test sets)
 //   fingerprint: 16 hex digits of FNV-1a 64 over `run`, the canonical run signature
 //   run: "widths=4,64,1;activations=relu,identity;optimizer=adam;..." (see run_signature)
+//   run_id: 16 hex digits naming the run (made at a fresh start, kept through resumes;
+//     set by the program that writes the checkpoints, see run_id_of)
 //   model_widths and activation (an MLP) or model_layers (any other model), optimizer,
 //     strategy, mesh_shape, world_size, created (UTC, ISO 8601): for people; never read back.
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/nn/model.hpp"
@@ -26,7 +33,7 @@
 
 namespace meshtrain {
 
-inline constexpr int kTrainingStateFormatVersion = 1;
+inline constexpr int kTrainingStateFormatVersion = 2;
 
 // What determines a run's numbers, so that a checkpoint is only resumed by the run that made
 // it: the model (an MLP, a model of Dense layers only, by its widths and activations as
@@ -38,6 +45,43 @@ std::string run_signature(const Model& model, const TrainingConfig& config, std:
 
 // 16 lowercase hex digits of the 64-bit FNV-1a hash of text.
 std::string fingerprint_of(const std::string& text);
+
+// The metadata key of a checkpoint's run id.
+inline constexpr const char* kRunIdKey = "run_id";
+
+// A new run id: 16 lowercase hex digits from std::random_device.
+std::string new_run_id();
+
+// The run a checkpoint (given by its metadata) belongs to: its run_id, or, for checkpoints
+// written before runs had ids, its fingerprint (so an old run resumed keeps one id, and its
+// old files count as its own). Empty when the metadata has neither.
+std::string run_id_of(const std::map<std::string, std::string>& metadata);
+
+// A checkpoint file of dir with the prefix (list_checkpoints), its step and its run
+// (run_id_of; empty when the file cannot be read: `problem` says why).
+struct CheckpointFileInfo {
+  std::string path;
+  std::uint64_t step = 0;
+  std::string run_id;
+  std::string problem;
+};
+std::vector<CheckpointFileInfo> describe_checkpoints(const std::string& dir, const std::string& prefix);
+
+// Deletes all but the keep_last newest (by step) of dir's checkpoints that belong to run_id,
+// never the file `keep` (the one just written). Files of other runs and files that cannot be
+// read are left alone. keep_last 0 deletes nothing.
+void prune_run_checkpoints(const std::string& dir, const std::string& prefix, std::size_t keep_last,
+                           const std::string& run_id, const std::string& keep);
+
+// Moves the files `paths` (files of dir: another run's checkpoints or metrics) into a new
+// directory dir/replaced-<UTC time> (with -2, -3, ... when that exists) and returns its
+// path: set aside, not deleted, and no longer listed. ConfigError naming dir and the target
+// when a move fails.
+std::string move_files_aside(const std::string& dir, const std::vector<std::string>& paths);
+
+// About the size in bytes of one checkpoint of model under config (its tensors exactly,
+// the header by a generous estimate), for checking the free space before a run.
+std::uint64_t checkpoint_size_estimate(const Model& model, const TrainingConfig& config);
 
 // Collective over comm: root's state on every rank (the receivers allocate the vectors;
 // `parameters` is the model's parameter count, which every rank knows).

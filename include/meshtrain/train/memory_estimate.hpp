@@ -1,0 +1,70 @@
+#pragma once
+// What a training run will allocate on each rank, estimated from its description before
+// anything is allocated, so that a model too large for the machine is one clear error
+// instead of a failure inside Kokkos' allocator on every rank.
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "meshtrain/choices.hpp"
+
+
+namespace meshtrain {
+
+struct FnoConfig;
+class ProcessGroups;
+
+// Bytes per rank; every figure saturates at UINT64_MAX instead of overflowing.
+struct MemoryEstimate {
+  std::uint64_t parameters = 0;
+  std::uint64_t gradients = 0;
+  std::uint64_t optimizer = 0;
+  std::uint64_t activations = 0;  // the layers' outputs, scratch and gradients for one batch
+  std::uint64_t data = 0;         // the training data's device copy
+  std::uint64_t total() const;
+  // What needs the most: the model's state (parameters, gradients, optimizer), the
+  // activations (the batch) or the data; for naming the setting to change.
+  enum class Part { State, Activations, Data };
+  Part largest() const;
+  // "1.2 GiB (parameters 0.4 GiB, gradients ..., optimizer ..., activations ..., data ...)"
+  std::string describe() const;
+};
+
+// How the run lays out its state: rows is the most rows of a global batch one rank
+// computes; shards the number of ranks the parameters are split over (FSDP's shard axis,
+// tensor parallelism's model axis; 1 under data parallelism); samples and features the
+// training data's.
+struct MemoryLayout {
+  std::size_t rows = 1;
+  std::size_t shards = 1;
+  std::size_t samples = 0;
+  std::size_t features = 0;  // inputs + outputs per sample
+};
+
+// The layout of a run over groups: its batch split over groups.batch_parts(), its
+// parameters over the shard axis (fsdp) or the model axis (tensor parallelism).
+MemoryLayout memory_layout(const ProcessGroups& groups, int batch_size, std::size_t samples,
+                           std::size_t features);
+
+// An MLP of these widths trained with optimizer.
+MemoryEstimate estimate_mlp_memory(const std::vector<int>& widths, OptimizerType optimizer,
+                                   const MemoryLayout& layout);
+
+// make_fno2d(config) trained with optimizer (layouts as estimate_mlp_memory).
+MemoryEstimate estimate_fno_memory(const FnoConfig& config, OptimizerType optimizer,
+                                   const MemoryLayout& layout);
+
+// Memory a rank may use: MemAvailable from /proc/meminfo (else physical memory from
+// sysconf) divided by the node's ranks. (Host memory: Kokkos' Serial and OpenMP back ends
+// allocate there. A CUDA build's device memory is not checked.)
+std::uint64_t available_memory_per_rank(int ranks_on_node);
+
+// When estimate needs more than `available` bytes per rank: "training needs about X per
+// rank (...), more than the Y of memory available to each of this node's N rank(s)"; else
+// nothing. `available` comes from available_memory_per_rank (or a test).
+std::optional<std::string> memory_shortfall(const MemoryEstimate& estimate, std::uint64_t available,
+                                            int ranks_on_node);
+
+}  // namespace meshtrain
