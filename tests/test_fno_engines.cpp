@@ -122,7 +122,7 @@ std::vector<float> parameters_of(const Model& model) {
   return std::vector<float>(p.data(), p.data() + p.extent(0));
 }
 
-// Whole runs (14 samples in global batches of 6: uneven shards and a partial last batch,
+// Whole runs (2 epochs of 14 samples in global batches of 6: uneven shards, a partial batch,
 // shuffled, AdamW, a cosine schedule): N ranks under data parallelism, FSDP and hybrid
 // data x fsdp meshes train what one rank trains; a run stopped after a step of its second
 // epoch and resumed in a fresh trainer ends bit-identical to the uninterrupted one.
@@ -139,7 +139,7 @@ TEST(FnoTraining, EveryStrategyMatchesOneRankAndResumesBitIdentically) {
   if (n == 4) meshes.push_back(DistributedConfig{{2, 2}, {"data", "fsdp"}, Strategy::Fsdp});
   for (const DistributedConfig& dist : meshes) {
     TrainingConfig config;
-    config.num_epochs = 3;
+    config.num_epochs = 2;
     config.batch_size = 6;
     config.shuffle = true;
     config.optimizer = OptimizerType::AdamW;
