@@ -648,6 +648,10 @@ class BadInput(unittest.TestCase):
             (["--set", "training.schedule=warmup_cosine", "--set", "training.warmup_steps=24"],
              "--set: training.warmup_steps 24: not fewer than the schedule's 24 optimizer steps"),
             (["--set", "training.gamma=0"], "--set: training.gamma: 0 is out of range"),
+            (["--set", "training.accumulation_steps=0"],
+             "--set: training.accumulation_steps: 0 is out of range (at least 1)"),
+            (["--set", "training.accumulation_steps=9"], "--set: training.accumulation_steps 9: "
+             "a micro-batch of 16 / 9 = 1 sample(s) is smaller than the 2 shards"),
             (["--set", "training.clip_grad_norm=-1"],
              "--set: training.clip_grad_norm: -1 is out of range (at least 0)"),
         ]
