@@ -190,10 +190,10 @@ void print_header(const DistributedManager& dm, const Trainer& trainer, const Ru
   std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
   std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", run.samples, run.samples);
   std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
-  const std::string schedule = describe_schedule(config).empty() ? "" : ", " + describe_schedule(config);
+  const std::string settings = describe_step_settings(config);
   std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g%s\n",
               config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
-              name_of(config.optimizer).c_str(), config.learning_rate, schedule.c_str());
+              name_of(config.optimizer).c_str(), config.learning_rate, settings.c_str());
   std::fflush(stdout);
 }
 

@@ -134,6 +134,7 @@ class Flags(unittest.TestCase):
                      ["--accumulation-steps", "3", "--strategy", "fsdp"]):
             r = run(2, "--epochs", "3", *args)
             self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"lr: 0.001, {args[1]} micro-batches per step", r.stdout)
             self.assertRegex(field(r.stdout, "Training time:"), r"\(24 steps,")  # optimizer steps
             for name in ("Initial loss:", "Final loss:"):
                 a, b = float(field(one.stdout, name)), float(field(r.stdout, name))

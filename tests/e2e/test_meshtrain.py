@@ -567,6 +567,7 @@ class Clipping(unittest.TestCase):
         config = make_run("clipped")
         r = launch(2, "train", "--config", config, "--set", "training.clip_grad_norm=0.05")
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("lr 0.01, clip grad norm 0.05, shuffle on", r.stdout)
         norms = re.findall(r"^epoch \d+/4: .*, lr 0\.01, grad norm (\S+), ", r.stdout, re.M)
         self.assertEqual(len(norms), 4, r.stdout)
         with open(run_dir(config, "out", "metrics.csv")) as f:
