@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "bench_main.hpp"
+#include "meshtrain/comm/counting_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/data/dataset.hpp"
 #include "meshtrain/nn/kernels.hpp"
@@ -162,6 +163,60 @@ void BM_StepPhases_MLP1024x3(benchmark::State& state) {
   state.counters["ranks"] = ranks;
 }
 
+// Bytes each rank hands to the collectives of one optimizer step (CountingCommunicator),
+// with k micro-batches per step (gradient accumulation; k = 1: none), for data parallelism
+// and FSDP on the 4->256->256->256->1 MLP, global batch 256. The gradient's bytes per step
+// do not change with k (the inner micro-batches communicate no gradient); FSDP gathers the
+// parameters once per micro-batch, so its all-gather bytes grow k-fold.
+//   launch/mpirun.sh -np 2 build/bin/bench_step --benchmark_filter=Accumulation
+void accumulation_traffic(benchmark::State& state, Strategy strategy) {
+  const int k = static_cast<int>(state.range(0));
+  const int batch = 256;
+  const int ranks = world_size();
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const ShardPlan shards = make_shard_plan(batch, ranks);
+  const ShardPlan micro = make_shard_plan(shards.counts[rank], k);
+  const ReferenceData data = make_reference_data(shards.counts[rank], 4, 1);
+  Matrix x("x", data.x.extent(0), 4), y("y", data.y.extent(0), 1);
+  Kokkos::deep_copy(x, data.x);
+  Kokkos::deep_copy(y, data.y);
+  auto group = std::make_shared<CountingCommunicator>(std::make_shared<MpiCommunicator>(MPI_COMM_WORLD));
+  MpiCommunicator self(MPI_COMM_SELF);
+  Mlp model({4, 256, 256, 256, 1}, Activation::ReLU, 0);
+  const OptimizerConfig adam = OptimizerConfig::of(OptimizerType::Adam);
+  const auto rows_per_micro = static_cast<std::size_t>(micro.counts.front());
+  std::unique_ptr<StepEngine> engine =
+      strategy == Strategy::Data
+          ? make_data_parallel_engine(model, *group, adam, 4u << 20, true, Progress::Poll,
+                                      rows_per_micro, k)
+          : make_fsdp_engine(model, *group, self, adam, rows_per_micro, k);
+  for (auto _ : state) {
+    for (int m = 0; m < k; ++m) {
+      const auto from = static_cast<std::size_t>(micro.offsets[m]);
+      const auto to = from + static_cast<std::size_t>(micro.counts[m]);
+      engine->compute_gradients(rows(x, from, to), rows(y, from, to), batch, MicroBatch{m, k});
+    }
+    engine->apply_gradients(1e-4);
+  }
+  const double steps = static_cast<double>(state.iterations());
+  double gradient_bytes = 0.0, gather_bytes = 0.0, calls = 0.0;
+  for (const auto& [kind, tally] : group->tallies()) {
+    (kind == "all_gather" ? gather_bytes : gradient_bytes) += static_cast<double>(tally.bytes);
+    calls += static_cast<double>(tally.calls);
+  }
+  // All-reduces and reduce-scatters: the gradient (and the loss riding with it).
+  state.counters["gradient_bytes/step"] = gradient_bytes / steps;
+  state.counters["gather_bytes/step"] = gather_bytes / steps;
+  state.counters["collectives/step"] = calls / steps;
+  state.counters["micro_batches"] = k;
+  state.counters["ranks"] = ranks;
+  state.counters["state_MiB/rank"] =
+      static_cast<double>(engine->state_bytes().total()) / (1 << 20);
+}
+void BM_Accumulation_Data(benchmark::State& state) { accumulation_traffic(state, Strategy::Data); }
+void BM_Accumulation_FSDP(benchmark::State& state) { accumulation_traffic(state, Strategy::Fsdp); }
+
 // The floor under a step: one in-place all-reduce of the reference gradient (385 + 1 floats).
 void BM_Allreduce385(benchmark::State& state) {
   MpiCommunicator comm(MPI_COMM_WORLD);
@@ -179,6 +234,8 @@ BENCHMARK(BM_TrainStep_MLP1024x3_Thread)->Iterations(20)->Repetitions(3)->Unit(b
 BENCHMARK(BM_StepPhases_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Strategy_FSDP)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Strategy_TensorParallel)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Accumulation_Data)->Arg(1)->Arg(4)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Accumulation_FSDP)->Arg(1)->Arg(4)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Allreduce385)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 }  // namespace

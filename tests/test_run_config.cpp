@@ -122,7 +122,7 @@ TEST(RunConfig, EveryLibraryFieldHasAKey) {
         "nonfinite", "optimizer", "progress", "mesh_shape", "mesh_axis_names", "strategy", "comm",
         "collective_timeout", "model widths", "activation", "schedule", "warmup_steps",
         "warmup_initial_learning_rate", "decay_steps", "min_learning_rate", "step_size",
-        "gamma", "clip_grad_norm"}) {
+        "gamma", "clip_grad_norm", "accumulation_steps"}) {
     const std::string located = locate_library_error(config, ConfigError(field, "x: y"));
     // "run.toml: SECTION.KEY x: y"
     ASSERT_TRUE(starts_with(located, "run.toml: ")) << located;
@@ -158,6 +158,9 @@ TEST(RunConfig, ReadsTheScheduleKeys) {
   EXPECT_EQ(parse("", {"training.clip_grad_norm=1.5"}).training.clip_grad_norm, 1.5);
   EXPECT_EQ(config_error([] { parse("", {"training.clip_grad_norm=-1"}); }),
             "--set: training.clip_grad_norm: -1 is out of range (at least 0)");
+  EXPECT_EQ(parse("", {"training.accumulation_steps=4"}).training.accumulation_steps, 4);
+  EXPECT_EQ(config_error([] { parse("", {"training.accumulation_steps=0"}); }),
+            "--set: training.accumulation_steps: 0 is out of range (at least 1)");
   const RunConfig unused = parse("[training]\nwarmup_steps = 10\n");
   const ConfigError e = config_error_object([&] { unused.training.validate(1); });
   EXPECT_EQ(locate_library_error(unused, e),

@@ -107,20 +107,26 @@ TEST(Schedule, CosineThatWouldNeverStartIsRefused) {
 
 TEST(Schedule, Descriptions) {
   TrainingConfig c;
-  EXPECT_EQ(describe_schedule(c), "");
+  EXPECT_EQ(describe_step_settings(c), "");
   c.schedule = Schedule::WarmupCosine;
   c.warmup_steps = 100;
   c.min_learning_rate = 1e-5;
-  EXPECT_EQ(describe_schedule(c),
-            "warmup_cosine (warmup 100 steps from 0, cosine to 1e-05 at the run's end)");
+  EXPECT_EQ(describe_step_settings(c),
+            ", warmup_cosine (warmup 100 steps from 0, cosine to 1e-05 at the run's end)");
   c.decay_steps = 2000;
-  EXPECT_EQ(describe_schedule(c),
-            "warmup_cosine (warmup 100 steps from 0, cosine to 1e-05 at step 2000)");
+  c.clip_grad_norm = 1.5;
+  c.accumulation_steps = 4;
+  EXPECT_EQ(describe_step_settings(c),
+            ", warmup_cosine (warmup 100 steps from 0, cosine to 1e-05 at step 2000), clip grad "
+            "norm 1.5, 4 micro-batches per step");
   c = TrainingConfig{};
   c.schedule = Schedule::Step;
   c.step_size = 100;
   c.gamma = 0.5;
-  EXPECT_EQ(describe_schedule(c), "step (x0.5 every 100 epoch(s))");
+  EXPECT_EQ(describe_step_settings(c), ", step (x0.5 every 100 epoch(s))");
+  c.schedule = Schedule::WarmupConstant;
+  c.warmup_steps = 10;
+  EXPECT_EQ(describe_step_settings(c), ", warmup_constant (warmup 10 steps from 0)");
 }
 
 TEST(Schedule, SettingsAreChecked) {

@@ -8,11 +8,14 @@
 #include <csignal>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string_view>
 #include <vector>
 
+#include "meshtrain/comm/counting_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/data/dataset.hpp"
 #include "meshtrain/data/random.hpp"
@@ -215,13 +218,12 @@ void count_allocation(const Kokkos_Profiling_SpaceHandle, const char*, const voi
 }
 }  // namespace
 
-TEST(Training, NoKokkosAllocationInsideAStep) {
-  TrainingConfig config;
-  config.bucket_bytes = 4;  // one bucket per layer, so the overlap path is exercised
+namespace {
+// 24: split by 1 to 4 ranks under tensor parallelism.
+void expect_no_allocation_in_steps(const TrainingConfig& config) {
   const ReferenceData data = make_reference_data(100, 4, 0);
-  Trainer trainer(Mlp({4, 32, 32, 1}, Activation::ReLU, 0), config);
+  Trainer trainer(Mlp({4, 24, 24, 1}, Activation::ReLU, 0), config);
   trainer.prepare(data.x, data.y);
-  ASSERT_EQ(trainer.reducer().buckets().size(), 3u);
 
   // The counter must see an allocation when one happens...
   g_allocations = 0;
@@ -234,7 +236,34 @@ TEST(Training, NoKokkosAllocationInsideAStep) {
   const std::int64_t step_count = g_allocations;
   Kokkos::Tools::Experimental::set_allocate_data_callback(nullptr);
   EXPECT_EQ(probe_count, 1);
-  EXPECT_EQ(step_count, 0);
+  EXPECT_EQ(step_count, 0) << name_of(config.distributed_config.strategy) << ", "
+                           << config.accumulation_steps << " micro-batches";
+}
+}  // namespace
+
+TEST(Training, NoKokkosAllocationInsideAStep) {
+  TrainingConfig config;
+  config.bucket_bytes = 4;  // one bucket per layer, so the overlap path is exercised
+  {
+    const ReferenceData data = make_reference_data(100, 4, 0);
+    Trainer trainer(Mlp({4, 24, 24, 1}, Activation::ReLU, 0), config);
+    trainer.prepare(data.x, data.y);
+    ASSERT_EQ(trainer.reducer().buckets().size(), 3u);
+    // The process's first reduction makes Kokkos allocate its scratch once: here, so that
+    // the test does not depend on others having run before it.
+    trainer.step(0);
+  }
+  expect_no_allocation_in_steps(config);
+  // Clipping and accumulation under each strategy.
+  const int n = world_size();
+  config.clip_grad_norm = 0.1;
+  config.accumulation_steps = 3;
+  config.schedule = Schedule::WarmupCosine;
+  expect_no_allocation_in_steps(config);
+  config.distributed_config = DistributedConfig{{n}, {"data"}, Strategy::Fsdp};
+  expect_no_allocation_in_steps(config);
+  config.distributed_config = DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data};
+  expect_no_allocation_in_steps(config);
 }
 
 TEST(Training, BucketsAndOverlapDoNotChangeTheResult) {
@@ -783,6 +812,167 @@ TEST(GradientNorm, EachElementCountedOnceUnderEveryStrategy) {
   auto tp = make_tensor_parallel_engine(tp_model, world, self, sgd, rows);
   tp->compute_gradients(x, y, rows);
   check(*tp, "tensor parallel");
+}
+
+// ---- Gradient accumulation: k micro-batches of B / k are one batch of B.
+
+namespace {
+TrainingConfig accumulating(int steps) {
+  TrainingConfig config;
+  config.accumulation_steps = steps;
+  return config;
+}
+}  // namespace
+
+TEST(Accumulation, NRanksEqualOneRankUnderEveryStrategy) {
+  const int n = world_size();
+  // 50 = 2 x 24 + 2: micro-batches of 8 (k = 3), and a last batch of 2 rows whose third
+  // micro-batch is empty.
+  const Case c{50, 24, 3, {4, 12, 12, 1}};
+  expect_world_equals_single(c, DistributedConfig{}, accumulating(3));
+  for (int data = 1; data <= n; ++data) {
+    if (n % data != 0) continue;
+    expect_world_equals_single(
+        c, DistributedConfig{{data, n / data}, {"data", "fsdp"}, Strategy::Fsdp}, accumulating(3));
+  }
+  expect_world_equals_single(c, DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data},
+                             accumulating(3));
+}
+
+TEST(Accumulation, MicroBatchesGiveWhatOneBatchGives) {
+  // The same world, with and without accumulation: the same steps within float rounding.
+  // 24 rows in 2, 3, 4 or 5 micro-batches (5: of 5, 5, 5, 5 and 4 rows), data and fsdp,
+  // overlap on and off, shuffled, with a partial last batch.
+  const int n = world_size();
+  const ReferenceData data = make_reference_data(58, 4, 7);
+  for (const DistributedConfig& dist :
+       {DistributedConfig{}, DistributedConfig{{n}, {"data"}, Strategy::Fsdp}}) {
+    for (bool overlap : {true, false}) {
+      std::vector<std::vector<float>> results;
+      std::vector<double> losses;
+      for (int k : {1, 2, 3, 4, 5}) {
+        TrainingConfig config = accumulating(k);
+        config.num_epochs = 2;
+        config.batch_size = 24;
+        config.shuffle = true;
+        config.overlap_communication = overlap;
+        config.bucket_bytes = 256;  // several buckets
+        config.distributed_config = dist;
+        Trainer trainer(Mlp({4, 16, 16, 1}, Activation::ReLU, 7), config);
+        const FitResult r = trainer.fit(data.x, data.y);
+        results.push_back(host_params(r.model));
+        losses.push_back(r.metrics.final_loss);
+        EXPECT_EQ(r.metrics.steps, 6) << "k " << k;
+      }
+      for (std::size_t i = 1; i < results.size(); ++i) {
+        EXPECT_LE(max_relative_difference(results[i], results[0]), 1e-5)
+            << name_of(dist.strategy) << " overlap " << overlap << " k " << i + 1;
+        EXPECT_NEAR(losses[i], losses[0], 1e-5 * losses[0]);
+      }
+    }
+  }
+}
+
+namespace {
+// This rank's rows [begin, end) of (x, y) in `parts` contiguous micro-batches, through
+// `engine`; returns its gradient.
+std::vector<float> accumulate(StepEngine& engine, ConstMatrixRef x, ConstMatrixRef y,
+                              int global_batch, int parts) {
+  const ShardPlan micro = make_shard_plan(static_cast<int>(x.extent(0)), parts);
+  for (int m = 0; m < parts; ++m) {
+    const auto begin = static_cast<std::size_t>(micro.offsets[m]);
+    const auto end = begin + static_cast<std::size_t>(micro.counts[m]);
+    engine.compute_gradients(rows(x, begin, end), rows(y, begin, end), global_batch,
+                             MicroBatch{m, parts});
+  }
+  auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), engine.gradients());
+  return std::vector<float>(g.data(), g.data() + g.extent(0));
+}
+
+using Tallies = std::map<std::string, CountingCommunicator::Tally>;
+std::uint64_t bytes_of(const Tallies& t, const std::string& kind) {
+  const auto it = t.find(kind);
+  return it == t.end() ? 0 : it->second.bytes;
+}
+std::uint64_t calls_of(const Tallies& t, const std::string& kind) {
+  const auto it = t.find(kind);
+  return it == t.end() ? 0 : it->second.calls;
+}
+}  // namespace
+
+// What an optimizer step communicates, counted on the groups: the inner micro-batches send
+// no gradient, so the gradient collectives (and their bytes) of a step are those of one
+// batch; FSDP gathers the parameters for every micro-batch.
+TEST(Accumulation, GradientsAreReducedOncePerOptimizerStep) {
+  const int n = world_size(), r = meshtrain::testing::world_rank();
+  const Mlp reference({4, 16, 16, 1}, Activation::ReLU, 4);
+  const int global = 32;
+  const ReferenceData data = make_reference_data(global, 4, 4);
+  const ShardPlan plan = make_shard_plan(global, n);
+  const auto begin = static_cast<std::size_t>(plan.offsets[r]);
+  const auto end = begin + static_cast<std::size_t>(plan.counts[r]);
+  Matrix x("x", global, 4), y("y", global, 1);
+  Kokkos::deep_copy(x, data.x);
+  Kokkos::deep_copy(y, data.y);
+  const auto mine_x = rows(x, begin, end), mine_y = rows(y, begin, end);
+  const OptimizerConfig sgd = OptimizerConfig::of(OptimizerType::Sgd);
+  const int k = 4;
+
+  auto counted = [] {
+    return std::make_shared<CountingCommunicator>(std::make_shared<MpiCommunicator>(MPI_COMM_WORLD));
+  };
+  for (bool overlap : {true, false}) {
+    auto one_group = counted(), k_group = counted();
+    auto one = make_data_parallel_engine(reference, *one_group, sgd, 256, overlap, Progress::Poll,
+                                         plan.counts[0]);
+    const Mlp copy = reference.clone();
+    auto acc = make_data_parallel_engine(copy, *k_group, sgd, 256, overlap, Progress::Poll,
+                                         plan.counts[0], k);
+    const std::vector<float> g1 = accumulate(*one, mine_x, mine_y, global, 1);
+    const std::vector<float> gk = accumulate(*acc, mine_x, mine_y, global, k);
+    EXPECT_LE(max_relative_difference(gk, g1), 1e-5) << "overlap " << overlap;
+    const Tallies t1 = one_group->tallies(), tk = k_group->tallies();
+    const std::string kind = overlap ? "allreduce_async" : "allreduce";
+    EXPECT_GT(calls_of(t1, kind), 0u) << kind;
+    EXPECT_EQ(calls_of(tk, kind), calls_of(t1, kind)) << kind;
+    EXPECT_EQ(bytes_of(tk, kind), bytes_of(t1, kind)) << kind;
+    EXPECT_EQ(tk.size(), t1.size());
+    EXPECT_GT(one->state_bytes().gradients, 0u);
+    EXPECT_EQ(acc->state_bytes().gradients, 2 * one->state_bytes().gradients);  // + the sum
+  }
+
+  auto one_shards = counted(), k_shards = counted();
+  MpiCommunicator self(MPI_COMM_SELF);
+  Mlp fsdp_one = reference.clone(), fsdp_k = reference.clone();
+  auto one = make_fsdp_engine(fsdp_one, *one_shards, self, sgd, plan.counts[0]);
+  auto acc = make_fsdp_engine(fsdp_k, *k_shards, self, sgd, plan.counts[0], k);
+  const std::vector<float> g1 = accumulate(*one, mine_x, mine_y, global, 1);
+  const std::vector<float> gk = accumulate(*acc, mine_x, mine_y, global, k);
+  EXPECT_LE(max_relative_difference(gk, g1), 1e-5) << "fsdp";
+  const Tallies t1 = one_shards->tallies(), tk = k_shards->tallies();
+  EXPECT_EQ(calls_of(t1, "reduce_scatter"), 3u);  // one per layer
+  EXPECT_EQ(calls_of(tk, "reduce_scatter"), calls_of(t1, "reduce_scatter"));
+  EXPECT_EQ(bytes_of(tk, "reduce_scatter"), bytes_of(t1, "reduce_scatter"));
+  EXPECT_EQ(bytes_of(tk, "allreduce"), bytes_of(t1, "allreduce"));  // the loss
+  EXPECT_EQ(bytes_of(tk, "all_gather"), k * bytes_of(t1, "all_gather"));  // parameters
+}
+
+TEST(Accumulation, MicroBatchesSmallerThanTheDataAxisAreRefused) {
+  const int n = world_size();
+  TrainingConfig config = accumulating(0);
+  const ConfigError zero = config_error_object([&] { Trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config); });
+  EXPECT_EQ(zero.field(), "accumulation_steps");
+  EXPECT_EQ(zero.detail(), "0: must be at least 1");
+  config = accumulating(5);
+  config.batch_size = 4 * n;  // micro-batches of 4 n / 5 < n samples
+  const ConfigError small =
+      config_error_object([&] { Trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config); });
+  EXPECT_EQ(small.field(), "accumulation_steps");
+  EXPECT_EQ(small.detail(), "5: a micro-batch of " + std::to_string(4 * n) + " / 5 = " +
+                                std::to_string(4 * n / 5) + " sample(s) is smaller than the " +
+                                std::to_string(n) + " shards of the 'data' axis; every rank "
+                                "needs at least one sample");
+  MpiCommunicator(MPI_COMM_WORLD).barrier();
 }
 
 // ---- Shuffling, validation, non-finite steps, stopping and resuming.

@@ -26,7 +26,7 @@ const std::map<std::string, std::string> kFieldFlags = {
     {"warmup_steps", "--warmup-steps"}, {"warmup_initial_learning_rate", "--warmup-initial-lr"},
     {"decay_steps", "--decay-steps"}, {"min_learning_rate", "--min-lr"},
     {"step_size", "--step-size"},     {"gamma", "--gamma"},
-    {"clip_grad_norm", "--clip-grad-norm"},
+    {"clip_grad_norm", "--clip-grad-norm"}, {"accumulation_steps", "--accumulation-steps"},
 };
 
 struct Options {
@@ -45,7 +45,7 @@ struct Options {
   std::string schedule = name_of(TrainingConfig{}.schedule);
   std::string warmup_steps = "0", warmup_initial_lr = "0", decay_steps = "0", min_lr = "0";
   std::string step_size = "0", gamma = "0.1";
-  std::string clip_grad_norm = "0";
+  std::string clip_grad_norm = "0", accumulation_steps = "1";
 };
 
 void add_options(CLI::App& app, Options& o) {
@@ -84,6 +84,9 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--clip-grad-norm", o.clip_grad_norm,
                  "Scale the gradient down to this global L2 norm when it is larger (0: off)")
       ->default_str(o.clip_grad_norm);
+  app.add_option("--accumulation-steps", o.accumulation_steps,
+                 "Micro-batches per optimizer step (gradients summed locally, reduced once)")
+      ->default_str(o.accumulation_steps);
   app.add_option("--hidden", o.hidden, "Width of each hidden layer")->default_str(o.hidden);
   app.add_option("--layers", o.layers, "Number of hidden layers")->default_str(o.layers);
   app.add_option("--comm", o.comm, "Gradient collectives: " + choice_help<CommBackend>())
@@ -130,6 +133,7 @@ Run parse_run(const Options& o) {
   config.step_size = cli::parse_int("--step-size", o.step_size);
   config.gamma = cli::parse_double("--gamma", o.gamma);
   config.clip_grad_norm = cli::parse_double("--clip-grad-norm", o.clip_grad_norm);
+  config.accumulation_steps = cli::parse_int("--accumulation-steps", o.accumulation_steps);
   run.samples = cli::parse_int("--samples", o.samples);
   const int hidden = cli::parse_int("--hidden", o.hidden);
   const int layers = cli::parse_int("--layers", o.layers);
@@ -186,10 +190,10 @@ void print_header(const DistributedManager& dm, const Trainer& trainer, const Ru
   std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
   std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", run.samples, run.samples);
   std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
-  const std::string schedule = describe_schedule(config).empty() ? "" : ", " + describe_schedule(config);
+  const std::string settings = describe_step_settings(config);
   std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g%s\n",
               config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),
-              name_of(config.optimizer).c_str(), config.learning_rate, schedule.c_str());
+              name_of(config.optimizer).c_str(), config.learning_rate, settings.c_str());
   std::fflush(stdout);
 }
 

@@ -272,10 +272,10 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
   std::printf("Model:       %s, %zu parameters, loss %s\n", model_text(config, data).c_str(),
               model.num_parameters(), name_of(t.loss).c_str());
   std::printf("Data:        %s\n", data.description.c_str());
-  const std::string schedule = describe_schedule(t).empty() ? "" : ", " + describe_schedule(t);
+  const std::string settings = describe_step_settings(t);
   std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g%s, shuffle %s\n",
               t.num_epochs, trainer.batches_per_epoch(), t.batch_size, name_of(t.optimizer).c_str(),
-              t.learning_rate, schedule.c_str(), t.shuffle ? "on" : "off");
+              t.learning_rate, settings.c_str(), t.shuffle ? "on" : "off");
   const CheckpointSettings& c = config.checkpoint;
   if (c.dir.empty()) {
     std::printf("Checkpoints: off (set checkpoint.dir)\n");

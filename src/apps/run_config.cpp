@@ -82,6 +82,8 @@ const std::vector<SectionSpec>& schema() {
         {"gamma", "number > 0", "0.1", "step: the factor of each decay"},
         {"clip_grad_norm", "number >= 0", "0",
          "scale the gradient down to this global L2 norm when it is larger; 0: off"},
+        {"accumulation_steps", "integer >= 1", "1",
+         "micro-batches per optimizer step, gradients summed locally and reduced once"},
         {"bucket_mb", "number in (0, 1024]", "4", "gradient all-reduce bucket size in MiB"},
         {"bucket_bytes", "integer >= 4", "4194304", "the same in bytes (give one of the two)"},
         {"overlap_communication", "boolean", "true",
@@ -505,6 +507,7 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
                         std::numeric_limits<double>::max())) {
     t.clip_grad_norm = *v;
   }
+  if (auto v = r.integer(s, "accumulation_steps", 1)) t.accumulation_steps = static_cast<int>(*v);
   if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
   if (auto v = r.choice<Progress>(s, "progress")) t.progress = *v;
   const bool mb = r.has(s, "bucket_mb");
@@ -663,6 +666,7 @@ const std::map<std::string, std::string>& library_fields() {
       {"step_size", "training.step_size"},
       {"gamma", "training.gamma"},
       {"clip_grad_norm", "training.clip_grad_norm"},
+      {"accumulation_steps", "training.accumulation_steps"},
       {"mesh_shape", "distributed.mesh_shape"},
       {"mesh_axis_names", "distributed.mesh_axis_names"},
       {"strategy", "distributed.strategy"},

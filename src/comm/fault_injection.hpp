@@ -13,7 +13,7 @@
 #include <optional>
 #include <string>
 
-#include "meshtrain/comm/communicator.hpp"
+#include "meshtrain/comm/observing_communicator.hpp"
 
 namespace meshtrain {
 
@@ -44,56 +44,16 @@ class FaultTrigger {
   std::atomic<bool> armed_{false};
 };
 
-class FaultInjectingCommunicator final : public Communicator {
+class FaultInjectingCommunicator final : public ObservingCommunicator {
  public:
   FaultInjectingCommunicator(std::shared_ptr<Communicator> inner,
                              std::shared_ptr<FaultTrigger> trigger)
-      : inner_(std::move(inner)), trigger_(std::move(trigger)) {}
+      : ObservingCommunicator(std::move(inner)), trigger_(std::move(trigger)) {}
 
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  std::string_view backend() const override { return inner_->backend(); }
-  bool callable_from_another_thread() const override {
-    return inner_->callable_from_another_thread();
-  }
-
-  void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override {
-    trigger_->before_collective(*inner_);
-    inner_->allreduce(buf, count, type, op);
-  }
-  std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
-                                        ReduceOp op) override {
-    trigger_->before_collective(*inner_);
-    return inner_->allreduce_async(buf, count, type, op);
-  }
-  void reduce_scatter(const void* send, void* recv, std::size_t count, DataType type,
-                      ReduceOp op) override {
-    trigger_->before_collective(*inner_);
-    inner_->reduce_scatter(send, recv, count, type, op);
-  }
-  void all_gather(const void* send, void* recv, std::size_t count, DataType type) override {
-    trigger_->before_collective(*inner_);
-    inner_->all_gather(send, recv, count, type);
-  }
-  void broadcast(void* buf, std::size_t count, DataType type, int root) override {
-    trigger_->before_collective(*inner_);
-    inner_->broadcast(buf, count, type, root);
-  }
-  void scatterv(const void* send, std::span<const int> counts, std::span<const int> displs,
-                void* recv, int recv_count, DataType type, int root) override {
-    trigger_->before_collective(*inner_);
-    inner_->scatterv(send, counts, displs, recv, recv_count, type, root);
-  }
-  void barrier() override {
-    trigger_->before_collective(*inner_);
-    inner_->barrier();
-  }
-
-  using Communicator::allreduce;
-  using Communicator::broadcast;
+ protected:
+  void before(const CollectiveCall&) override { trigger_->before_collective(inner()); }
 
  private:
-  std::shared_ptr<Communicator> inner_;
   std::shared_ptr<FaultTrigger> trigger_;
 };
 

@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "meshtrain/train/step_engine.hpp"
+#include "train/gradient_accumulator.hpp"
 
 namespace meshtrain {
 
@@ -63,23 +64,42 @@ class DataParallelEngine final : public StepEngine {
  public:
   DataParallelEngine(const Model& model, Communicator& group, const OptimizerConfig& optimizer,
                      std::size_t bucket_bytes, bool overlap, Progress progress,
-                     std::size_t max_rows)
+                     std::size_t max_rows, int accumulation_steps)
       : model_(model),
         grads_("meshtrain::gradients", model.num_parameters() + 1),
+        accumulated_(model.num_parameters() + 1, accumulation_steps),
         workspace_(model, max_rows),
         reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap, progress),
         group_(group),
         eval_("meshtrain::eval_loss"),
         optimizer_(optimizer, model.num_parameters()) {
     hooks_.gradients = [this](std::size_t l) { return grads_.data() + model_.layer_offset(l); };
-    hooks_.gradients_ready = [this](std::size_t layer) { reducer_.on_layer_grads(layer); };
+    inner_hooks_.gradients = hooks_.gradients;  // and no reduction
+    if (accumulated_.active()) {
+      // A layer's bucket may go as soon as the earlier micro-batches' sum is added to it.
+      hooks_.gradients_ready = [this](std::size_t layer) {
+        const std::size_t offset = model_.layer_offset(layer);
+        accumulated_.add_to(grads_.data() + offset, offset, model_.layer_size(layer));
+        reducer_.on_layer_grads(layer);
+      };
+    } else {
+      hooks_.gradients_ready = [this](std::size_t layer) { reducer_.on_layer_grads(layer); };
+    }
     if (overlap && progress == Progress::Poll && group.backend() == "mpi") {
       hooks_.progress = [this] { reducer_.progress(); };
     }
   }
 
-  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch,
+                         MicroBatch micro) override {
     model_.forward_loss(x, y, model_.loss_scale(global_batch), loss(), workspace_);
+    const std::size_t p = model_.num_parameters();  // the loss in slot p
+    if (!micro.last()) {
+      model_.backward(x, workspace_, inner_hooks_);
+      accumulated_.keep(grads_.data(), 0, p + 1, micro.first());
+      return;
+    }
+    if (micro.count > 1) accumulated_.add_to(grads_.data() + p, p, 1);
     reducer_.begin_step(grads_.data());
     model_.backward(x, workspace_, hooks_);
     ExecSpace().fence();
@@ -125,7 +145,8 @@ class DataParallelEngine final : public StepEngine {
     const std::size_t p = model_.num_parameters();
     const std::size_t moments = optimizer_.first_moment().extent(0) +
                                 optimizer_.second_moment().extent(0);
-    return {p * sizeof(float), (p + 1) * sizeof(float), moments * sizeof(float), 0};
+    return {p * sizeof(float), (p + 1) * sizeof(float) + accumulated_.bytes(),
+            moments * sizeof(float), 0};
   }
 
   double blocked_seconds() const override { return reducer_.blocked_seconds(); }
@@ -135,12 +156,14 @@ class DataParallelEngine final : public StepEngine {
  private:
   const Model& model_;
   Vector grads_;
+  GradientAccumulator accumulated_;
   ModelWorkspace workspace_;
   GradientReducer reducer_;
   Communicator& group_;
   Kokkos::View<float, MemSpace> eval_;
   Optimizer optimizer_;
   PassHooks hooks_;
+  PassHooks inner_hooks_;  // micro-batches before a step's last: no communication
 };
 
 }  // namespace
@@ -149,9 +172,10 @@ std::unique_ptr<StepEngine> make_data_parallel_engine(const Model& model,
                                                       Communicator& batch_group,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
-                                                      Progress progress, std::size_t max_rows) {
+                                                      Progress progress, std::size_t max_rows,
+                                                      int accumulation_steps) {
   return std::make_unique<DataParallelEngine>(model, batch_group, optimizer, bucket_bytes, overlap,
-                                              progress, max_rows);
+                                              progress, max_rows, accumulation_steps);
 }
 
 }  // namespace meshtrain

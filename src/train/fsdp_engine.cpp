@@ -3,6 +3,7 @@
 
 #include "meshtrain/clock.hpp"
 #include "meshtrain/train/step_engine.hpp"
+#include "train/gradient_accumulator.hpp"
 
 namespace meshtrain {
 
@@ -11,8 +12,12 @@ namespace {
 class FsdpEngine final : public StepEngine {
  public:
   FsdpEngine(Model& model, Communicator& shard_group, Communicator& replica_group,
-             const OptimizerConfig& optimizer, std::size_t max_rows)
-      : model_(model), shards_(shard_group), replicas_(replica_group), workspace_(model, max_rows) {
+             const OptimizerConfig& optimizer, std::size_t max_rows, int accumulation_steps)
+      : model_(model),
+        shards_(shard_group),
+        replicas_(replica_group),
+        workspace_(model, max_rows),
+        accumulated_(model.num_parameters() + 1, accumulation_steps) {
     const auto parts = static_cast<std::size_t>(shards_.size());
     std::size_t offset = 0;
     std::size_t widest = 0;
@@ -31,15 +36,38 @@ class FsdpEngine final : public StepEngine {
     optimizer_ = std::make_unique<Optimizer>(optimizer, offset);
     hooks_.gather = [this](std::size_t l) { return gather_layer(l); };
     hooks_.gradients = [this](std::size_t) { return layer_grad_.data(); };
-    hooks_.gradients_ready = [this](std::size_t l) { reduce_layer_gradient(l); };
+    if (accumulated_.active()) {
+      // The earlier micro-batches' sum of the layer joins it before the one reduce-scatter.
+      hooks_.gradients_ready = [this](std::size_t l) {
+        accumulated_.add_to(layer_grad_.data(), model_.layer_offset(l), model_.layer_size(l));
+        reduce_layer_gradient(l);
+      };
+    } else {
+      hooks_.gradients_ready = [this](std::size_t l) { reduce_layer_gradient(l); };
+    }
+    inner_hooks_.gather = hooks_.gather;
+    inner_hooks_.gradients = hooks_.gradients;
+    inner_hooks_.gradients_ready = [this](std::size_t l) {
+      accumulated_.keep(layer_grad_.data(), model_.layer_offset(l), model_.layer_size(l),
+                        micro_.first());
+    };
 
     scatter(model.parameters_on_host(), param_shard_);
     ExecSpace().fence();
     model.release_parameters();
   }
 
-  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch,
+                         MicroBatch micro) override {
     model_.forward_loss(x, y, model_.loss_scale(global_batch), loss(), workspace_, hooks_);
+    const std::size_t p = model_.num_parameters();  // the loss in slot p of the sum
+    if (!micro.last()) {  // gathers the parameters, communicates no gradient
+      micro_ = micro;
+      model_.backward(x, workspace_, inner_hooks_);
+      accumulated_.keep(loss_.data(), p, 1, micro.first());
+      return;
+    }
+    if (micro.count > 1) accumulated_.add_to(loss_.data(), p, 1);
     model_.backward(x, workspace_, hooks_);
 
     ExecSpace().fence();
@@ -99,7 +127,8 @@ class FsdpEngine final : public StepEngine {
 
   StateBytes state_bytes() const override {
     const std::size_t shard = param_shard_.extent(0) * sizeof(float);
-    return {shard, shard, 2 * shard, (gathered_.extent(0) + layer_grad_.extent(0)) * sizeof(float)};
+    return {shard, shard + accumulated_.bytes(), 2 * shard,
+            (gathered_.extent(0) + layer_grad_.extent(0)) * sizeof(float)};
   }
 
   double blocked_seconds() const override { return blocked_; }
@@ -144,9 +173,13 @@ class FsdpEngine final : public StepEngine {
   Kokkos::View<float, MemSpace> loss_;
   Kokkos::View<double, MemSpace> norm_scratch_{"meshtrain::fsdp_norm"};
   std::unique_ptr<Optimizer> optimizer_;
+  GradientAccumulator accumulated_;  // accumulation: the unsharded gradient and loss
+  MicroBatch micro_;
   // Each layer gathered before use into one buffer (so nothing to release), its gradient
-  // reduce-scattered as soon as backward has written it.
+  // reduce-scattered as soon as backward has written it (in a step's last micro-batch; the
+  // inner ones add it to the sum instead).
   PassHooks hooks_;
+  PassHooks inner_hooks_;
   double blocked_ = 0.0;
 };
 
@@ -155,8 +188,9 @@ class FsdpEngine final : public StepEngine {
 std::unique_ptr<StepEngine> make_fsdp_engine(Model& model, Communicator& shard_group,
                                              Communicator& replica_group,
                                              const OptimizerConfig& optimizer,
-                                             std::size_t max_rows) {
-  return std::make_unique<FsdpEngine>(model, shard_group, replica_group, optimizer, max_rows);
+                                             std::size_t max_rows, int accumulation_steps) {
+  return std::make_unique<FsdpEngine>(model, shard_group, replica_group, optimizer, max_rows,
+                                      accumulation_steps);
 }
 
 }  // namespace meshtrain

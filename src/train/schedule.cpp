@@ -61,6 +61,7 @@ double LearningRateSchedule::operator()(std::int64_t step) const {
   return peak_;
 }
 
+namespace {
 std::string describe_schedule(const TrainingConfig& c) {
   std::ostringstream out;
   const std::string warmup = "warmup " + std::to_string(c.warmup_steps) + " steps from ";
@@ -80,6 +81,15 @@ std::string describe_schedule(const TrainingConfig& c) {
       break;
   }
   return name_of(c.schedule) + " (" + out.str() + ")";
+}
+}  // namespace
+
+std::string describe_step_settings(const TrainingConfig& c) {
+  std::ostringstream out;
+  if (c.schedule != Schedule::Constant) out << ", " << describe_schedule(c);
+  if (c.clip_grad_norm > 0.0) out << ", clip grad norm " << c.clip_grad_norm;
+  if (c.accumulation_steps > 1) out << ", " << c.accumulation_steps << " micro-batches per step";
+  return out.str();
 }
 
 }  // namespace meshtrain

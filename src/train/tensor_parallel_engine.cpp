@@ -7,6 +7,7 @@
 #include "meshtrain/error.hpp"
 #include "meshtrain/mesh/distributed_config.hpp"
 #include "meshtrain/train/step_engine.hpp"
+#include "train/gradient_accumulator.hpp"
 
 namespace meshtrain {
 
@@ -32,13 +33,15 @@ Model shard_model(const Model& model, int parts) {
 class TensorParallelEngine final : public StepEngine {
  public:
   TensorParallelEngine(Model& model, Communicator& model_group, Communicator& data_group,
-                       const OptimizerConfig& optimizer, std::size_t max_rows)
+                       const OptimizerConfig& optimizer, std::size_t max_rows,
+                       int accumulation_steps)
       : model_(model),
         shards_(model_group),
         data_(data_group),
         local_(shard_model(model, model_group.size())),
         workspace_(local_, max_rows),
         grads_("meshtrain::tp_gradients", local_.num_parameters() + 1),
+        accumulated_(local_.num_parameters() + 1, accumulation_steps),
         optimizer_(optimizer, local_.num_parameters()) {
     hooks_.gradients = [this](std::size_t l) { return grads_.data() + local_.layer_offset(l); };
     hooks_.reduce_output = [this](std::size_t, MatrixRef partial) { all_reduce_model(partial); };
@@ -61,9 +64,18 @@ class TensorParallelEngine final : public StepEngine {
     return sum_scalar(loss(), {&data_});
   }
 
-  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) override {
+  // Every micro-batch sums its activations over the model axis; the gradient is summed over
+  // the data axis once per step.
+  void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch,
+                         MicroBatch micro) override {
     local_.forward_loss(x, y, model_.loss_scale(global_batch), loss(), workspace_, hooks_);
     local_.backward(x, workspace_, hooks_);
+    const std::size_t n = local_.num_parameters() + 1;  // the loss in the last slot
+    if (!micro.last()) {
+      accumulated_.keep(grads_.data(), 0, n, micro.first());
+      return;
+    }
+    if (micro.count > 1) accumulated_.add_to(grads_.data(), 0, n);
     ExecSpace().fence();
     const double start = now_seconds();
     data_.allreduce(grads_.data(), local_.num_parameters() + 1, DataType::Float32,
@@ -135,7 +147,7 @@ class TensorParallelEngine final : public StepEngine {
 
   StateBytes state_bytes() const override {
     const std::size_t bytes = local_.num_parameters() * sizeof(float);
-    return {bytes, bytes + sizeof(float), 2 * bytes, 0};
+    return {bytes, bytes + sizeof(float) + accumulated_.bytes(), 2 * bytes, 0};
   }
 
   double blocked_seconds() const override { return blocked_; }
@@ -157,6 +169,7 @@ class TensorParallelEngine final : public StepEngine {
   Model local_;
   ModelWorkspace workspace_;
   Vector grads_;  // local parameters + 1: the loss rides in the last slot
+  GradientAccumulator accumulated_;
   Optimizer optimizer_;
   PassHooks hooks_;
   std::vector<bool> split_;  // per tensor: split over the model axis
@@ -205,9 +218,10 @@ void prepare_tensor_parallel(Model& model, const std::vector<int>& mesh_shape,
 std::unique_ptr<StepEngine> make_tensor_parallel_engine(Model& model, Communicator& model_group,
                                                         Communicator& data_group,
                                                         const OptimizerConfig& optimizer,
-                                                        std::size_t max_rows) {
+                                                        std::size_t max_rows,
+                                                        int accumulation_steps) {
   return std::make_unique<TensorParallelEngine>(model, model_group, data_group, optimizer,
-                                                max_rows);
+                                                max_rows, accumulation_steps);
 }
 
 }  // namespace meshtrain

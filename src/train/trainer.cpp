@@ -62,9 +62,29 @@ StateBytes Trainer::state_bytes() const {
   return engine_->state_bytes();
 }
 
-const ShardPlan& Trainer::plan_for_batch(std::size_t batch) const {
+const Trainer::StepPlan& Trainer::step_plan(std::size_t batch) const {
   const bool partial = batch + 1 == num_batches_ && samples_ % config_.batch_size != 0;
   return partial ? last_plan_ : full_plan_;
+}
+
+const ShardPlan& Trainer::plan_for_batch(std::size_t batch) const {
+  return step_plan(batch).batch;
+}
+
+Trainer::StepPlan Trainer::make_step_plan(int rows) {
+  const int parts = groups_->batch_parts();
+  const int k = config_.accumulation_steps;
+  StepPlan plan;
+  plan.batch = shard_batch(*world_, rows, parts);
+  plan.micro = make_shard_plan(rows, k);
+  if (k == 1) {
+    plan.micro_shards = {plan.batch};
+  } else {
+    for (int micro_rows : plan.micro.counts) {
+      plan.micro_shards.push_back(shard_batch(*world_, micro_rows, parts));
+    }
+  }
+  return plan;
 }
 
 namespace {
@@ -112,9 +132,8 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
   schedule_.emplace(config_, static_cast<std::int64_t>(num_batches_));
-  const int parts = groups_->batch_parts();
-  full_plan_ = shard_batch(*world_, static_cast<int>(std::min(batch, n)), parts);
-  last_plan_ = shard_batch(*world_, static_cast<int>(n % batch), parts);
+  full_plan_ = make_step_plan(static_cast<int>(std::min(batch, n)));
+  last_plan_ = make_step_plan(static_cast<int>(n % batch));
   x_ = upload(x, "meshtrain::x");
   y_ = upload(y, "meshtrain::y");
 
@@ -128,18 +147,24 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   ExecSpace().fence();
   world_->broadcast(params.data(), params.extent(0), DataType::Float32, 0);
 
-  max_rows_ = static_cast<std::size_t>(
-      *std::max_element(full_plan_.counts.begin(), full_plan_.counts.end()));
+  // The largest micro-batch shard (a partial last batch's are no larger).
+  max_rows_ = 0;
+  for (const ShardPlan& micro : full_plan_.micro_shards) {
+    max_rows_ = std::max(max_rows_, static_cast<std::size_t>(*std::max_element(
+                                        micro.counts.begin(), micro.counts.end())));
+  }
   const OptimizerConfig optimizer = OptimizerConfig::of(config_.optimizer);
+  const int k = config_.accumulation_steps;
   if (groups_->has_model()) {
     engine_ = make_tensor_parallel_engine(model_, groups_->model(), groups_->data(), optimizer,
-                                          max_rows_);
+                                          max_rows_, k);
   } else if (groups_->has_data()) {
     engine_ = make_data_parallel_engine(model_, groups_->data(), optimizer, config_.bucket_bytes,
                                         config_.overlap_communication, resolve_progress(),
-                                        max_rows_);
+                                        max_rows_, k);
   } else {
-    engine_ = make_fsdp_engine(model_, groups_->shard(), groups_->replica(), optimizer, max_rows_);
+    engine_ = make_fsdp_engine(model_, groups_->shard(), groups_->replica(), optimizer, max_rows_,
+                               k);
   }
   if (config_.shuffle) {
     order_ = Kokkos::View<std::int64_t*, MemSpace>("meshtrain::order", n);
@@ -194,12 +219,15 @@ void Trainer::begin_epoch(int epoch) {
                                 host_order_.data(), host_order_.size()));
 }
 
-std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch) {
-  const ShardPlan& plan = plan_for_batch(batch);
+std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch,
+                                                             std::size_t micro) {
+  const StepPlan& plan = step_plan(batch);
+  const ShardPlan& shards = plan.micro_shards[micro];
   const int shard = groups_->batch_index();
   const std::size_t begin = batch * static_cast<std::size_t>(config_.batch_size) +
-                            static_cast<std::size_t>(plan.offsets[shard]);
-  const std::size_t count = static_cast<std::size_t>(plan.counts[shard]);
+                            static_cast<std::size_t>(plan.micro.offsets[micro]) +
+                            static_cast<std::size_t>(shards.offsets[shard]);
+  const std::size_t count = static_cast<std::size_t>(shards.counts[shard]);
   if (!config_.shuffle) return {rows(x_, begin, begin + count), rows(y_, begin, begin + count)};
   // Gather this rank's rows of the permuted batch into the batch buffers.
   auto order = order_;
@@ -217,8 +245,12 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch)
 
 bool Trainer::step(std::size_t batch) {
   groups_->begin_step(run_steps_);
-  const auto [x, y] = batch_rows(batch);
-  engine_->compute_gradients(x, y, plan_for_batch(batch).global_batch);
+  // The step's micro-batches (one without accumulation), each loss scaled by the whole batch.
+  const int k = config_.accumulation_steps;
+  for (int m = 0; m < k; ++m) {
+    const auto [x, y] = batch_rows(batch, static_cast<std::size_t>(m));
+    engine_->compute_gradients(x, y, plan_for_batch(batch).global_batch, MicroBatch{m, k});
+  }
 
   // Every rank agrees, in one small collective, on whether any rank saw a non-finite loss
   // or gradient and whether any rank was asked to stop.

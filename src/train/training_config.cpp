@@ -46,6 +46,18 @@ void TrainingConfig::validate(int data_axis_size) const {
   check_choice("nonfinite", nonfinite);
   check_choice("schedule", schedule);
   validate_schedule();
+  if (accumulation_steps < 1) {
+    throw ConfigError("accumulation_steps",
+                      std::to_string(accumulation_steps) + ": must be at least 1");
+  }
+  if (batch_size / accumulation_steps < data_axis_size) {
+    throw ConfigError("accumulation_steps",
+                      std::to_string(accumulation_steps) + ": a micro-batch of " +
+                          std::to_string(batch_size) + " / " + std::to_string(accumulation_steps) +
+                          " = " + std::to_string(batch_size / accumulation_steps) +
+                          " sample(s) is smaller than the " + std::to_string(data_axis_size) +
+                          " shards of the 'data' axis; every rank needs at least one sample");
+  }
   if (!std::isfinite(clip_grad_norm) || clip_grad_norm < 0.0) {
     throw ConfigError("clip_grad_norm", format_double(clip_grad_norm) +
                                             ": must be 0 (off) or a finite number greater than 0");

@@ -128,6 +128,18 @@ class Flags(unittest.TestCase):
         self.assertNotIn("constant", constant.stdout)
         self.assertNotEqual(field(r.stdout, "Final loss:"), field(constant.stdout, "Final loss:"))
 
+    def test_accumulation_gives_the_same_losses(self):
+        one = run(2, "--epochs", "3")
+        for args in (["--accumulation-steps", "4"],
+                     ["--accumulation-steps", "3", "--strategy", "fsdp"]):
+            r = run(2, "--epochs", "3", *args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"lr: 0.001, {args[1]} micro-batches per step", r.stdout)
+            self.assertRegex(field(r.stdout, "Training time:"), r"\(24 steps,")  # optimizer steps
+            for name in ("Initial loss:", "Final loss:"):
+                a, b = float(field(one.stdout, name)), float(field(r.stdout, name))
+                self.assertAlmostEqual(a, b, delta=2e-6 * a, msg=f"{name} {args}")
+
     def test_fsdp_and_hybrid_match_data_parallel(self):
         dp = run(4, "--epochs", "3")
         self.assertEqual(dp.returncode, 0, dp.stderr)
@@ -251,10 +263,15 @@ class BadInput(unittest.TestCase):
         (["--schedule", "warmup_constant", "--warmup-initial-lr", "x"], "--warmup-initial-lr 'x'"),
         (["--clip-grad-norm", "-1"], "--clip-grad-norm -1: must be 0 (off) or a finite number"),
         (["--clip-grad-norm", "nan"], "--clip-grad-norm nan"),
+        (["--accumulation-steps", "0"], "--accumulation-steps 0: must be at least 1"),
+        (["--accumulation-steps", "32"],
+         "--accumulation-steps 32: a micro-batch of 32 / 32 = 1 sample(s) is smaller than the 2 "
+         "shards"),
     ]
 
     INTERNAL_FIELDS = ("num_epochs", "batch_size", "learning_rate", "bucket_bytes", "mesh_shape",
                        "warmup_steps", "decay_steps", "step_size", "clip_grad_norm",
+                       "accumulation_steps",
                        "mesh_axis_names", "collective_timeout", "model widths")
 
     def test_each_bad_input(self):

@@ -870,6 +870,7 @@ class Clipping(unittest.TestCase):
         config = make_run("clipped")
         r = launch(2, "train", "--config", config, "--set", "training.clip_grad_norm=0.05")
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("lr 0.01, clip grad norm 0.05, shuffle on", r.stdout)
         norms = re.findall(r"^epoch \d+/4: .*, lr 0\.01, grad norm (\S+), ", r.stdout, re.M)
         self.assertEqual(len(norms), 4, r.stdout)
         with open(run_dir(config, "out", "metrics.csv")) as f:
@@ -952,6 +953,10 @@ class BadInput(unittest.TestCase):
             (["--set", "training.schedule=warmup_cosine", "--set", "training.warmup_steps=24"],
              "--set: training.warmup_steps 24: not fewer than the schedule's 24 optimizer steps"),
             (["--set", "training.gamma=0"], "--set: training.gamma: 0 is out of range"),
+            (["--set", "training.accumulation_steps=0"],
+             "--set: training.accumulation_steps: 0 is out of range (at least 1)"),
+            (["--set", "training.accumulation_steps=9"], "--set: training.accumulation_steps 9: "
+             "a micro-batch of 16 / 9 = 1 sample(s) is smaller than the 2 shards"),
             (["--set", "training.clip_grad_norm=-1"],
              "--set: training.clip_grad_norm: -1 is out of range (at least 0)"),
         ]

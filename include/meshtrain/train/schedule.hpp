@@ -46,8 +46,10 @@ class LearningRateSchedule {
   double gamma_;
 };
 
-// "warmup_cosine (warmup 100 steps from 0, cosine to 1e-05 at the run's end)": for the
-// programs' headers. Empty for the constant schedule, which they do not mention.
-std::string describe_schedule(const TrainingConfig& config);
+// What the programs' headers print after the learning rate: each of the schedule, clipping
+// and accumulation that is on, each after ", ", e.g. ", warmup_cosine (warmup 100 steps from
+// 0, cosine to 1e-05 at the run's end), clip grad norm 1, 4 micro-batches per step". Empty
+// for the defaults (a constant rate, no clipping, one batch per step).
+std::string describe_step_settings(const TrainingConfig& config);
 
 }  // namespace meshtrain

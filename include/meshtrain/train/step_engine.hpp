@@ -37,13 +37,28 @@ double sum_over(Communicator& group, double value, Kokkos::View<double, MemSpace
 // data[i] *= factor over [0, n).
 void scale_in_place(float* data, std::size_t n, float factor);
 
+// Which micro-batch of an optimizer step a compute_gradients call computes, when the step's
+// global batch is processed as `count` micro-batches (gradient accumulation).
+struct MicroBatch {
+  int index = 0;
+  int count = 1;
+  bool first() const { return index == 0; }
+  bool last() const { return index + 1 == count; }
+};
+
 class StepEngine {
  public:
   virtual ~StepEngine() = default;
   // Forward, loss, backward and gradient synchronisation on this rank's rows (x, y) of a
   // global batch of global_batch rows. Afterwards loss() holds the global batch's mean loss
   // and gradients() this rank's part of the summed gradient (on the device).
-  virtual void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch) = 0;
+  // With micro.count > 1 (an engine built for that many), (x, y) are this rank's rows of one
+  // micro-batch of the step's global batch (global_batch rows in all, which scales the loss):
+  // the micro-batches before the last only accumulate their gradient locally and communicate
+  // no gradient; the last one adds the sum to its own and synchronises it once, after which
+  // loss() and gradients() are the whole step's.
+  virtual void compute_gradients(ConstMatrixRef x, ConstMatrixRef y, int global_batch,
+                                 MicroBatch micro = {}) = 0;
   // The optimizer step on what this rank holds.
   virtual void apply_gradients(double lr) = 0;
   void step(ConstMatrixRef x, ConstMatrixRef y, int global_batch, double lr) {
@@ -84,23 +99,29 @@ class StepEngine {
 // Model::backward) and steps in only through its hooks, with its collectives.
 
 // Data parallel: every rank holds the whole model, gradients are summed over the batch
-// group with bucketed (optionally overlapped) all-reduces, advanced as `progress` says.
+// group with bucketed (optionally overlapped) all-reduces, advanced as `progress` says. With
+// accumulation_steps > 1 the buckets are reduced during the last micro-batch's backward only
+// (one gradient buffer more per rank).
 std::unique_ptr<StepEngine> make_data_parallel_engine(const Model& model,
                                                       Communicator& batch_group,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
-                                                      Progress progress, std::size_t max_rows);
+                                                      Progress progress, std::size_t max_rows,
+                                                      int accumulation_steps = 1);
 
 // FSDP (ZeRO-3): each layer's parameters, gradients and optimizer state are split into
 // equal chunks (the layer padded to a multiple of the shard count) over shard_group. Per
 // layer: all-gather before forward and again before backward, released after use;
 // reduce-scatter of the gradient, then an all-reduce of the shard over replica_group (hybrid
 // sharding: replicated across it). Each rank updates only its own chunk. Takes the initial
-// parameters from model and releases model's buffer.
+// parameters from model and releases model's buffer. With accumulation_steps > 1 every
+// micro-batch gathers the parameters again, but the gradients of the inner micro-batches are
+// summed locally in full (unsharded: one model's gradient more per rank, as PyTorch FSDP's
+// no_sync) and reduce-scattered once per optimizer step.
 std::unique_ptr<StepEngine> make_fsdp_engine(Model& model, Communicator& shard_group,
                                              Communicator& replica_group,
                                              const OptimizerConfig& optimizer,
-                                             std::size_t max_rows);
+                                             std::size_t max_rows, int accumulation_steps = 1);
 
 }  // namespace meshtrain
 
@@ -125,6 +146,7 @@ std::unique_ptr<StepEngine> make_tensor_parallel_engine(Model& model,
                                                         Communicator& model_group,
                                                         Communicator& data_group,
                                                         const OptimizerConfig& optimizer,
-                                                        std::size_t max_rows);
+                                                        std::size_t max_rows,
+                                                        int accumulation_steps = 1);
 
 }  // namespace meshtrain

@@ -166,7 +166,17 @@ class Trainer {
   TrainingMetrics metrics_of(const FitClock& clock, double wall, bool stopped) const;
   // The loss over a whole held-out set (collective over the batch group).
   double evaluate(const Matrix& x, const Matrix& y);
-  std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch);
+  // One optimizer step's global batch: over the batch group, and as micro-batches
+  // (accumulation_steps contiguous slices of its rows), each over the batch group.
+  struct StepPlan {
+    ShardPlan batch;
+    ShardPlan micro;  // the batch's rows into micro-batches (arithmetic, as everywhere)
+    std::vector<ShardPlan> micro_shards;
+  };
+  StepPlan make_step_plan(int rows);  // collective: rank 0's shard plans
+  const StepPlan& step_plan(std::size_t batch) const;
+  // This rank's rows of micro-batch `micro` of batch `batch`.
+  std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch, std::size_t micro);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
   void clip_gradients();
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
@@ -183,8 +193,8 @@ class Trainer {
   std::size_t num_batches_ = 0;
   std::size_t max_rows_ = 0;
   std::optional<LearningRateSchedule> schedule_;
-  ShardPlan full_plan_;
-  ShardPlan last_plan_;
+  StepPlan full_plan_;
+  StepPlan last_plan_;
   Matrix x_;
   Matrix y_;
   Matrix x_val_;

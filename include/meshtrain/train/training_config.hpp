@@ -59,6 +59,14 @@ struct TrainingConfig {
   // scaled by clip_grad_norm / norm before the optimizer step. 0: off.
   double clip_grad_norm = 0.0;
 
+  // Gradient accumulation: each optimizer step's global batch of batch_size rows is computed
+  // as this many micro-batches (contiguous slices of it, of batch_size / k rows, the first
+  // batch_size % k one row more; likewise for a partial last batch), each split over the
+  // 'data' axis. Their gradients are summed locally and reduced once per step, and the loss
+  // is scaled by the whole batch, so the step is the one a single batch would take (within
+  // float rounding). Each rank then holds activations for a micro-batch only.
+  int accumulation_steps = 1;
+
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
   void validate(int data_axis_size) const;
