@@ -222,10 +222,13 @@ std::size_t SpectralConv2d::scratch_size(std::size_t max_rows) const {
   return max_rows * (fft_in_.spectrum_size() + fft_out_.spectrum_size());
 }
 
-void SpectralConv2d::mix(const float* src, float* dst, std::size_t n, const float* weights,
-                         bool adjoint) const {
-  const std::size_t in = in_, out = out_, s1 = s1_, m1 = modes1_, m2 = modes2_;
-  const std::size_t s2h = s2_ / 2 + 1;
+namespace {
+// SpectralConv2d::mix's kernel. A free function: nvcc refuses a device lambda inside a private
+// member function.
+void spectral_mix(const float* src, float* dst, std::size_t n, const float* weights,
+                  bool adjoint, std::size_t in, std::size_t out, std::size_t s1, std::size_t s2,
+                  std::size_t m1, std::size_t m2) {
+  const std::size_t s2h = s2 / 2 + 1;
   const std::size_t block = in * out * m1 * m2 * 2;  // weights2 after weights1
   const std::size_t src_c = adjoint ? out : in;
   const std::size_t dst_c = adjoint ? in : out;
@@ -262,6 +265,12 @@ void SpectralConv2d::mix(const float* src, float* dst, std::size_t n, const floa
           to[2 * d + 1] = im;
         }
       });
+}
+}  // namespace
+
+void SpectralConv2d::mix(const float* src, float* dst, std::size_t n, const float* weights,
+                         bool adjoint) const {
+  spectral_mix(src, dst, n, weights, adjoint, in_, out_, s1_, s2_, modes1_, modes2_);
 }
 
 void SpectralConv2d::forward(const LayerPass& pass, ConstMatrixRef x, const float* params,

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "compat/kokkos_compat.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -16,13 +17,13 @@ constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 // x * Phi(x), Phi the standard normal CDF (PyTorch's gelu, approximate = "none").
 KOKKOS_INLINE_FUNCTION float gelu(float z) {
-  return 0.5f * z * (1.0f + Kokkos::Experimental::erf(z * kInvSqrt2));
+  return 0.5f * z * (1.0f + compat::math::erf(z * kInvSqrt2));
 }
 
 // d/dz z Phi(z) = Phi(z) + z phi(z).
 KOKKOS_INLINE_FUNCTION float gelu_derivative(float z) {
-  const float cdf = 0.5f * (1.0f + Kokkos::Experimental::erf(z * kInvSqrt2));
-  return cdf + z * kInvSqrt2Pi * Kokkos::Experimental::exp(-0.5f * z * z);
+  const float cdf = 0.5f * (1.0f + compat::math::erf(z * kInvSqrt2));
+  return cdf + z * kInvSqrt2Pi * compat::math::exp(-0.5f * z * z);
 }
 }  // namespace
 
@@ -62,7 +63,7 @@ void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation) {
     case Activation::Tanh:
       Kokkos::parallel_for(
           "meshtrain::bias_tanh", Policy2D({0, 0}, {n, out}),
-          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = Kokkos::Experimental::tanh(y(i, j) + b(j)); });
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = compat::math::tanh(y(i, j) + b(j)); });
       break;
     case Activation::Gelu:
       Kokkos::parallel_for(
@@ -88,7 +89,7 @@ void activation_forward(ConstMatrixRef z, MatrixRef y, Activation activation) {
         switch (activation) {
           case Activation::Identity: y(i, j) = v; break;
           case Activation::ReLU: y(i, j) = v > 0.0f ? v : 0.0f; break;
-          case Activation::Tanh: y(i, j) = Kokkos::Experimental::tanh(v); break;
+          case Activation::Tanh: y(i, j) = compat::math::tanh(v); break;
           case Activation::Gelu: y(i, j) = gelu(v); break;
         }
       });
@@ -108,7 +109,7 @@ void activation_backward_from_input(ConstMatrixRef z, MatrixRef dy, Activation a
             if (!(v > 0.0f)) dy(i, j) = 0.0f;
             break;
           case Activation::Tanh: {
-            const float t = Kokkos::Experimental::tanh(v);
+            const float t = compat::math::tanh(v);
             dy(i, j) *= 1.0f - t * t;
             break;
           }
@@ -223,8 +224,8 @@ void relative_l2_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float sca
             Kokkos::TeamThreadRange(team, cols),
             [&](std::size_t j, double& acc) { acc += static_cast<double>(target(i, j)) * target(i, j); },
             target2);
-        const double error = Kokkos::Experimental::sqrt(error2);
-        const double norm = Kokkos::Experimental::sqrt(target2);
+        const double error = compat::math::sqrt(error2);
+        const double norm = compat::math::sqrt(target2);
         // d(|e| / |y|)/d pred = e / (|e| |y|); at e = 0 the loss is at its minimum: 0.
         const float g = error > 0.0 ? static_cast<float>(scale / (error * norm)) : 0.0f;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols),
