@@ -172,11 +172,11 @@ if [ "$print_only" = 1 ]; then
   log "not built yet: $cache/$prefix_name"; exit 1
 fi
 
-mkdir -p "$cache" || die "cannot create the cache directory $cache"
-cache="$(cd "$cache" && pwd)"
+cache="$(realpath -m "$cache")"
 case "$cache/" in
-  "$repo_dir"/*) die "--cache $cache: is inside the clone; choose a directory outside $repo_dir" ;;
+  "$(realpath "$repo_dir")"/*) die "--cache $cache: is inside the clone; choose a directory outside $repo_dir" ;;
 esac
+mkdir -p "$cache" || die "cannot create the cache directory $cache"
 prefix="$cache/$prefix_name"
 
 # One builder per prefix at a time; a second caller waits, then finds it built.
