@@ -36,7 +36,7 @@ endif()
 
 # Translation units that need no Kokkos (toml++ through run_config.cpp) are compiled by the host
 # compiler. With Kokkos' nvcc_wrapper as CMAKE_CXX_COMPILER every .cpp goes through nvcc
-# unless the wrapper is told --host-only; targets that do not link Kokkos take
+# unless the wrapper is told --host-only; targets and sources that need no Kokkos take
 # MESHTRAIN_HOST_ONLY_OPTIONS. (With Kokkos' compiler launcher and a host CMAKE_CXX_COMPILER
 # they get the host compiler by themselves, and the list is empty.)
 set(MESHTRAIN_HOST_ONLY_OPTIONS "")
