@@ -69,3 +69,14 @@ set(MESHTRAIN_NCCL_SUMMARY "${MESHTRAIN_ENABLE_NCCL} (NCCL not found)")
 if(NCCL_FOUND)
   set(MESHTRAIN_NCCL_SUMMARY "${MESHTRAIN_ENABLE_NCCL} (found ${NCCL_VERSION}: ${NCCL_LIBRARY})")
 endif()
+
+# Sources compiled by the host compiler in an nvcc_wrapper build (MESHTRAIN_HOST_ONLY_OPTIONS,
+# see MeshtrainDependencies.cmake) that include CUDA's headers: nvcc finds the toolkit's
+# headers by itself, so CMake drops their directory from the include flags as implicit, and
+# the host compiler must be told it.
+if(MESHTRAIN_HOST_ONLY_OPTIONS AND CUDAToolkit_FOUND)
+  foreach(_meshtrain_dir IN LISTS CUDAToolkit_INCLUDE_DIRS)
+    list(APPEND MESHTRAIN_HOST_ONLY_OPTIONS "-isystem${_meshtrain_dir}")
+  endforeach()
+  unset(_meshtrain_dir)
+endif()

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  cmake g++ make pkg-config
+  cmake g++ make pkg-config ccache
   libopenmpi-dev openmpi-bin
   libtrilinos-kokkos-dev libtrilinos-kokkos-kernels-dev
   libopenblas-dev

@@ -27,7 +27,7 @@ template <class V>
 std::vector<double> host_values(const V& v) {
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
   std::vector<double> out;
-  if constexpr (V::Rank == 1) {
+  if constexpr (V::rank == 1) {
     for (std::size_t i = 0; i < h.extent(0); ++i) out.push_back(h(i));
   } else {
     for (std::size_t i = 0; i < h.extent(0); ++i) {
@@ -41,7 +41,7 @@ std::vector<double> host_values(const V& v) {
 template <class V>
 void set_values(const V& v, const std::vector<double>& values) {
   auto h = Kokkos::create_mirror_view(v);
-  if constexpr (V::Rank == 1) {
+  if constexpr (V::rank == 1) {
     for (std::size_t i = 0; i < h.extent(0); ++i) h(i) = static_cast<float>(values.at(i));
   } else {
     for (std::size_t i = 0; i < h.extent(0); ++i) {
@@ -319,6 +319,34 @@ TEST(LinearBackward, WideLayerBiasGradient) {
       double t = 0.0;
       for (std::size_t i = 0; i < n; ++i) t += xv[i * in + k] * dzv[i * out + j];
       EXPECT_NEAR(dwv[k * out + j], t, 1e-5) << "dW(" << k << ", " << j << ")";
+    }
+  }
+}
+
+TEST(BiasGradient, ColumnSumsOfManyRows) {
+  // Rows enough for every thread of a team to take several, two full column blocks and a
+  // ragged tail. Where a team has one thread (Serial), each column is the row-by-row float
+  // sum, bit for bit (what the blocked loop before the team reduction computed); a single
+  // execution-space thread implies that.
+  const std::size_t n = 1000, out = 70;
+  Random rng(34);
+  const auto dzv = random_values(n * out, rng, 1.0);
+  Matrix dz = make_matrix(n, out, dzv);
+  Vector db("db", out);
+  Kokkos::deep_copy(db, 7.0f);
+  bias_gradient(dz, db);
+  const auto dbv = host_values(db);
+  const bool one_thread_per_team = ExecSpace().concurrency() == 1;
+  for (std::size_t j = 0; j < out; ++j) {
+    float in_order = 0.0f;
+    double exact = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      in_order += static_cast<float>(dzv[i * out + j]);
+      exact += dzv[i * out + j];
+    }
+    EXPECT_NEAR(dbv[j], exact, 1e-3) << "db(" << j << ")";
+    if (one_thread_per_team) {
+      EXPECT_EQ(static_cast<float>(dbv[j]), in_order) << "db(" << j << ")";
     }
   }
 }

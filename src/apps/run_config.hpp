@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "meshtrain/choices.hpp"  // Activation, Loss, ModelType
 #include "meshtrain/error.hpp"
-#include "meshtrain/nn/kernels.hpp"
 #include "meshtrain/train/training_config.hpp"
 
 namespace meshtrain::app {

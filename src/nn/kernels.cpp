@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "compat/kokkos_compat.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -68,6 +69,34 @@ KOKKOS_INLINE_FUNCTION float gelu_derivative(float z) {
 }
 }  // namespace
 
+namespace detail {
+// Partial sums of a block of columns: the value bias_gradient's team threads reduce.
+constexpr std::size_t kColumnBlock = 32;
+struct ColumnSums {
+  float v[kColumnBlock];
+  KOKKOS_INLINE_FUNCTION ColumnSums() {
+    for (std::size_t j = 0; j < kColumnBlock; ++j) v[j] = 0.0f;
+  }
+  KOKKOS_INLINE_FUNCTION ColumnSums& operator+=(const ColumnSums& other) {
+    for (std::size_t j = 0; j < kColumnBlock; ++j) v[j] += other.v[j];
+    return *this;
+  }
+  // Kokkos 3's reducers join through volatile references.
+  KOKKOS_INLINE_FUNCTION void operator+=(const volatile ColumnSums& other) volatile {
+    for (std::size_t j = 0; j < kColumnBlock; ++j) v[j] = v[j] + other.v[j];
+  }
+};
+}  // namespace detail
+}  // namespace meshtrain
+
+// The identity of ColumnSums under Kokkos::Sum.
+template <>
+struct Kokkos::reduction_identity<meshtrain::detail::ColumnSums> {
+  KOKKOS_FORCEINLINE_FUNCTION static meshtrain::detail::ColumnSums sum() { return {}; }
+};
+
+namespace meshtrain {
+
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
                     Activation activation) {
   matmul(x, w, y);
@@ -104,7 +133,7 @@ void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation) {
     case Activation::Tanh:
       Kokkos::parallel_for(
           "meshtrain::bias_tanh", Policy2D({0, 0}, {n, out}),
-          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = Kokkos::Experimental::tanh(y(i, j) + b(j)); });
+          KOKKOS_LAMBDA(std::size_t i, std::size_t j) { y(i, j) = compat::math::tanh(y(i, j) + b(j)); });
       break;
     case Activation::Gelu:
       Kokkos::parallel_for(
@@ -158,7 +187,7 @@ struct ReluOp {
 };
 struct TanhOp {
   KOKKOS_INLINE_FUNCTION float operator()(float v, float) const {
-    return Kokkos::Experimental::tanh(v);
+    return compat::math::tanh(v);
   }
 };
 struct GeluOp {
@@ -170,7 +199,7 @@ struct ReluBackwardOp {
 };
 struct TanhBackwardOp {
   KOKKOS_INLINE_FUNCTION float operator()(float v, float g) const {
-    const float t = Kokkos::Experimental::tanh(v);
+    const float t = compat::math::tanh(v);
     return g * (1.0f - t * t);
   }
 };
@@ -230,7 +259,6 @@ void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation) 
 void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
                      VectorRef db, MatrixRef dx) {
   const auto n = dz.extent(0);
-  const auto out = dz.extent(1);
   if (n == 0) {
     // An empty shard contributes nothing, but its gradient slots must still be zero
     // before the all-reduce sums them.
@@ -239,22 +267,36 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
     return;
   }
   KokkosBlas::gemm("T", "N", 1.0f, x, dz, 0.0f, dw);
-  // db = column sums of dz, over blocks of columns so that each pass reads rows
-  // contiguously (a column at a time would stride through dz and miss cache on every row).
-  constexpr std::size_t kBlock = 64;
-  const std::size_t blocks = (out + kBlock - 1) / kBlock;
-  Kokkos::parallel_for(
-      "meshtrain::bias_backward", Kokkos::RangePolicy<ExecSpace>(0, blocks),
-      KOKKOS_LAMBDA(std::size_t block) {
-        const std::size_t j0 = block * kBlock;
-        const std::size_t width = out - j0 < kBlock ? out - j0 : kBlock;
-        float sum[kBlock] = {};
-        for (std::size_t i = 0; i < n; ++i) {
-          for (std::size_t j = 0; j < width; ++j) sum[j] += dz(i, j0 + j);
-        }
-        for (std::size_t j = 0; j < width; ++j) db(j0 + j) = sum[j];
-      });
+  bias_gradient(dz, db);
   linear_backward_input(dz, w, dx);
+}
+
+void bias_gradient(ConstMatrixRef dz, VectorRef db) {
+  // db = column sums of dz: one team per block of kColumnBlock columns, whose threads split the
+  // rows between them, each summing whole row segments (contiguous reads), and then reduce
+  // their partial sums. With one thread per team (Serial, and OpenMP's default) every column
+  // is summed row by row from zero, in order.
+  const std::size_t n = dz.extent(0);
+  const std::size_t out = dz.extent(1);
+  using detail::ColumnSums, detail::kColumnBlock;
+  const std::size_t blocks = (out + kColumnBlock - 1) / kColumnBlock;
+  using Team = Kokkos::TeamPolicy<ExecSpace>;
+  Kokkos::parallel_for(
+      "meshtrain::bias_backward", Team(static_cast<int>(blocks), Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team::member_type& team) {
+        const std::size_t j0 = static_cast<std::size_t>(team.league_rank()) * kColumnBlock;
+        const std::size_t width = out - j0 < kColumnBlock ? out - j0 : kColumnBlock;
+        ColumnSums sums;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, n),
+            [&](std::size_t i, ColumnSums& partial) {
+              for (std::size_t j = 0; j < width; ++j) partial.v[j] += dz(i, j0 + j);
+            },
+            Kokkos::Sum<ColumnSums>(sums));
+        Kokkos::single(Kokkos::PerTeam(team), [&]() {
+          for (std::size_t j = 0; j < width; ++j) db(j0 + j) = sums.v[j];
+        });
+      });
 }
 
 void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {
@@ -306,8 +348,8 @@ void relative_l2_loss_grad(ConstMatrixRef pred, ConstMatrixRef target, float sca
             Kokkos::TeamThreadRange(team, cols),
             [&](std::size_t j, double& acc) { acc += static_cast<double>(target(i, j)) * target(i, j); },
             target2);
-        const double error = Kokkos::Experimental::sqrt(error2);
-        const double norm = Kokkos::Experimental::sqrt(target2);
+        const double error = compat::math::sqrt(error2);
+        const double norm = compat::math::sqrt(target2);
         // d(|e| / |y|)/d pred = e / (|e| |y|); at e = 0 the loss is at its minimum: 0.
         const float g = error > 0.0 ? static_cast<float>(scale / (error * norm)) : 0.0f;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols),

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "compat/kokkos_compat.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -87,7 +88,7 @@ void Optimizer::step(VectorRef params, ConstVectorRef grads, double learning_rat
           const float v = b2 * m2[i] + one_minus_b2 * g * g;
           m1[i] = m;
           m2[i] = v;
-          const float update = (m * c1) / (Kokkos::Experimental::sqrt(v * c2) + eps) + wd * p[i];
+          const float update = (m * c1) / (compat::math::sqrt(v * c2) + eps) + wd * p[i];
           p[i] -= lr * update;
         }
       });

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "compat/kokkos_compat.hpp"
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
@@ -74,11 +75,7 @@ void DistributedManager::initialize(int* argc, char*** argv) {
     device_id_ = 0;
   }
   if (!Kokkos::is_initialized()) {
-    Kokkos::InitArguments args;
-    args.num_threads = 1;
-    args.device_id = device_id_;
-    args.disable_warnings = true;
-    Kokkos::initialize(args);
+    compat::initialize_kokkos(device_id_);
     owns_kokkos_ = true;
   }
   world_ = std::make_shared<MpiCommunicator>(base_);

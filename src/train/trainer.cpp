@@ -122,6 +122,21 @@ Matrix upload(const HostMatrix& host, const std::string& label) {
   Kokkos::deep_copy(device, host);
   return device;
 }
+
+// Rows order(begin), ..., order(begin + count - 1) of (x, y) into the first count rows of
+// (xb, yb). A free function: nvcc refuses a device lambda inside a private member function.
+void gather_batch(const Kokkos::View<std::int64_t*, MemSpace>& order, std::size_t begin,
+                  std::size_t count, const Matrix& x, const Matrix& y, const Matrix& xb,
+                  const Matrix& yb) {
+  const std::size_t in = x.extent(1), out = y.extent(1);
+  Kokkos::parallel_for(
+      "meshtrain::gather_batch", Kokkos::RangePolicy<ExecSpace>(0, count),
+      KOKKOS_LAMBDA(std::size_t r) {
+        const auto src = static_cast<std::size_t>(order(begin + r));
+        for (std::size_t j = 0; j < in; ++j) xb(r, j) = x(src, j);
+        for (std::size_t j = 0; j < out; ++j) yb(r, j) = y(src, j);
+      });
+}
 }  // namespace
 
 void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
@@ -229,17 +244,7 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch,
                             static_cast<std::size_t>(shards.offsets[shard]);
   const std::size_t count = static_cast<std::size_t>(shards.counts[shard]);
   if (!config_.shuffle) return {rows(x_, begin, begin + count), rows(y_, begin, begin + count)};
-  // Gather this rank's rows of the permuted batch into the batch buffers.
-  auto order = order_;
-  auto x = x_, y = y_, xb = x_batch_, yb = y_batch_;
-  const std::size_t in = x.extent(1), out = y.extent(1);
-  Kokkos::parallel_for(
-      "meshtrain::gather_batch", Kokkos::RangePolicy<ExecSpace>(0, count),
-      KOKKOS_LAMBDA(std::size_t r) {
-        const auto src = static_cast<std::size_t>(order(begin + r));
-        for (std::size_t j = 0; j < in; ++j) xb(r, j) = x(src, j);
-        for (std::size_t j = 0; j < out; ++j) yb(r, j) = y(src, j);
-      });
+  gather_batch(order_, begin, count, x_, y_, x_batch_, y_batch_);
   return {rows(x_batch_, 0, count), rows(y_batch_, 0, count)};
 }
 

@@ -41,6 +41,10 @@ void activation_backward_from_input(ConstMatrixRef z, MatrixRef dy, Activation a
 void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
                      VectorRef db, MatrixRef dx);
 
+// db = sum over rows of dz (the bias gradient), one parallel reduction per block of columns.
+// Each column is summed row by row in order where a team has one thread (Serial, OpenMP).
+void bias_gradient(ConstMatrixRef dz, VectorRef db);
+
 // dx = dz W^T: the part of linear_backward that the layer below needs, split out so that a
 // layer's parameter gradients can be handed to the all-reduce before it runs.
 void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);
