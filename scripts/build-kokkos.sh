@@ -11,7 +11,10 @@
 #   --backend cuda|openmp|serial   required
 #   --arch ARCH                    Kokkos architecture for cuda (Kokkos_ARCH_<ARCH>, e.g.
 #                                  HOPPER90, AMPERE80, ADA89); default HOPPER90
-#   --kokkos-archive FILE          default: the kokkos-*.tar.gz in ../shared/third_party
+#   --kokkos-archive FILE          default: the kokkos-*.tar.gz in $MESHTRAIN_THIRD_PARTY, else
+#                                  ../shared/third_party beside the clone, else
+#                                  /work/shared/third_party (where these machines keep them,
+#                                  for clones made elsewhere, such as CI's)
 #   --kernels-archive FILE         default: the kokkos-kernels-*.tar.gz beside it
 #   --cache DIR                    default: $MESHTRAIN_KOKKOS_CACHE, else /var/cache/meshtrain
 #                                  when writable, else ${XDG_CACHE_HOME:-~/.cache}/meshtrain
@@ -35,7 +38,15 @@ start=$(date +%s)
 
 script_dir="$(cd "$(dirname "$0")" && pwd)"
 repo_dir="$(dirname "$script_dir")"
-third_party="$(cd "$repo_dir/.." && pwd)/shared/third_party"
+third_party=""
+for candidate in "${MESHTRAIN_THIRD_PARTY:-}" "$(cd "$repo_dir/.." && pwd)/shared/third_party" \
+                 /work/shared/third_party; do
+  if [ -n "$candidate" ] && ls "$candidate"/kokkos-[0-9]*.tar.gz > /dev/null 2>&1; then
+    third_party=$candidate
+    break
+  fi
+done
+third_party=${third_party:-"$(cd "$repo_dir/.." && pwd)/shared/third_party"}
 
 backend=""
 arch=""
