@@ -466,7 +466,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "plot") return plot_main(argc, argv);
   // Before MPI and Kokkos start: a SIGTERM or SIGUSR1 that arrives while they do is kept
   // (the run stops after its first step with a checkpoint) instead of killing the rank.
-  // train() installs them again, in case MPI_Init replaced them.
+  // train() installs them again, in case starting MPI replaced them.
   if (argc > 1 && std::string(argv[1]) == "train") install_stop_handlers();
   return meshtrain::cli::run_main("meshtrain", argc, argv, [&](DistributedManager& dm) {
     CommandLine cli;
