@@ -8,6 +8,7 @@
 #include <string>
 
 #include "comm/fault_injection.hpp"
+#include "comm/staging_communicator.hpp"
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/checked_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
@@ -72,22 +73,37 @@ namespace {
 // Builds the groups of one assembly, each decorated the same way.
 class Assembler {
  public:
+  // staging: set when MPI must not see device pointers (a GPU build whose MPI is not
+  // CUDA-aware): every MPI communicator then stages device buffers through host memory.
   Assembler(MPI_Comm base, CommBackend backend, CollectiveChecks checks,
-            std::shared_ptr<FaultTrigger> fault)
-      : base_(base), backend_(backend), checks_(checks), fault_(std::move(fault)) {}
+            std::shared_ptr<FaultTrigger> fault, std::shared_ptr<DeviceMemory> staging)
+      : base_(base),
+        backend_(backend),
+        checks_(checks),
+        fault_(std::move(fault)),
+        staging_(std::move(staging)) {}
 
   // Collective over base: the ranks that share every coordinate but `axis`'s.
   std::shared_ptr<Communicator> axis(const DeviceMesh& mesh, const std::string& name) {
     MPI_Comm split = MPI_COMM_NULL;
     check_mpi(MPI_Comm_split(base_, mesh.axis_group(name), mesh.axis_coord(name), &split),
               "MPI_Comm_split");
-    auto group = decorate(make_communicator(backend_, split), split, name, true);
+    auto group = decorate(training_group(split), split, name, true);
     MPI_Comm_free(&split);  // every communicator above holds a duplicate
     return group;
   }
   // This rank alone, in the training backend (a replica group when nothing is replicated).
   std::shared_ptr<Communicator> self() {
-    return decorate(make_communicator(backend_, MPI_COMM_SELF), MPI_COMM_SELF, "self", true);
+    return decorate(training_group(MPI_COMM_SELF), MPI_COMM_SELF, "self", true);
+  }
+  // MPI's own communicator over comm, staged when MPI must not see device pointers.
+  std::shared_ptr<Communicator> staged(std::shared_ptr<Communicator> mpi) const {
+    if (!staging_) return mpi;
+    return std::make_shared<StagingCommunicator>(std::move(mpi), staging_);
+  }
+  std::shared_ptr<Communicator> training_group(MPI_Comm comm) const {
+    std::shared_ptr<Communicator> group = make_communicator(backend_, comm);
+    return backend_ == CommBackend::Mpi ? staged(std::move(group)) : group;
   }
   std::shared_ptr<Communicator> decorate(std::shared_ptr<Communicator> group, MPI_Comm comm,
                                          const std::string& name, bool training) {
@@ -105,6 +121,7 @@ class Assembler {
   CommBackend backend_;
   CollectiveChecks checks_;
   std::shared_ptr<FaultTrigger> fault_;
+  std::shared_ptr<DeviceMemory> staging_;
 };
 
 CommBackend training_backend(const DistributedConfig& config) {
@@ -118,6 +135,16 @@ CommBackend training_backend(const DistributedConfig& config) {
                                   "Kokkos (configure with -DKokkos_ROOT=<its prefix>)");
   }
   return backend;
+}
+
+// The device memory that MPI communicators must stage, or null: host-memory builds need none,
+// and a CUDA-aware MPI takes device pointers. MESHTRAIN_MPI_DEVICE_BUFFERS is checked in
+// every build, so that a bad value is refused wherever it is set.
+std::shared_ptr<DeviceMemory> mpi_staging() {
+  const DeviceBufferPath path = device_buffer_path_from_environment(mpi_cuda_awareness());
+  using MemSpace = Kokkos::DefaultExecutionSpace::memory_space;
+  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return nullptr;
+  return path == DeviceBufferPath::Stage ? cuda_device_memory() : nullptr;
 }
 
 Topology probe_topology(MPI_Comm base, int device_id) {
@@ -168,8 +195,8 @@ std::shared_ptr<ProcessGroups> assemble_process_groups(MPI_Comm base,
 
   parts->backend = backend;
   parts->topology = probe_topology(base, device_id);
-  Assembler assemble(base, backend, checks, parts->fault);
-  parts->world = assemble.decorate(std::move(world), base, "world", false);
+  Assembler assemble(base, backend, checks, parts->fault, mpi_staging());
+  parts->world = assemble.decorate(assemble.staged(std::move(world)), base, "world", false);
   if (tensor_parallel) {
     parts->model = assemble.axis(mesh, "model");
     parts->data = assemble.axis(mesh, "data");

@@ -82,6 +82,17 @@ class Faults(unittest.TestCase):
             self.assertEqual(r.returncode, 2, spec)
             self.assertIn(f"MESHTRAIN_FAULT_INJECT '{spec}'", r.stderr)
 
+    def test_device_buffer_choice_is_checked_in_every_build(self):
+        # Host builds never stage, but a bad value is refused wherever it is set; 'direct' is
+        # refused where the MPI library says it is not CUDA-aware (Debian's Open MPI).
+        r = run(2, env={"MESHTRAIN_MPI_DEVICE_BUFFERS": "yes"})
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("MESHTRAIN_MPI_DEVICE_BUFFERS 'yes': unknown (choose auto, stage or direct)",
+                      r.stderr)
+        for value in ["auto", "stage"]:
+            r = run(1, "--epochs", "1", env={"MESHTRAIN_MPI_DEVICE_BUFFERS": value})
+            self.assertEqual(r.returncode, 0, r.stderr)
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
