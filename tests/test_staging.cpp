@@ -58,11 +58,14 @@ class FakeDeviceMemory final : public DeviceMemory {
   std::vector<std::unique_ptr<std::vector<float>>> regions_;
 };
 
-// Between the stager and MPI: fails the test when MPI would be handed "device" memory.
+// Between the stager and MPI: fails the test when MPI would be handed "device" memory, or,
+// standing for a CUDA-aware MPI (allow_device), counts the device buffers it is handed.
 class HostOnlyGuard final : public Communicator {
  public:
-  HostOnlyGuard(std::shared_ptr<Communicator> inner, const DeviceMemory& memory)
-      : inner_(std::move(inner)), memory_(memory) {}
+  HostOnlyGuard(std::shared_ptr<Communicator> inner, const DeviceMemory& memory,
+                bool allow_device = false)
+      : inner_(std::move(inner)), memory_(memory), allow_device_(allow_device) {}
+  int device_buffers_seen = 0;
   int rank() const override { return inner_->rank(); }
   int size() const override { return inner_->size(); }
   std::string_view backend() const override { return inner_->backend(); }
@@ -97,11 +100,14 @@ class HostOnlyGuard final : public Communicator {
   void barrier() override { inner_->barrier(); }
 
  private:
-  void host(const void* p) const {
-    if (memory_.is_device(p)) throw std::logic_error("MPI was handed device memory");
+  void host(const void* p) {
+    if (!memory_.is_device(p)) return;
+    if (!allow_device_) throw std::logic_error("MPI was handed device memory");
+    ++device_buffers_seen;
   }
   std::shared_ptr<Communicator> inner_;
   const DeviceMemory& memory_;
+  bool allow_device_;
 };
 
 struct Staging : ::testing::Test {
@@ -215,6 +221,36 @@ TEST_F(Staging, WithoutTheStagerTheGuardCatchesDeviceMemory) {
   HostOnlyGuard guard(mpi, *memory);
   float* d = device_values(4);
   EXPECT_THROW(guard.allreduce(d, 4, DataType::Float32, ReduceOp::Sum), std::logic_error);
+}
+
+TEST_F(Staging, ACudaAwareMpiGetsDeviceBuffersWhereItDoesAllTheArithmetic) {
+  auto direct_mpi = std::make_shared<HostOnlyGuard>(mpi, *memory, /*allow_device=*/true);
+  StagingCommunicator direct(direct_mpi, memory, DeviceBufferPath::Direct);
+  float* d = device_values(100);
+  std::vector<float> expected = host_copy(d, 100);
+  mpi->allreduce(std::span<float>(expected), ReduceOp::Sum);
+  direct.allreduce(d, 100, DataType::Float32, ReduceOp::Sum);  // MPI_Allreduce: direct
+  direct.broadcast(d, 100, DataType::Float32, 0);
+  std::vector<float> all(100 * static_cast<std::size_t>(n));
+  direct.all_gather(d, all.data(), 100, DataType::Float32);
+  EXPECT_EQ(host_copy(d, 100), expected);
+  EXPECT_EQ(direct_mpi->device_buffers_seen, 3);
+  EXPECT_EQ(memory->copies, 0);
+
+  // Averages (divided on the host) and non-blocking all-reduces (the ring adds on the host)
+  // are staged even so.
+  float* a = device_values(100);
+  std::vector<float> averaged = host_copy(a, 100);
+  mpi->allreduce(std::span<float>(averaged), ReduceOp::Average);
+  direct.allreduce(a, 100, DataType::Float32, ReduceOp::Average);
+  EXPECT_EQ(host_copy(a, 100), averaged);
+  float* b = device_values(1 << 15);  // large enough for MpiCommunicator's ring
+  std::vector<float> summed = host_copy(b, 1 << 15);
+  mpi->allreduce(std::span<float>(summed), ReduceOp::Sum);
+  direct.allreduce_async(b, 1 << 15, DataType::Float32, ReduceOp::Sum)->wait();
+  EXPECT_EQ(host_copy(b, 1 << 15), summed);
+  EXPECT_EQ(direct_mpi->device_buffers_seen, 3);
+  EXPECT_EQ(memory->copies, 4);
 }
 
 TEST(DeviceBufferPath, AutoStagesUnlessTheLibraryIsCudaAware) {

@@ -147,8 +147,14 @@ class StagingCommunicator::Lease {
 };
 
 StagingCommunicator::StagingCommunicator(std::shared_ptr<Communicator> inner,
-                                         std::shared_ptr<DeviceMemory> memory)
-    : inner_(std::move(inner)), memory_(std::move(memory)) {}
+                                         std::shared_ptr<DeviceMemory> memory,
+                                         DeviceBufferPath path)
+    : inner_(std::move(inner)), memory_(std::move(memory)), path_(path) {}
+
+bool StagingCommunicator::stage(const void* p, bool computes_on_host) const {
+  if (path_ == DeviceBufferPath::Direct && !computes_on_host) return false;
+  return memory_->is_device(p);
+}
 
 StagingCommunicator::~StagingCommunicator() {
   for (Buffer& buffer : pool_) memory_->free_host(buffer.data);
@@ -204,7 +210,7 @@ void StagingCommunicator::exchange(Source in, Target out, Call&& call) {
 
 void StagingCommunicator::allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) {
   const std::size_t bytes = count * size_of(type);
-  if (!memory_->is_device(buf)) return inner_->allreduce(buf, count, type, op);
+  if (!stage(buf, op == ReduceOp::Average)) return inner_->allreduce(buf, count, type, op);
   Lease staging = lease(bytes);
   memory_->to_host(staging.data(), buf, bytes);
   inner_->allreduce(staging.data(), count, type, op);
@@ -255,7 +261,7 @@ class StagedWork final : public Work {
 std::unique_ptr<Work> StagingCommunicator::allreduce_async(void* buf, std::size_t count,
                                                            DataType type, ReduceOp op) {
   const std::size_t bytes = count * size_of(type);
-  if (!memory_->is_device(buf)) return inner_->allreduce_async(buf, count, type, op);
+  if (!stage(buf, true)) return inner_->allreduce_async(buf, count, type, op);
   Lease staging = lease(bytes);
   memory_->to_host(staging.data(), buf, bytes);
   std::unique_ptr<Work> work = inner_->allreduce_async(staging.data(), count, type, op);
@@ -265,8 +271,9 @@ std::unique_ptr<Work> StagingCommunicator::allreduce_async(void* buf, std::size_
 void StagingCommunicator::reduce_scatter(const void* send, void* recv, std::size_t count,
                                          DataType type, ReduceOp op) {
   const std::size_t block = count * size_of(type);
-  exchange({send, block * static_cast<std::size_t>(size()), memory_->is_device(send)},
-           {recv, block, memory_->is_device(recv)}, [&](const void* s, void* r) {
+  const bool average = op == ReduceOp::Average;
+  exchange({send, block * static_cast<std::size_t>(size()), stage(send)},
+           {recv, block, stage(recv, average)}, [&](const void* s, void* r) {
              inner_->reduce_scatter(s, r, count, type, op);
            });
 }
@@ -274,14 +281,13 @@ void StagingCommunicator::reduce_scatter(const void* send, void* recv, std::size
 void StagingCommunicator::all_gather(const void* send, void* recv, std::size_t count,
                                      DataType type) {
   const std::size_t block = count * size_of(type);
-  exchange({send, block, memory_->is_device(send)},
-           {recv, block * static_cast<std::size_t>(size()), memory_->is_device(recv)},
+  exchange({send, block, stage(send)}, {recv, block * static_cast<std::size_t>(size()), stage(recv)},
            [&](const void* s, void* r) { inner_->all_gather(s, r, count, type); });
 }
 
 void StagingCommunicator::broadcast(void* buf, std::size_t count, DataType type, int root) {
   const std::size_t bytes = count * size_of(type);
-  if (!memory_->is_device(buf)) return inner_->broadcast(buf, count, type, root);
+  if (!stage(buf)) return inner_->broadcast(buf, count, type, root);
   Lease staging = lease(bytes);
   if (rank() == root) memory_->to_host(staging.data(), buf, bytes);
   inner_->broadcast(staging.data(), count, type, root);
@@ -300,8 +306,8 @@ void StagingCommunicator::scatterv(const void* send, std::span<const int> counts
       }
     }
   }
-  exchange({send, send_elements * element, rank() == root && memory_->is_device(send)},
-           {recv, static_cast<std::size_t>(recv_count) * element, memory_->is_device(recv)},
+  exchange({send, send_elements * element, rank() == root && stage(send)},
+           {recv, static_cast<std::size_t>(recv_count) * element, stage(recv)},
            [&](const void* s, void* r) {
              inner_->scatterv(s, counts, displs, r, recv_count, type, root);
            });

@@ -2,7 +2,11 @@
 // MPI with device buffers. A CUDA-aware MPI takes device pointers directly; any other MPI
 // must never see one: StagingCommunicator copies every device buffer of a collective through
 // a pinned host buffer (in before the call, out after it completes, for non-blocking
-// all-reduces when the handle completes), and passes host buffers on unchanged. Which
+// all-reduces when the handle completes), and passes host buffers on unchanged. With a
+// CUDA-aware MPI (path Direct) it passes device buffers on where MpiCommunicator does no
+// arithmetic of its own (moving data, and blocking sums, maxima and minima, which MPI
+// computes), and still stages the rest: MpiCommunicator divides averages and adds its
+// ring's blocks with host loops. Which
 // pointers are device memory, and how to copy them, is DeviceMemory's (CUDA in GPU builds; a
 // test double elsewhere), so that the logic runs and is tested on machines without a GPU.
 #include <cstddef>
@@ -51,7 +55,8 @@ DeviceBufferPath device_buffer_path_from_environment(CudaAwareness awareness);
 
 class StagingCommunicator final : public Communicator {
  public:
-  StagingCommunicator(std::shared_ptr<Communicator> inner, std::shared_ptr<DeviceMemory> memory);
+  StagingCommunicator(std::shared_ptr<Communicator> inner, std::shared_ptr<DeviceMemory> memory,
+                      DeviceBufferPath path = DeviceBufferPath::Stage);
   ~StagingCommunicator() override;
 
   int rank() const override { return inner_->rank(); }
@@ -84,6 +89,9 @@ class StagingCommunicator final : public Communicator {
 
  private:
   Lease lease(std::size_t bytes);
+  // Whether buffer p must be staged: device memory, unless MPI may take it for this call
+  // (computes_on_host: MpiCommunicator does arithmetic on the buffer itself).
+  bool stage(const void* p, bool computes_on_host = false) const;
   // A collective's send and receive buffers, each passed on as given or staged (send copied
   // to the host before `call`, receive copied back after it).
   struct Source {
@@ -107,6 +115,7 @@ class StagingCommunicator final : public Communicator {
   };
   std::shared_ptr<Communicator> inner_;
   std::shared_ptr<DeviceMemory> memory_;
+  DeviceBufferPath path_;
   mutable std::mutex mutex_;  // the pool; non-blocking handles may complete on another thread
   std::vector<Buffer> pool_;
 };

@@ -70,18 +70,22 @@ void ProcessGroups::begin_step(std::int64_t step) {
 
 namespace {
 
+struct MpiDeviceBuffers {
+  std::shared_ptr<DeviceMemory> memory;
+  DeviceBufferPath path = DeviceBufferPath::Stage;
+};
+
 // Builds the groups of one assembly, each decorated the same way.
 class Assembler {
  public:
-  // staging: set when MPI must not see device pointers (a GPU build whose MPI is not
-  // CUDA-aware): every MPI communicator then stages device buffers through host memory.
+  // device: how MPI communicators treat device buffers; none in host-memory builds.
   Assembler(MPI_Comm base, CommBackend backend, CollectiveChecks checks,
-            std::shared_ptr<FaultTrigger> fault, std::shared_ptr<DeviceMemory> staging)
+            std::shared_ptr<FaultTrigger> fault, MpiDeviceBuffers device)
       : base_(base),
         backend_(backend),
         checks_(checks),
         fault_(std::move(fault)),
-        staging_(std::move(staging)) {}
+        device_(std::move(device)) {}
 
   // Collective over base: the ranks that share every coordinate but `axis`'s.
   std::shared_ptr<Communicator> axis(const DeviceMesh& mesh, const std::string& name) {
@@ -96,10 +100,10 @@ class Assembler {
   std::shared_ptr<Communicator> self() {
     return decorate(training_group(MPI_COMM_SELF), MPI_COMM_SELF, "self", true);
   }
-  // MPI's own communicator over comm, staged when MPI must not see device pointers.
+  // An MPI communicator, given device buffers only where it may take them.
   std::shared_ptr<Communicator> staged(std::shared_ptr<Communicator> mpi) const {
-    if (!staging_) return mpi;
-    return std::make_shared<StagingCommunicator>(std::move(mpi), staging_);
+    if (!device_.memory) return mpi;
+    return std::make_shared<StagingCommunicator>(std::move(mpi), device_.memory, device_.path);
   }
   std::shared_ptr<Communicator> training_group(MPI_Comm comm) const {
     std::shared_ptr<Communicator> group = make_communicator(backend_, comm);
@@ -121,7 +125,7 @@ class Assembler {
   CommBackend backend_;
   CollectiveChecks checks_;
   std::shared_ptr<FaultTrigger> fault_;
-  std::shared_ptr<DeviceMemory> staging_;
+  MpiDeviceBuffers device_;
 };
 
 CommBackend training_backend(const DistributedConfig& config) {
@@ -137,14 +141,14 @@ CommBackend training_backend(const DistributedConfig& config) {
   return backend;
 }
 
-// The device memory that MPI communicators must stage, or null: host-memory builds need none,
-// and a CUDA-aware MPI takes device pointers. MESHTRAIN_MPI_DEVICE_BUFFERS is checked in
-// every build, so that a bad value is refused wherever it is set.
-std::shared_ptr<DeviceMemory> mpi_staging() {
+// How MPI communicators treat device buffers: the memory is null in host-memory builds.
+// MESHTRAIN_MPI_DEVICE_BUFFERS is checked in every build, so that a bad value is refused
+// wherever it is set.
+MpiDeviceBuffers mpi_device_buffers() {
   const DeviceBufferPath path = device_buffer_path_from_environment(mpi_cuda_awareness());
   using MemSpace = Kokkos::DefaultExecutionSpace::memory_space;
-  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return nullptr;
-  return path == DeviceBufferPath::Stage ? cuda_device_memory() : nullptr;
+  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return {};
+  return {cuda_device_memory(), path};
 }
 
 Topology probe_topology(MPI_Comm base, int device_id) {
@@ -195,7 +199,7 @@ std::shared_ptr<ProcessGroups> assemble_process_groups(MPI_Comm base,
 
   parts->backend = backend;
   parts->topology = probe_topology(base, device_id);
-  Assembler assemble(base, backend, checks, parts->fault, mpi_staging());
+  Assembler assemble(base, backend, checks, parts->fault, mpi_device_buffers());
   parts->world = assemble.decorate(assemble.staged(std::move(world)), base, "world", false);
   if (tensor_parallel) {
     parts->model = assemble.axis(mesh, "model");
