@@ -116,6 +116,30 @@ TEST(CheckpointState, SignatureNamesWhatDeterminesTheNumbers) {
   EXPECT_EQ(run_signature(model, relative, 256),
             "widths=4,8,1;activations=relu,identity;loss=relative_l2;optimizer=adam;"
             "learning_rate=0.001;batch_size=32;seed=0;shuffle=false;samples=256");
+  // The schedule's settings and clipping, when they are not the defaults; the keys a
+  // schedule does not use are left out. Not accumulation (float rounding only).
+  TrainingConfig cosine = config;
+  cosine.schedule = Schedule::WarmupCosine;
+  cosine.warmup_steps = 10;
+  cosine.decay_steps = 100;
+  cosine.min_learning_rate = 1e-5;
+  cosine.clip_grad_norm = 1.0;
+  cosine.accumulation_steps = 4;
+  EXPECT_EQ(run_signature(model, cosine, 256),
+            run_signature(model, config, 256) +
+                ";schedule=warmup_cosine;warmup_steps=10;warmup_initial_learning_rate=0;"
+                "decay_steps=100;min_learning_rate=1.0000000000000001e-05;clip_grad_norm=1");
+  TrainingConfig step = config;
+  step.schedule = Schedule::Step;
+  step.step_size = 5;
+  EXPECT_EQ(run_signature(model, step, 256),
+            run_signature(model, config, 256) + ";schedule=step;step_size=5;gamma=0.10000000000000001");
+  TrainingConfig warm = config;
+  warm.schedule = Schedule::WarmupConstant;
+  warm.warmup_steps = 3;
+  EXPECT_EQ(run_signature(model, warm, 256),
+            run_signature(model, config, 256) +
+                ";schedule=warmup_constant;warmup_steps=3;warmup_initial_learning_rate=0");
 }
 
 TEST(CheckpointState, LayoutOfTensorsAndMetadata) {

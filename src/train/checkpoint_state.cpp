@@ -226,6 +226,32 @@ std::string model_signature(const Model& model) {
   return "layers=" + join(layers, "|");
 }
 
+// The schedule's and clipping's settings, which change a run's numbers, when they are not
+// the defaults (so that checkpoints written before they existed keep their fingerprints).
+// Accumulation is left out: it changes results only within float rounding, like the rank
+// count.
+std::string step_settings_signature(const TrainingConfig& c) {
+  std::string out;
+  const auto add = [&out](const char* key, const std::string& value) {
+    out += std::string(";") + key + "=" + value;
+  };
+  if (c.schedule != Schedule::Constant) add("schedule", std::string(name_of(c.schedule)));
+  if (c.schedule == Schedule::WarmupCosine || c.schedule == Schedule::WarmupConstant) {
+    add("warmup_steps", std::to_string(c.warmup_steps));
+    add("warmup_initial_learning_rate", format_g17(c.warmup_initial_learning_rate));
+  }
+  if (c.schedule == Schedule::WarmupCosine) {
+    add("decay_steps", std::to_string(c.decay_steps));
+    add("min_learning_rate", format_g17(c.min_learning_rate));
+  }
+  if (c.schedule == Schedule::Step) {
+    add("step_size", std::to_string(c.step_size));
+    add("gamma", format_g17(c.gamma));
+  }
+  if (c.clip_grad_norm > 0.0) add("clip_grad_norm", format_g17(c.clip_grad_norm));
+  return out;
+}
+
 }  // namespace
 
 std::string run_signature(const Model& model, const TrainingConfig& config, std::size_t samples) {
@@ -236,7 +262,8 @@ std::string run_signature(const Model& model, const TrainingConfig& config, std:
          ";learning_rate=" + format_g17(config.learning_rate) +
          ";batch_size=" + std::to_string(config.batch_size) +
          ";seed=" + std::to_string(config.seed) +
-         ";shuffle=" + (config.shuffle ? "true" : "false") + ";samples=" + std::to_string(samples);
+         ";shuffle=" + (config.shuffle ? "true" : "false") + ";samples=" + std::to_string(samples) +
+         step_settings_signature(config);
 }
 
 std::string fingerprint_of(const std::string& text) {
