@@ -17,6 +17,8 @@
 #   nccl_sweep bin/nccl_sweep, all-reduce 8 B..256 MiB, 1 GPU       -> nccl_sweep.json
 #   pde_nccl   mpiexec -n 1 bin/distributed_pde --comm nccl (the trainer's NCCL path, a few
 #              seconds; log appended to nccl_tests.log)
+#   torch_peer benchmarks/mlp_torch.py on the GPU: PyTorch eager steps of the reference job
+#              and the 4->1024x3->1 MLP at batch 1024 (Adam)       -> torch_peer.json
 #   CPU benchmarks through launch/mpirun.sh (cores bound, one thread per rank), the GPU hidden
 #   (CUDA_VISIBLE_DEVICES=""), in this order (most wanted first, the last get what is left):
 #   bench_step_np2, bench_kernels_np2, scaling (benchmarks/scaling.py, ranks 1,2,4,8, the
@@ -48,7 +50,7 @@ trap 'rm -rf "$tmp"' EXIT
 summary=$out/summary.txt
 log=$out/run.log
 # Results of an earlier run would read as this run's: clear the names this script writes.
-rm -f "$out"/{env.txt,summary.txt,nccl_tests.log,nccl_sweep.json,bench.json,scaling.json,scaling_*.json,run.log}
+rm -f "$out"/{env.txt,summary.txt,nccl_tests.log,nccl_sweep.json,bench.json,scaling.json,scaling_*.json,run.log,torch_peer.json}
 : >"$summary"
 : >"$log"
 : >"$out/nccl_tests.log"
@@ -299,6 +301,14 @@ if ((have_mpi && have_gpu)); then
     --samples 8192 --epochs 3
 else
   skip_step pde_nccl "needs MPI and a GPU"
+fi
+# The PyTorch peer on the same GPU (the device image's PyTorch with CUDA): the reference job
+# and the 4->1024x3->1 MLP at batch 1024, Adam, eager (benchmarks/mlp_torch.py).
+if ((have_gpu)) && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>>"$log"; then
+  run_step torch_peer "$(step_limit 60)" "$log" python3 benchmarks/mlp_torch.py --device cuda \
+    --steps 300 --json "$out/torch_peer.json"
+else
+  skip_step torch_peer "needs a GPU and PyTorch with CUDA"
 fi
 
 # --- 4. CPU benchmarks --------------------------------------------------------------------------
