@@ -16,6 +16,7 @@ static_assert(choices<OptimizerType>().size() == 3);
 static_assert(choices<Progress>().size() == 3);
 static_assert(choices<NonFinite>().size() == 2);
 static_assert(choices<Activation>().size() == 4);
+static_assert(choices<Dtype>().size() == 2);
 static_assert(NamedChoice<Strategy> && !NamedChoice<int>);
 }  // namespace
 

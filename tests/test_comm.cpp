@@ -3,10 +3,16 @@
 #include <sched.h>
 
 #include <climits>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <vector>
 
+#include "meshtrain/comm/bfloat16.hpp"
+#include "meshtrain/comm/checked_communicator.hpp"
+#include "meshtrain/comm/counting_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/runtime/cpu_affinity.hpp"
@@ -204,4 +210,139 @@ TEST(CpuAffinity, ARankBoundToOneCpuHasNoCoreToSpare) {
     ASSERT_EQ(sched_setaffinity(0, sizeof(saved), &saved), 0);
   }
   EXPECT_EQ(every_rank_has_spare_core(MPI_COMM_WORLD), before);
+}
+
+// ---- bfloat16 collectives (DataType::BFloat16): the gradient all-reduce of
+// training.grad_comm_dtype = "bf16".
+
+namespace {
+std::vector<std::uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<std::uint16_t> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = to_bfloat16(v[i]);
+  return out;
+}
+
+// Rank r's value of element i: not representable in bfloat16, of mixed signs and magnitudes.
+float bf16_test_value(int r, std::size_t i) {
+  const double x = std::sin(0.37 * static_cast<double>(i) + 1.3 * r) * (1.0 + (i % 11)) +
+                   1e-3 * static_cast<double>(r + 1);
+  return static_cast<float>(x);
+}
+}  // namespace
+
+// Small integers are exact in bfloat16 (8 significant bits), so every reduction must give
+// exactly what float gives, blocking or not.
+TEST_F(World, Bf16AllreduceOfExactValuesIsExact) {
+  for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Average, ReduceOp::Max, ReduceOp::Min}) {
+    std::vector<float> values(385);
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((r + 1) * (i % 7));
+    std::vector<std::uint16_t> buf = to_bf16(values), async_buf = buf;
+    comm.allreduce(buf.data(), buf.size(), DataType::BFloat16, op);
+    comm.allreduce_async(async_buf.data(), async_buf.size(), DataType::BFloat16, op)->wait();
+    comm.allreduce(std::span<float>(values), op);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      ASSERT_EQ(from_bfloat16(buf[i]), values[i]) << name_of(op) << " element " << i;
+      ASSERT_EQ(async_buf[i], buf[i]) << name_of(op) << " element " << i;
+    }
+  }
+}
+
+// Against the fp32 sum of the unrounded values: each input is rounded once (relative error at
+// most 2^-8, bfloat16's unit roundoff) and each of the n - 1 combines of partial sums once
+// more, so with n ranks the error is at most (2n - 1) * 2^-8 * sum |x_r| (first order); the
+// test allows 2n * 2^-8 * sum |x_r|. Sizes
+// below and above the ring's threshold (blocking: MPI_Allreduce with the user-defined op;
+// non-blocking: MPI_Iallreduce, or the ring), some not divisible by the rank count.
+TEST_F(World, Bf16AllreduceSumIsTheFloatSumWithinBf16Rounding) {
+  const std::size_t ring = MpiCommunicator::kRingMinBytes / 2;
+  for (std::size_t count : {std::size_t{1000}, ring, ring + 3, 3 * ring + 1}) {
+    std::vector<float> mine(count), reference(count), magnitude(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      mine[i] = reference[i] = bf16_test_value(r, i);
+      magnitude[i] = std::abs(mine[i]);
+    }
+    comm.allreduce(std::span<float>(reference), ReduceOp::Sum);
+    comm.allreduce(std::span<float>(magnitude), ReduceOp::Sum);
+    std::vector<std::uint16_t> blocking = to_bf16(mine), polled = blocking, waited = blocking;
+    comm.allreduce(blocking.data(), count, DataType::BFloat16, ReduceOp::Sum);
+    auto a = comm.allreduce_async(polled.data(), count, DataType::BFloat16, ReduceOp::Sum);
+    auto b = comm.allreduce_async(waited.data(), count, DataType::BFloat16, ReduceOp::Sum);
+    while (!a->test()) {
+    }
+    b->wait();
+    const double bound = 2 * n * std::ldexp(1.0, -8);
+    double worst = 0.0;
+    for (std::size_t i = 0; i < count; ++i) {
+      for (const auto* out : {&blocking, &polled, &waited}) {
+        const double error = std::abs(from_bfloat16((*out)[i]) - static_cast<double>(reference[i]));
+        worst = std::max(worst, error / magnitude[i]);
+        ASSERT_LE(error, bound * magnitude[i]) << "count " << count << " element " << i;
+      }
+    }
+    // Rounding must have happened somewhere (the values are not bf16): the test can fail.
+    if (n > 1) {
+      EXPECT_GT(worst, 0.0) << "count " << count;
+    }
+    // Every rank holds the same bits.
+    std::vector<std::uint16_t> root = polled;
+    comm.broadcast(root.data(), count, DataType::BFloat16, 0);
+    EXPECT_EQ(root, polled) << "count " << count;
+  }
+}
+
+TEST_F(World, Bf16ReduceScatterAllGatherAndBroadcast) {
+  const std::size_t count = 5;
+  std::vector<float> send(count * n);
+  for (std::size_t i = 0; i < send.size(); ++i) send[i] = static_cast<float>(i + r);
+  const std::vector<std::uint16_t> narrow = to_bf16(send);
+  std::vector<std::uint16_t> recv(count);
+  comm.reduce_scatter(narrow.data(), recv.data(), count, DataType::BFloat16, ReduceOp::Sum);
+  for (std::size_t i = 0; i < count; ++i) {
+    const float global_index = static_cast<float>(r * count + i);
+    EXPECT_EQ(from_bfloat16(recv[i]), n * global_index + n * (n - 1) / 2.0f);  // exact: small
+  }
+  std::vector<std::uint16_t> gathered(count * n);
+  comm.all_gather(recv.data(), gathered.data(), count, DataType::BFloat16);
+  for (int q = 0; q < n; ++q) {
+    for (std::size_t i = 0; i < count; ++i) {
+      EXPECT_EQ(from_bfloat16(gathered[q * count + i]),
+                n * static_cast<float>(q * count + i) + n * (n - 1) / 2.0f);
+    }
+  }
+  EXPECT_EQ(size_of(DataType::BFloat16), 2u);
+  EXPECT_EQ(name_of(DataType::BFloat16), "bfloat16");
+}
+
+// NaN and Inf survive the sum (the non-finite check after the all-reduce relies on it).
+TEST_F(World, Bf16AllreduceKeepsNanAndInf) {
+  std::vector<std::uint16_t> buf(4, to_bfloat16(1.0f));
+  if (r == 0) {
+    buf[0] = to_bfloat16(std::numeric_limits<float>::quiet_NaN());
+    buf[1] = to_bfloat16(std::numeric_limits<float>::infinity());
+  }
+  buf[2] = to_bfloat16(3.0e38f);  // n * 3e38 overflows bf16 (as float) from two ranks on
+  comm.allreduce(buf.data(), buf.size(), DataType::BFloat16, ReduceOp::Sum);
+  EXPECT_TRUE(std::isnan(from_bfloat16(buf[0])));
+  EXPECT_EQ(from_bfloat16(buf[1]), std::numeric_limits<float>::infinity());
+  if (n > 1) {
+    EXPECT_EQ(from_bfloat16(buf[2]), std::numeric_limits<float>::infinity());
+  }
+  EXPECT_EQ(from_bfloat16(buf[3]), static_cast<float>(n));
+}
+
+// The decorators pass bfloat16 collectives on (and count them as 2 bytes an element); the
+// checked one compares them across ranks in debug mode and names the type.
+TEST_F(World, DecoratorsForwardBf16Collectives) {
+  auto mpi = std::make_shared<MpiCommunicator>(MPI_COMM_WORLD);
+  auto counting = std::make_shared<CountingCommunicator>(mpi);
+  CheckedCommunicator checked(counting, MPI_COMM_WORLD, "test",
+                              CollectiveChecks{std::chrono::milliseconds(60000), true});
+  std::vector<std::uint16_t> buf(100, to_bfloat16(1.5f));
+  checked.allreduce(buf.data(), buf.size(), DataType::BFloat16, ReduceOp::Sum);
+  for (std::uint16_t v : buf) ASSERT_EQ(from_bfloat16(v), 1.5f * n);
+  checked.allreduce_async(buf.data(), buf.size(), DataType::BFloat16, ReduceOp::Average)->wait();
+  for (std::uint16_t v : buf) ASSERT_EQ(from_bfloat16(v), 1.5f * n);  // n * 1.5 n / n
+  EXPECT_EQ(counting->tally("allreduce").bytes, 200u);
+  EXPECT_EQ(counting->tally("allreduce_async").bytes, 200u);
+  EXPECT_EQ(checked.sequence(), 2u);
 }

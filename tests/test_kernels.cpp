@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/nn/dense.hpp"
@@ -17,6 +19,7 @@
 #include "meshtrain/nn/mlp.hpp"
 #include "meshtrain/nn/model.hpp"
 #include "meshtrain/nn/types.hpp"
+#include "meshtrain/train/gradient_reducer.hpp"
 
 namespace {
 
@@ -1168,3 +1171,119 @@ TEST(ModelPass, ShardsOfADenseLayerJoinBackIntoIt) {
 }
 
 }  // namespace
+
+// ---- bfloat16 conversion (meshtrain/comm/bfloat16.hpp) and its Kokkos kernels.
+
+namespace {
+float float_of_bits(std::uint32_t u) {
+  float f = 0.0f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+std::uint32_t bits_of(float f) {
+  std::uint32_t u = 0;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+// The nearest bfloat16 by value, ties to the even pattern, computed in double from the two
+// candidates around x (the truncation and the next pattern away from zero): an independent
+// reference for the bit trick. Finite x only.
+std::uint16_t nearest_bfloat16(float x) {
+  const std::uint32_t u = bits_of(x);
+  const auto low = static_cast<std::uint16_t>(u >> 16);
+  const auto high = static_cast<std::uint16_t>(low + 1);  // may be Inf: fine
+  const double dl = std::abs(static_cast<double>(x) - from_bfloat16(low));
+  // Past the largest bfloat16 the next pattern is Inf; IEEE rounding treats it as 2^128.
+  const double next = (high & 0x7F80u) == 0x7F80u
+                          ? std::copysign(std::ldexp(1.0, 128), static_cast<double>(x))
+                          : static_cast<double>(from_bfloat16(high));
+  const double dh = std::abs(static_cast<double>(x) - next);
+  if (dl < dh) return low;
+  if (dh < dl) return high;
+  return (low & 1u) == 0 ? low : high;
+}
+}  // namespace
+
+TEST(Bfloat16, ExactValuesConvertExactly) {
+  EXPECT_EQ(to_bfloat16(0.0f), 0x0000);
+  EXPECT_EQ(to_bfloat16(-0.0f), 0x8000);
+  EXPECT_EQ(to_bfloat16(1.0f), 0x3F80);
+  EXPECT_EQ(to_bfloat16(-2.0f), 0xC000);
+  EXPECT_EQ(to_bfloat16(0.15625f), 0x3E20);
+  EXPECT_EQ(to_bfloat16(3.3895313892515355e38f), 0x7F7F);  // the largest bfloat16
+  // Every bfloat16 but the NaNs goes to a float and back unchanged.
+  for (std::uint32_t b = 0; b <= 0xFFFF; ++b) {
+    const float f = from_bfloat16(static_cast<std::uint16_t>(b));
+    EXPECT_EQ(bits_of(f), b << 16);
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(to_bfloat16(f), b) << std::hex << b;
+  }
+}
+
+TEST(Bfloat16, RoundsToNearestTiesToEven) {
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x3F808000)), 0x3F80);  // tie, 0x3F80 even: down
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x3F818000)), 0x3F82);  // tie, 0x3F81 odd: up
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x3F807FFF)), 0x3F80);  // just below the tie
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x3F808001)), 0x3F81);  // just above
+  EXPECT_EQ(to_bfloat16(float_of_bits(0xBF808001)), 0xBF81);  // negative: away from zero
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x3F7FFFFF)), 0x3F80);  // carries into the exponent
+  // Past the largest bfloat16 halfway to the next power of two: Inf, as IEEE rounding says.
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x7F7F7FFF)), 0x7F7F);
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x7F7F8000)), 0x7F80);
+  EXPECT_EQ(to_bfloat16(std::numeric_limits<float>::max()), 0x7F80);
+  EXPECT_EQ(to_bfloat16(-std::numeric_limits<float>::max()), 0xFF80);
+  // Against the reference on a spread of finite floats (every 997th bit pattern).
+  for (std::uint64_t u = 0; u <= 0xFFFFFFFFull; u += 997) {
+    const float x = float_of_bits(static_cast<std::uint32_t>(u));
+    if (!std::isfinite(x)) continue;
+    ASSERT_EQ(to_bfloat16(x), nearest_bfloat16(x)) << std::hex << u;
+  }
+}
+
+TEST(Bfloat16, InfinitiesAndNansAreKept) {
+  EXPECT_EQ(to_bfloat16(std::numeric_limits<float>::infinity()), 0x7F80);
+  EXPECT_EQ(to_bfloat16(-std::numeric_limits<float>::infinity()), 0xFF80);
+  EXPECT_EQ(to_bfloat16(std::numeric_limits<float>::quiet_NaN()), 0x7FC0);
+  // A NaN whose payload lies in the low 16 bits only would truncate to Inf, and rounding
+  // could carry a NaN into the sign: both stay NaNs of their sign.
+  for (std::uint32_t nan : {0x7F800001u, 0x7F80FFFFu, 0x7FFFFFFFu, 0xFF800001u, 0xFFC00000u}) {
+    const std::uint16_t b = to_bfloat16(float_of_bits(nan));
+    EXPECT_TRUE(std::isnan(from_bfloat16(b))) << std::hex << nan;
+    EXPECT_EQ(b & 0x8000u, (nan >> 16) & 0x8000u) << std::hex << nan;
+  }
+}
+
+TEST(Bfloat16, SubnormalsRoundLikeOtherValues) {
+  EXPECT_EQ(to_bfloat16(std::numeric_limits<float>::denorm_min()), 0x0000);  // to zero
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x00010000)), 0x0001);  // the smallest bf16 subnormal
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x00008000)), 0x0000);  // tie: to even (zero)
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x00018000)), 0x0002);  // tie: to even (up)
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x80010000)), 0x8001);
+  EXPECT_EQ(to_bfloat16(float_of_bits(0x007FFFFF)), 0x0080);  // up to the smallest normal
+  EXPECT_EQ(from_bfloat16(0x0001), float_of_bits(0x00010000));
+}
+
+TEST(Bfloat16, KernelsMatchTheScalarConversion) {
+  const std::size_t n = 1000;
+  Vector values("values", n), back("back", n);
+  Kokkos::View<std::uint16_t*, MemSpace> narrow("narrow", n);
+  auto host = Kokkos::create_mirror_view(values);
+  for (std::size_t i = 0; i < n; ++i) {
+    host(i) = static_cast<float>(std::sin(0.1 * static_cast<double>(i)) * std::pow(10.0, i % 9));
+  }
+  Kokkos::deep_copy(values, host);
+  round_to_bfloat16(values.data(), narrow.data(), 10, n);  // [0, 10) untouched
+  widen_from_bfloat16(narrow.data(), back.data(), 10, n);
+  Kokkos::fence();
+  auto h_narrow = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), narrow);
+  auto h_back = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), back);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint16_t want = i < 10 ? 0 : to_bfloat16(host(i));
+    ASSERT_EQ(h_narrow(i), want) << i;
+    ASSERT_EQ(h_back(i), i < 10 ? 0.0f : from_bfloat16(want)) << i;
+    if (i >= 10) {
+      // Unit roundoff of 8 significant bits: 2^-8.
+      EXPECT_LE(std::abs(h_back(i) - host(i)), std::ldexp(std::abs(host(i)), -8)) << i;
+    }
+  }
+}

@@ -365,6 +365,7 @@ TEST(NcclMapping, TypesAndOps) {
   EXPECT_EQ(impl::nccl_data_type(DataType::Float64), ncclFloat64);
   EXPECT_EQ(impl::nccl_data_type(DataType::Int32), ncclInt32);
   EXPECT_EQ(impl::nccl_data_type(DataType::Int64), ncclInt64);
+  EXPECT_EQ(impl::nccl_data_type(DataType::BFloat16), ncclBfloat16);
   EXPECT_EQ(impl::nccl_reduce_op(ReduceOp::Sum), ncclSum);
   EXPECT_EQ(impl::nccl_reduce_op(ReduceOp::Average), ncclAvg);
   EXPECT_EQ(impl::nccl_reduce_op(ReduceOp::Max), ncclMax);

@@ -119,6 +119,16 @@ inline constexpr Choice<Loss> kLossChoices[] = {
 };
 constexpr std::span<const Choice<Loss>> choice_table(Loss) { return kLossChoices; }
 
+// A floating-point format of training arithmetic or communication
+// (training.grad_comm_dtype, training.compute_dtype). Master weights, gradient accumulation
+// and optimizer state are fp32 whatever is chosen.
+enum class Dtype { Fp32, Bf16 };
+inline constexpr Choice<Dtype> kDtypeChoices[] = {
+    {Dtype::Fp32, "fp32", "IEEE single precision"},
+    {Dtype::Bf16, "bf16", "bfloat16: fp32's range, 8 significant bits, half the bytes"},
+};
+constexpr std::span<const Choice<Dtype>> choice_table(Dtype) { return kDtypeChoices; }
+
 // After each hidden layer (the output layer is linear).
 // Gelu is the exact form x * Phi(x) (PyTorch's default, the FNO's activation).
 enum class Normalization { None, Pointwise };

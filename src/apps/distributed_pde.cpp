@@ -23,6 +23,7 @@ const std::map<std::string, std::string> kFieldFlags = {
     {"model widths", "--hidden/--layers"}, {"comm", "--comm"},
     {"collective_timeout", "--collective-timeout"}, {"nonfinite", "--nonfinite"},
     {"progress", "--progress"},       {"schedule", "--schedule"},
+    {"grad_comm_dtype", "--grad-comm-dtype"}, {"compute_dtype", "--compute-dtype"},
     {"warmup_steps", "--warmup-steps"}, {"warmup_initial_learning_rate", "--warmup-initial-lr"},
     {"decay_steps", "--decay-steps"}, {"min_learning_rate", "--min-lr"},
     {"step_size", "--step-size"},     {"gamma", "--gamma"},
@@ -38,6 +39,8 @@ struct Options {
   std::string hidden = "64", layers = "1";
   std::string bucket_mb = "4", overlap = "on";
   std::string progress = name_of(TrainingConfig{}.progress);
+  std::string grad_comm_dtype = name_of(TrainingConfig{}.grad_comm_dtype);
+  std::string compute_dtype = name_of(TrainingConfig{}.compute_dtype);
   std::string comm = name_of(DistributedConfig{}.comm);
   std::string collective_timeout = "600";
   std::string nonfinite = name_of(TrainingConfig{}.nonfinite);
@@ -105,6 +108,13 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--overlap", o.overlap,
                  "on: start each bucket's all-reduce during backward; off: after backward")
       ->default_str(o.overlap);
+  app.add_option("--grad-comm-dtype", o.grad_comm_dtype,
+                 "The gradient all-reduce's format: " + choice_help<Dtype>() +
+                     " (weights, accumulation and optimizer state stay fp32; strategy data only)")
+      ->default_str(o.grad_comm_dtype);
+  app.add_option("--compute-dtype", o.compute_dtype,
+                 "Forward/backward arithmetic (this build supports fp32 only)")
+      ->default_str(o.compute_dtype);
   app.add_option("--progress", o.progress,
                  "How overlapped MPI all-reduces advance: " + choice_help<Progress>())
       ->default_str(o.progress);
@@ -163,6 +173,8 @@ Run parse_run(const Options& o) {
   }
   config.overlap_communication = o.overlap == "on";
   config.progress = parse_choice<Progress>("--progress", o.progress);
+  config.grad_comm_dtype = parse_choice<Dtype>("--grad-comm-dtype", o.grad_comm_dtype);
+  config.compute_dtype = parse_choice<Dtype>("--compute-dtype", o.compute_dtype);
   if (run.samples < 1) throw ConfigError("--samples", o.samples + ": must be at least 1");
   if (hidden < 1) throw ConfigError("--hidden", o.hidden + ": must be at least 1");
   if (layers < 0) throw ConfigError("--layers", o.layers + ": must be at least 0");

@@ -89,7 +89,12 @@ const std::vector<SectionSpec>& schema() {
         {"overlap_communication", "boolean", "true",
          "start each bucket's all-reduce during backward"},
         {"progress", choice_type<Progress>(), quoted(training.progress),
-         "how overlapped MPI all-reduces advance: " + choice_help<Progress>()}}},
+         "how overlapped MPI all-reduces advance: " + choice_help<Progress>()},
+        {"grad_comm_dtype", choice_type<Dtype>(), quoted(training.grad_comm_dtype),
+         "the data-parallel gradient all-reduce's format (bf16 halves its bytes; weights, "
+         "accumulation and optimizer state stay fp32; strategy data only)"},
+        {"compute_dtype", choice_type<Dtype>(), quoted(training.compute_dtype),
+         "forward/backward arithmetic; this build supports fp32 only"}}},
       {"distributed",
        {{"mesh_shape", "array of integers >= 1", "[RANKS]",
          "device mesh; its product must equal the rank count"},
@@ -510,6 +515,8 @@ void read_training(SettingsReader& r, TrainingConfig& t) {
   if (auto v = r.integer(s, "accumulation_steps", 1)) t.accumulation_steps = static_cast<int>(*v);
   if (auto v = r.boolean(s, "overlap_communication")) t.overlap_communication = *v;
   if (auto v = r.choice<Progress>(s, "progress")) t.progress = *v;
+  if (auto v = r.choice<Dtype>(s, "grad_comm_dtype")) t.grad_comm_dtype = *v;
+  if (auto v = r.choice<Dtype>(s, "compute_dtype")) t.compute_dtype = *v;
   const bool mb = r.has(s, "bucket_mb");
   if (mb && r.has(s, "bucket_bytes")) {
     r.fail(*r.find(s, "bucket_bytes"), "training.bucket_bytes",
@@ -658,6 +665,8 @@ const std::map<std::string, std::string>& library_fields() {
       {"optimizer", "training.optimizer"},
       {"loss", "training.loss"},
       {"progress", "training.progress"},
+      {"grad_comm_dtype", "training.grad_comm_dtype"},
+      {"compute_dtype", "training.compute_dtype"},
       {"schedule", "training.schedule"},
       {"warmup_steps", "training.warmup_steps"},
       {"warmup_initial_learning_rate", "training.warmup_initial_learning_rate"},

@@ -211,7 +211,8 @@ std::uint64_t CheckedCommunicator::begin(const char* kind, std::size_t count, Da
                     describe(kind, count, type) + ", but rank " + std::to_string(r) +
                     " calls #" + std::to_string(theirs[0]) + " " +
                     describe(kind_name(theirs[1]).c_str(), theirs[3],
-                             static_cast<DataType>(std::min<std::uint64_t>(theirs[2], 3))));
+                             static_cast<DataType>(std::min<std::uint64_t>(
+                                 theirs[2], static_cast<std::uint64_t>(DataType::BFloat16)))));
   }
   return seq;
 }

@@ -5,9 +5,11 @@
 #include <climits>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -18,6 +20,7 @@ std::size_t size_of(DataType type) {
     case DataType::Float64: return 8;
     case DataType::Int32: return 4;
     case DataType::Int64: return 8;
+    case DataType::BFloat16: return 2;
   }
   return 0;
 }
@@ -28,6 +31,7 @@ std::string_view name_of(DataType type) {
     case DataType::Float64: return "float64";
     case DataType::Int32: return "int32";
     case DataType::Int64: return "int64";
+    case DataType::BFloat16: return "bfloat16";
   }
   return "?";
 }
@@ -98,6 +102,34 @@ void divide(void* buf, std::size_t count, DataType type, int n) {
       for (std::size_t i = 0; i < count; ++i) p[i] /= n;
       break;
     }
+    case DataType::BFloat16: {
+      auto* p = static_cast<bfloat16_bits*>(buf);
+      const float inv = 1.0f / static_cast<float>(n);
+      for (std::size_t i = 0; i < count; ++i) p[i] = to_bfloat16(from_bfloat16(p[i]) * inv);
+      break;
+    }
+  }
+}
+
+// The user-defined reductions of bfloat16 (MPI has no such type): each combine of two
+// buffers computes in float and rounds once to bfloat16.
+void bfloat16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const bfloat16_bits*>(in);
+  auto* b = static_cast<bfloat16_bits*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = to_bfloat16(from_bfloat16(a[i]) + from_bfloat16(b[i]));
+}
+void bfloat16_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const bfloat16_bits*>(in);
+  auto* b = static_cast<bfloat16_bits*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    if (from_bfloat16(a[i]) > from_bfloat16(b[i])) b[i] = a[i];
+  }
+}
+void bfloat16_min(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const bfloat16_bits*>(in);
+  auto* b = static_cast<bfloat16_bits*>(inout);
+  for (int i = 0; i < *len; ++i) {
+    if (from_bfloat16(a[i]) < from_bfloat16(b[i])) b[i] = a[i];
   }
 }
 
@@ -139,16 +171,19 @@ class MpiWork final : public Work {
 // waiting. MPI_Iallreduce (Open MPI's libnbc schedules) cost about three times the CPU of the
 // blocking MPI_Allreduce for 1-8 MiB on shared memory here; this costs what the blocking ring
 // does, and moves on at every test(). Chunk c is [c * count / p, (c + 1) * count / p).
+// Element T: float (summed in float) or bfloat16_bits (summed in float, rounded to bfloat16
+// once per hop).
+template <class T>
 class RingWork final : public Work {
  public:
-  using Pool = std::vector<std::vector<float>>;
-  RingWork(MPI_Comm comm, int rank, int size, float* buf, std::size_t count, int tag,
+  using Pool = std::vector<std::vector<T>>;
+  RingWork(MPI_Comm comm, int rank, int size, T* buf, std::size_t count, int tag,
            std::shared_ptr<Pool> pool)
       : comm_(comm), rank_(rank), size_(size), buf_(buf), count_(count), tag_(tag),
         pool_(std::move(pool)) {
     // The smallest kept buffer that is big enough, else the biggest one, grown.
     const std::size_t largest = (count_ + static_cast<std::size_t>(size_) - 1) / size_;
-    auto preference = [largest](const std::vector<float>& v) {
+    auto preference = [largest](const std::vector<T>& v) {
       return v.size() >= largest ? std::pair{0, v.size()} : std::pair{1, largest - v.size()};
     };
     const auto pick = std::min_element(
@@ -208,33 +243,42 @@ class RingWork final : public Work {
     const int s = scatter ? step_ : step_ - (size_ - 1);
     const int send = scatter ? rank_ - s : rank_ + 1 - s;
     const int recv = scatter ? rank_ - s - 1 : rank_ - s;
-    float* into = scatter ? scratch_.data() : buf_ + begin(recv);
-    check_mpi(MPI_Irecv(into, static_cast<int>(length(recv)), MPI_FLOAT, left, tag_, comm_,
+    T* into = scatter ? scratch_.data() : buf_ + begin(recv);
+    check_mpi(MPI_Irecv(into, static_cast<int>(length(recv)), element_type(), left, tag_, comm_,
                         &requests_[0]),
               "MPI_Irecv(ring all-reduce)");
-    check_mpi(MPI_Isend(buf_ + begin(send), static_cast<int>(length(send)), MPI_FLOAT, right, tag_,
-                        comm_, &requests_[1]),
+    check_mpi(MPI_Isend(buf_ + begin(send), static_cast<int>(length(send)), element_type(), right,
+                        tag_, comm_, &requests_[1]),
               "MPI_Isend(ring all-reduce)");
   }
   void advance() {
     if (step_ < size_ - 1) {
       const int recv = rank_ - step_ - 1;
-      float* __restrict__ out = buf_ + begin(recv);
-      const float* __restrict__ in = scratch_.data();
+      T* __restrict__ out = buf_ + begin(recv);
+      const T* __restrict__ in = scratch_.data();
       const std::size_t n = length(recv);
-      for (std::size_t i = 0; i < n; ++i) out[i] += in[i];
+      if constexpr (std::is_same_v<T, float>) {
+        for (std::size_t i = 0; i < n; ++i) out[i] += in[i];
+      } else {
+        for (std::size_t i = 0; i < n; ++i) {
+          out[i] = to_bfloat16(from_bfloat16(out[i]) + from_bfloat16(in[i]));
+        }
+      }
     }
     if (++step_ < steps()) post();
+  }
+  static MPI_Datatype element_type() {
+    return std::is_same_v<T, float> ? MPI_FLOAT : MPI_UINT16_T;
   }
 
   MPI_Comm comm_;
   int rank_;
   int size_;
-  float* buf_;
+  T* buf_;
   std::size_t count_;
   int tag_;
   std::shared_ptr<Pool> pool_;
-  std::vector<float> scratch_;
+  std::vector<T> scratch_;
   int step_ = 0;
   MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
 };
@@ -256,6 +300,7 @@ MPI_Datatype mpi_type(DataType type) {
     case DataType::Float64: return MPI_DOUBLE;
     case DataType::Int32: return MPI_INT32_T;
     case DataType::Int64: return MPI_INT64_T;
+    case DataType::BFloat16: return MPI_UINT16_T;  // moved as bits, reduced by our own ops
   }
   return MPI_DATATYPE_NULL;
 }
@@ -271,6 +316,9 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) {
   check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  check_mpi(MPI_Op_create(&bfloat16_sum, 1, &bfloat16_ops_[0]), "MPI_Op_create(bfloat16 sum)");
+  check_mpi(MPI_Op_create(&bfloat16_max, 1, &bfloat16_ops_[1]), "MPI_Op_create(bfloat16 max)");
+  check_mpi(MPI_Op_create(&bfloat16_min, 1, &bfloat16_ops_[2]), "MPI_Op_create(bfloat16 min)");
   ++g_alive;  // last: a constructor that throws has no destructor to count it out
 }
 
@@ -285,11 +333,25 @@ MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+  for (MPI_Op& op : bfloat16_ops_) {
+    if (op != MPI_OP_NULL && !finalized) MPI_Op_free(&op);
+  }
+}
+
+MPI_Op MpiCommunicator::reduction(ReduceOp op, DataType type) const {
+  if (type != DataType::BFloat16) return mpi_op(op);
+  switch (op) {
+    case ReduceOp::Sum:
+    case ReduceOp::Average: return bfloat16_ops_[0];
+    case ReduceOp::Max: return bfloat16_ops_[1];
+    case ReduceOp::Min: return bfloat16_ops_[2];
+  }
+  return bfloat16_ops_[0];
 }
 
 void MpiCommunicator::allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) {
   const int n = checked_count(count, "MPI_Allreduce");
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(type), mpi_op(op), comm_),
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(type), reduction(op, type), comm_),
             "MPI_Allreduce");
   if (op == ReduceOp::Average && size_ > 1) divide(buf, count, type, size_);
 }
@@ -297,14 +359,20 @@ void MpiCommunicator::allreduce(void* buf, std::size_t count, DataType type, Red
 std::unique_ptr<Work> MpiCommunicator::allreduce_async(void* buf, std::size_t count,
                                                        DataType type, ReduceOp op) {
   const int n = checked_count(count, "MPI_Iallreduce");
-  if (type == DataType::Float32 && op == ReduceOp::Sum && size_ > 1 &&
-      count * sizeof(float) >= kRingMinBytes && count >= static_cast<std::size_t>(size_)) {
+  if ((type == DataType::Float32 || type == DataType::BFloat16) && op == ReduceOp::Sum &&
+      size_ > 1 && count * size_of(type) >= kRingMinBytes &&
+      count >= static_cast<std::size_t>(size_)) {
     const int tag = 1000 + static_cast<int>(ring_sequence_++ % 16384);  // MPI_TAG_UB >= 32767
-    return std::make_unique<RingWork>(comm_, rank_, size_, static_cast<float*>(buf), count, tag,
-                                      ring_scratch_);
+    if (type == DataType::BFloat16) {
+      return std::make_unique<RingWork<bfloat16_bits>>(
+          comm_, rank_, size_, static_cast<bfloat16_bits*>(buf), count, tag, ring_scratch_bf16_);
+    }
+    return std::make_unique<RingWork<float>>(comm_, rank_, size_, static_cast<float*>(buf), count,
+                                             tag, ring_scratch_);
   }
   MPI_Request request = MPI_REQUEST_NULL;
-  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, buf, n, mpi_type(type), mpi_op(op), comm_, &request),
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, buf, n, mpi_type(type), reduction(op, type), comm_,
+                           &request),
             "MPI_Iallreduce");
   return std::make_unique<MpiWork>(request, buf, count, type,
                                    op == ReduceOp::Average ? size_ : 0);
@@ -313,7 +381,7 @@ std::unique_ptr<Work> MpiCommunicator::allreduce_async(void* buf, std::size_t co
 void MpiCommunicator::reduce_scatter(const void* send, void* recv, std::size_t count,
                                      DataType type, ReduceOp op) {
   const int n = checked_count(count, "MPI_Reduce_scatter_block");
-  check_mpi(MPI_Reduce_scatter_block(send, recv, n, mpi_type(type), mpi_op(op), comm_),
+  check_mpi(MPI_Reduce_scatter_block(send, recv, n, mpi_type(type), reduction(op, type), comm_),
             "MPI_Reduce_scatter_block");
   if (op == ReduceOp::Average && size_ > 1) divide(recv, count, type, size_);
 }

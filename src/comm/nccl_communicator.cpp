@@ -66,6 +66,12 @@ ncclDataType_t nccl_data_type(DataType type) {
     case DataType::Float64: return ncclFloat64;
     case DataType::Int32: return ncclInt32;
     case DataType::Int64: return ncclInt64;
+    case DataType::BFloat16:
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 19, 0) || defined(__CUDA_BF16_TYPES_EXIST__)
+      return ncclBfloat16;  // NCCL reduces it in float and rounds per step
+#else
+      throw CommError("bfloat16 collectives need NCCL 2.10 or later built with CUDA bf16 types");
+#endif
   }
   return ncclFloat32;
 }

@@ -258,7 +258,11 @@ std::string run_signature(const Model& model, const TrainingConfig& config, std:
   // The loss only when it is not the default, so that older checkpoints keep their
   // fingerprints.
   const std::string loss = config.loss == Loss::Mse ? "" : ";loss=" + name_of(config.loss);
-  return model_signature(model) + loss + ";optimizer=" + name_of(config.optimizer) +
+  // Likewise the gradient all-reduce's format, which changes the numbers.
+  const std::string wire = config.grad_comm_dtype == Dtype::Fp32
+                               ? ""
+                               : ";grad_comm_dtype=" + name_of(config.grad_comm_dtype);
+  return model_signature(model) + loss + wire + ";optimizer=" + name_of(config.optimizer) +
          ";learning_rate=" + format_g17(config.learning_rate) +
          ";batch_size=" + std::to_string(config.batch_size) +
          ";seed=" + std::to_string(config.seed) +

@@ -64,12 +64,14 @@ class DataParallelEngine final : public StepEngine {
  public:
   DataParallelEngine(const Model& model, Communicator& group, const OptimizerConfig& optimizer,
                      std::size_t bucket_bytes, bool overlap, Progress progress,
-                     std::size_t max_rows, int accumulation_steps)
+                     std::size_t max_rows, int accumulation_steps, Dtype grad_comm_dtype)
       : model_(model),
         grads_("meshtrain::gradients", model.num_parameters() + 1),
         accumulated_(model.num_parameters() + 1, accumulation_steps),
         workspace_(model, max_rows),
-        reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap, progress),
+        // The loss (the buffer's last slot) stays fp32 under a bf16 gradient all-reduce.
+        reducer_(make_gradient_buckets(model, 1, bucket_bytes), group, overlap, progress,
+                 grad_comm_dtype, 1),
         group_(group),
         eval_("meshtrain::eval_loss"),
         optimizer_(optimizer, model.num_parameters()) {
@@ -145,7 +147,8 @@ class DataParallelEngine final : public StepEngine {
     const std::size_t p = model_.num_parameters();
     const std::size_t moments = optimizer_.first_moment().extent(0) +
                                 optimizer_.second_moment().extent(0);
-    return {p * sizeof(float), (p + 1) * sizeof(float) + accumulated_.bytes(),
+    const std::size_t wire = reducer_.wire_dtype() == Dtype::Bf16 ? p * 2 : 0;  // bf16 copy
+    return {p * sizeof(float), (p + 1) * sizeof(float) + accumulated_.bytes() + wire,
             moments * sizeof(float), 0};
   }
 
@@ -173,9 +176,11 @@ std::unique_ptr<StepEngine> make_data_parallel_engine(const Model& model,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
                                                       Progress progress, std::size_t max_rows,
-                                                      int accumulation_steps) {
+                                                      int accumulation_steps,
+                                                      Dtype grad_comm_dtype) {
   return std::make_unique<DataParallelEngine>(model, batch_group, optimizer, bucket_bytes, overlap,
-                                              progress, max_rows, accumulation_steps);
+                                              progress, max_rows, accumulation_steps,
+                                              grad_comm_dtype);
 }
 
 }  // namespace meshtrain

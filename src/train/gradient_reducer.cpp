@@ -8,9 +8,25 @@
 #include <stdexcept>
 
 #include "meshtrain/clock.hpp"
+#include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
+
+// Free functions (not members of the private State) so that CUDA accepts their lambdas.
+void round_to_bfloat16(const float* from, bfloat16_bits* into, std::size_t begin,
+                       std::size_t end) {
+  Kokkos::parallel_for(
+      "meshtrain::gradients_to_bf16", Kokkos::RangePolicy<ExecSpace>(begin, end),
+      KOKKOS_LAMBDA(std::size_t i) { into[i] = to_bfloat16(from[i]); });
+}
+
+void widen_from_bfloat16(const bfloat16_bits* from, float* into, std::size_t begin,
+                         std::size_t end) {
+  Kokkos::parallel_for(
+      "meshtrain::gradients_from_bf16", Kokkos::RangePolicy<ExecSpace>(begin, end),
+      KOKKOS_LAMBDA(std::size_t i) { into[i] = from_bfloat16(from[i]); });
+}
 
 std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes) {
@@ -35,11 +51,27 @@ std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_
 }
 
 struct GradientReducer::State {
-  State(std::vector<GradientBucket> all, Communicator& group, bool overlapped, Progress mode)
-      : buckets(std::move(all)), comm(group), overlap(overlapped), progress(mode) {}
+  State(std::vector<GradientBucket> all, Communicator& group, bool overlapped, Progress mode,
+        Dtype wire_type, std::size_t fp32_tail)
+      : buckets(std::move(all)), comm(group), overlap(overlapped), progress(mode),
+        wire(wire_type) {
+    for (const auto& b : buckets) total = std::max(total, b.end);
+    narrow_end = total - std::min(fp32_tail, total);
+    if (wire == Dtype::Bf16) {
+      wire_buffer = Kokkos::View<bfloat16_bits*, MemSpace>(
+          Kokkos::view_alloc(Kokkos::WithoutInitializing, "meshtrain::bf16_gradients"),
+          narrow_end);
+    }
+  }
 
   void post(std::size_t index);
   void reduce(std::size_t index);
+  void narrow(std::size_t index);  // bf16: the bucket's fp32 gradients into wire_buffer
+  void widen();                    // bf16: every reduced bucket back into the gradients
+  // The bucket's part that travels in bf16 ([begin, mid)) and in fp32 ([mid, end)).
+  std::size_t split(const GradientBucket& b) const {
+    return wire == Dtype::Bf16 ? std::clamp(narrow_end, b.begin, b.end) : b.begin;
+  }
   void poll();
   void run_thread();
 
@@ -47,6 +79,10 @@ struct GradientReducer::State {
   Communicator& comm;
   bool overlap;
   Progress progress;
+  Dtype wire;
+  std::size_t total = 0;       // the buffer's length (the buckets' union)
+  std::size_t narrow_end = 0;  // [narrow_end, total) stays fp32
+  Kokkos::View<bfloat16_bits*, MemSpace> wire_buffer;
   float* grads = nullptr;
   std::size_t next = 0;  // buckets posted this step
   // Poll
@@ -64,13 +100,16 @@ struct GradientReducer::State {
 };
 
 GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm,
-                                 bool overlap, Progress progress)
-    : state_(std::make_unique<State>(std::move(buckets), comm, overlap, progress)) {
+                                 bool overlap, Progress progress, Dtype wire,
+                                 std::size_t fp32_tail)
+    : state_(std::make_unique<State>(std::move(buckets), comm, overlap, progress, wire,
+                                     fp32_tail)) {
   State& s = *state_;
   // Auto is the config's choice; the caller decides it (alike on every rank) before building one.
   if (s.progress == Progress::Auto) {
     throw std::logic_error("GradientReducer: progress auto must be resolved to poll or thread");
   }
+  check_choice("grad_comm_dtype", s.wire);
   if (!s.overlap) s.progress = Progress::Poll;
   if (s.progress == Progress::Thread) {
     if (!s.comm.callable_from_another_thread()) {
@@ -80,7 +119,7 @@ GradientReducer::GradientReducer(std::vector<GradientBucket> buckets, Communicat
     }
     s.thread = std::thread([&s] { s.run_thread(); });
   }
-  s.in_flight.reserve(s.buckets.size());
+  s.in_flight.reserve(2 * s.buckets.size());  // bf16: a bucket's fp32 tail goes apart
 }
 
 GradientReducer::~GradientReducer() {
@@ -98,12 +137,30 @@ GradientReducer::~GradientReducer() {
 const std::vector<GradientBucket>& GradientReducer::buckets() const { return state_->buckets; }
 bool GradientReducer::overlap() const { return state_->overlap; }
 Progress GradientReducer::progress_mode() const { return state_->progress; }
+Dtype GradientReducer::wire_dtype() const { return state_->wire; }
 double GradientReducer::blocked_seconds() const { return state_->blocked_seconds; }
 void GradientReducer::reset_timers() { state_->blocked_seconds = 0.0; }
 
+void GradientReducer::State::narrow(std::size_t index) {
+  const GradientBucket& b = buckets[index];
+  const std::size_t mid = split(b);
+  if (mid > b.begin) round_to_bfloat16(grads, wire_buffer.data(), b.begin, mid);
+}
+
+void GradientReducer::State::widen() {
+  widen_from_bfloat16(wire_buffer.data(), grads, 0, narrow_end);
+  ExecSpace().fence();
+}
+
+// Blocking. With bf16 the bucket has been narrowed (and fenced) by the caller's thread.
 void GradientReducer::State::reduce(std::size_t index) {
   const GradientBucket& b = buckets[index];
-  comm.allreduce(grads + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum);
+  const std::size_t mid = split(b);
+  if (mid > b.begin) {
+    comm.allreduce(wire_buffer.data() + b.begin, mid - b.begin, DataType::BFloat16,
+                   ReduceOp::Sum);
+  }
+  if (b.end > mid) comm.allreduce(grads + mid, b.end - mid, DataType::Float32, ReduceOp::Sum);
 }
 
 void GradientReducer::State::run_thread() {
@@ -140,7 +197,12 @@ void GradientReducer::begin_step(float* grads) {
   s.reduced = 0;
 }
 
+// Hands bucket `index` (written and fenced) to the communication.
 void GradientReducer::State::post(std::size_t index) {
+  if (wire == Dtype::Bf16) {
+    narrow(index);
+    ExecSpace().fence();
+  }
   if (progress == Progress::Thread) {
     {
       std::lock_guard lock(mutex);
@@ -150,8 +212,15 @@ void GradientReducer::State::post(std::size_t index) {
     return;
   }
   const GradientBucket& b = buckets[index];
-  in_flight.push_back(
-      comm.allreduce_async(grads + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum));
+  const std::size_t mid = split(b);
+  if (mid > b.begin) {
+    in_flight.push_back(comm.allreduce_async(wire_buffer.data() + b.begin, mid - b.begin,
+                                             DataType::BFloat16, ReduceOp::Sum));
+  }
+  if (b.end > mid) {
+    in_flight.push_back(
+        comm.allreduce_async(grads + mid, b.end - mid, DataType::Float32, ReduceOp::Sum));
+  }
 }
 
 void GradientReducer::State::poll() {
@@ -178,6 +247,10 @@ void GradientReducer::finish() {
   State& s = *state_;
   const double start = now_seconds();
   if (!s.overlap) {
+    if (s.wire == Dtype::Bf16) {
+      for (std::size_t i = 0; i < s.buckets.size(); ++i) s.narrow(i);
+      ExecSpace().fence();
+    }
     for (std::size_t i = 0; i < s.buckets.size(); ++i) s.reduce(i);
   } else {
     ExecSpace().fence();
@@ -196,6 +269,7 @@ void GradientReducer::finish() {
     }
   }
   s.blocked_seconds += now_seconds() - start;
+  if (s.wire == Dtype::Bf16) s.widen();
 }
 
 }  // namespace meshtrain

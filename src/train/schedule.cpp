@@ -89,6 +89,9 @@ std::string describe_step_settings(const TrainingConfig& c) {
   if (c.schedule != Schedule::Constant) out << ", " << describe_schedule(c);
   if (c.clip_grad_norm > 0.0) out << ", clip grad norm " << c.clip_grad_norm;
   if (c.accumulation_steps > 1) out << ", " << c.accumulation_steps << " micro-batches per step";
+  if (c.grad_comm_dtype != Dtype::Fp32) {
+    out << ", gradient all-reduce in " << name_of(c.grad_comm_dtype);
+  }
   return out.str();
 }
 

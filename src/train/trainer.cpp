@@ -176,7 +176,7 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   } else if (groups_->has_data()) {
     engine_ = make_data_parallel_engine(model_, groups_->data(), optimizer, config_.bucket_bytes,
                                         config_.overlap_communication, resolve_progress(),
-                                        max_rows_, k);
+                                        max_rows_, k, config_.grad_comm_dtype);
   } else {
     engine_ = make_fsdp_engine(model_, groups_->shard(), groups_->replica(), optimizer, max_rows_,
                                k);

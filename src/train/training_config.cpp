@@ -1,5 +1,6 @@
 #include "meshtrain/train/training_config.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -45,6 +46,29 @@ void TrainingConfig::validate(int data_axis_size) const {
   check_choice("progress", progress);
   check_choice("nonfinite", nonfinite);
   check_choice("schedule", schedule);
+  check_choice("grad_comm_dtype", grad_comm_dtype);
+  check_choice("compute_dtype", compute_dtype);
+  if (compute_dtype != Dtype::Fp32) {
+    throw ConfigError("compute_dtype",
+                      name_of(compute_dtype) +
+                          ": not supported by this build, which computes in fp32 only (bf16 "
+                          "compute is planned for CUDA builds; use grad_comm_dtype = \"bf16\" to "
+                          "halve the gradient traffic)");
+  }
+  if (grad_comm_dtype == Dtype::Bf16) {
+    const auto& names = distributed_config.mesh_axis_names;
+    if (distributed_config.strategy != Strategy::Data) {
+      throw ConfigError("grad_comm_dtype",
+                        "bf16: only with strategy data (this run's is " +
+                            name_of(distributed_config.strategy) +
+                            ", whose gradient reduce-scatter stays fp32)");
+    }
+    if (std::find(names.begin(), names.end(), "model") != names.end()) {
+      throw ConfigError("grad_comm_dtype",
+                        "bf16: not with a 'model' axis (tensor parallelism's all-reduces stay "
+                        "fp32); use a mesh of 'data' alone");
+    }
+  }
   validate_schedule();
   if (accumulation_steps < 1) {
     throw ConfigError("accumulation_steps",

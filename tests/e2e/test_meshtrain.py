@@ -827,6 +827,7 @@ class Help(unittest.TestCase):
         for word in ("--set", "--resume", "[training]", "[distributed]", "[model]", "[data]",
                      "[checkpoint]", "[output]", "num_epochs", "learning_rate", "batch_size",
                      "seed", "optimizer", "bucket_mb", "bucket_bytes", "overlap_communication", "progress",
+                     "grad_comm_dtype", "compute_dtype",
                      "shuffle", "validation_every", "nonfinite", "mesh_shape", "mesh_axis_names",
                      "strategy", "comm", "widths", "activation", "train_x", "val_y", "synthetic",
                      "every_epochs", "keep_last", "prefix", "EXIT CODES"):
@@ -834,6 +835,7 @@ class Help(unittest.TestCase):
         # The choices' types and defaults, from the library's tables.
         for line in ('optimizer = "adam"', '"adam" | "adamw" | "sgd"', 'progress = "auto"',
                      '"auto" | "thread" | "poll"', 'nonfinite = "abort"', '"abort" | "skip"',
+                     'grad_comm_dtype = "fp32"', '"fp32" | "bf16"',
                      'strategy = "data"', '"data" | "fsdp"', 'comm = "auto"',
                      '"auto" | "mpi" | "nccl"', 'activation = "relu"',
                      '"relu" | "tanh" | "gelu" | "identity"'):
@@ -942,6 +944,12 @@ class BadInput(unittest.TestCase):
             (["--set", "training.learning_rate=0"], "--set: training.learning_rate: 0 is out of range"),
             (["--set", "training.optimizer=lbfgs"], "--set: training.optimizer: 'lbfgs' is not one of adam, adamw, sgd"),
             (["--set", "training.progress=sometimes"], "--set: training.progress: 'sometimes' is not one of auto, thread, poll"),
+            (["--set", "training.grad_comm_dtype=fp16"],
+             "--set: training.grad_comm_dtype: 'fp16' is not one of fp32, bf16"),
+            (["--set", "training.grad_comm_dtype=bf16", "--set", "distributed.strategy=fsdp"],
+             "--set: training.grad_comm_dtype bf16: only with strategy data (this run's is fsdp"),
+            (["--set", "training.compute_dtype=bf16"],
+             "--set: training.compute_dtype bf16: not supported by this build"),
             (["--set", "training.batch_size"], "--set 'training.batch_size': expected SECTION.KEY=VALUE"),
             (["--no-such-flag"], "--no-such-flag"),
             (["--progress", "sometimes"], "--progress: sometimes not in {auto,bar,lines}"),

@@ -10,7 +10,11 @@
 
 namespace meshtrain {
 
-enum class DataType { Float32, Float64, Int32, Int64 };
+// BFloat16: 2-byte elements as meshtrain/comm/bfloat16.hpp lays them out (the top half of a
+// float). Its reductions (Sum, Average, Max, Min) add or compare in float and round the result
+// of every combine of two ranks' values to bfloat16 (round to nearest even), so a sum over p
+// ranks is rounded up to p - 1 times (the MPI ring: once per hop; NCCL: its own order).
+enum class DataType { Float32, Float64, Int32, Int64, BFloat16 };
 enum class ReduceOp { Sum, Average, Max, Min };
 
 std::size_t size_of(DataType type);

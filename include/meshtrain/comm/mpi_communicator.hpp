@@ -19,9 +19,12 @@ MPI_Datatype mpi_type(DataType type);
 // communicator it is given, with MPI_ERRORS_RETURN so that every failure is reported as a
 // CommError instead of aborting deep inside MPI.
 //
-// allreduce_async of a float sum of at least kRingMinBytes runs a ring (reduce-scatter, then
-// all-gather) over non-blocking point-to-point messages that each test() advances; other
-// types, ops and sizes use MPI_Iallreduce. Every rank must start them in the same order, as
+// allreduce_async of a float or bfloat16 sum of at least kRingMinBytes runs a ring
+// (reduce-scatter, then all-gather) over non-blocking point-to-point messages that each test()
+// advances; other types, ops and sizes use MPI_Iallreduce. bfloat16 travels as MPI_UINT16_T
+// and is reduced by user-defined MPI_Ops (created per communicator) that add or compare in
+// float and round each pairwise combine once to bfloat16; the ring likewise rounds once per
+// hop. Every rank must start them in the same order, as
 // for any collective.
 class MpiCommunicator final : public Communicator {
  public:
@@ -55,7 +58,10 @@ class MpiCommunicator final : public Communicator {
   static int alive();
 
  private:
+  MPI_Op reduction(ReduceOp op, DataType type) const;
+
   MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Op bfloat16_ops_[3] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};  // sum, max, min
   int rank_ = 0;
   int size_ = 1;
   std::uint64_t ring_sequence_ = 0;  // tags tell concurrent rings apart
@@ -63,6 +69,8 @@ class MpiCommunicator final : public Communicator {
   // the first step has run).
   std::shared_ptr<std::vector<std::vector<float>>> ring_scratch_ =
       std::make_shared<std::vector<std::vector<float>>>();
+  std::shared_ptr<std::vector<std::vector<std::uint16_t>>> ring_scratch_bf16_ =
+      std::make_shared<std::vector<std::vector<std::uint16_t>>>();
 };
 
 }  // namespace meshtrain

@@ -1,5 +1,6 @@
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,13 @@ struct GradientBucket {
   std::size_t ready_after_layer = 0;
 };
 
+// Kokkos kernels over [begin, end) of device buffers (asynchronous: fence before reading):
+// into[i] = bfloat16 of from[i] (round to nearest even, NaN kept), and back (exact).
+void round_to_bfloat16(const float* from, std::uint16_t* into, std::size_t begin,
+                       std::size_t end);
+void widen_from_bfloat16(const std::uint16_t* from, float* into, std::size_t begin,
+                         std::size_t end);
+
 // Cuts a flat buffer laid out like the model's parameters, plus `extra` trailing slots (the
 // loss), into buckets of about bucket_bytes, in the order backward produces them: the last
 // layer's tensors (and the extra slots) first. Every rank computes the same buckets.
@@ -31,10 +39,19 @@ std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_
 // bucket's all-reduce starts as soon as backward has produced it (on_layer_grads) and
 // advances as `progress` says; finish() waits for all of them. With overlap off, finish()
 // reduces every bucket with a blocking all-reduce after backward.
+//
+// With wire = Dtype::Bf16 each bucket is rounded to bfloat16 (a Kokkos kernel, round to
+// nearest even) into a buffer allocated once at construction, all-reduced as DataType::BFloat16
+// and, once every bucket is in, widened back to fp32 in place (one kernel): half the bytes on
+// the wire, the buffer's sum rounded to bf16 (once per combine of two ranks' values, see
+// comm/communicator.hpp). The buffer's last `fp32_tail` elements (the loss riding with the
+// gradient) are all-reduced in fp32 on their own, so the reported loss is not rounded. At one
+// rank the round trip still rounds the gradient to bf16, as every rank count does.
 class GradientReducer {
  public:
   GradientReducer(std::vector<GradientBucket> buckets, Communicator& comm, bool overlap,
-                  Progress progress = Progress::Poll);
+                  Progress progress = Progress::Poll, Dtype wire = Dtype::Fp32,
+                  std::size_t fp32_tail = 0);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
@@ -47,6 +64,7 @@ class GradientReducer {
   const std::vector<GradientBucket>& buckets() const;
   bool overlap() const;
   Progress progress_mode() const;
+  Dtype wire_dtype() const;
   // Seconds this rank spent blocked in communication (waits and blocking all-reduces), the
   // communication that backward did not hide. With overlap off it is all of it.
   double blocked_seconds() const;

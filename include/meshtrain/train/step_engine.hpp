@@ -107,7 +107,8 @@ std::unique_ptr<StepEngine> make_data_parallel_engine(const Model& model,
                                                       const OptimizerConfig& optimizer,
                                                       std::size_t bucket_bytes, bool overlap,
                                                       Progress progress, std::size_t max_rows,
-                                                      int accumulation_steps = 1);
+                                                      int accumulation_steps = 1,
+                                                      Dtype grad_comm_dtype = Dtype::Fp32);
 
 // FSDP (ZeRO-3): each layer's parameters, gradients and optimizer state are split into
 // equal chunks (the layer padded to a multiple of the shard count) over shard_group. Per

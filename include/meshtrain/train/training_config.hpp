@@ -67,6 +67,17 @@ struct TrainingConfig {
   // float rounding). Each rank then holds activations for a micro-batch only.
   int accumulation_steps = 1;
 
+  // The gradient all-reduce of data parallelism in bf16: each bucket is rounded to bfloat16
+  // (round to nearest even) into a preallocated buffer, summed across ranks in bf16 (float
+  // arithmetic, rounded once per combine) and widened back to fp32, halving the bytes sent.
+  // The loss that rides with the gradient stays fp32 (one 4-byte all-reduce more), as do the
+  // master weights, gradient accumulation and the optimizer state. Only with strategy data
+  // and no 'model' axis (FSDP's reduce-scatter and tensor parallelism stay fp32).
+  Dtype grad_comm_dtype = Dtype::Fp32;
+  // Forward and backward arithmetic. Only fp32: bf16 compute (cuBLAS with fp32 accumulation)
+  // is not implemented in this build (ConfigError).
+  Dtype compute_dtype = Dtype::Fp32;
+
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
   // each global batch is split into.
   void validate(int data_axis_size) const;
