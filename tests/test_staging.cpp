@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "comm/staging_communicator.hpp"
+#include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 
@@ -251,6 +252,13 @@ TEST_F(Staging, ACudaAwareMpiGetsDeviceBuffersWhereItDoesAllTheArithmetic) {
   EXPECT_EQ(host_copy(b, 1 << 15), summed);
   EXPECT_EQ(direct_mpi->device_buffers_seen, 3);
   EXPECT_EQ(memory->copies, 4);
+  // bf16 sums run in a user-defined MPI_Op, host code: staged.
+  auto* bf = reinterpret_cast<bfloat16_bits*>(memory->make(50));  // 100 bf16 values
+  for (int i = 0; i < 100; ++i) bf[i] = to_bfloat16(1.0f);
+  direct.allreduce(bf, 100, DataType::BFloat16, ReduceOp::Sum);
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(from_bfloat16(bf[i]), static_cast<float>(n)) << i;
+  EXPECT_EQ(direct_mpi->device_buffers_seen, 3);
+  EXPECT_EQ(memory->copies, 6);
 }
 
 TEST(DeviceBufferPath, AutoStagesUnlessTheLibraryIsCudaAware) {

@@ -194,6 +194,12 @@ void StagingCommunicator::give_back(void* data) {
 namespace {
 
 constexpr std::size_t kAlign = 64;
+
+// Whether MpiCommunicator computes part of a reduction with host code: it divides averages
+// itself, and bf16 sums run in a user-defined MPI_Op (MPI calls it on the buffers it holds).
+bool computes_on_host(DataType type, ReduceOp op) {
+  return op == ReduceOp::Average || type == DataType::BFloat16;
+}
 std::size_t aligned(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
@@ -210,7 +216,7 @@ void StagingCommunicator::exchange(Source in, Target out, Call&& call) {
 
 void StagingCommunicator::allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) {
   const std::size_t bytes = count * size_of(type);
-  if (!stage(buf, op == ReduceOp::Average)) return inner_->allreduce(buf, count, type, op);
+  if (!stage(buf, computes_on_host(type, op))) return inner_->allreduce(buf, count, type, op);
   Lease staging = lease(bytes);
   memory_->to_host(staging.data(), buf, bytes);
   inner_->allreduce(staging.data(), count, type, op);
@@ -271,9 +277,8 @@ std::unique_ptr<Work> StagingCommunicator::allreduce_async(void* buf, std::size_
 void StagingCommunicator::reduce_scatter(const void* send, void* recv, std::size_t count,
                                          DataType type, ReduceOp op) {
   const std::size_t block = count * size_of(type);
-  const bool average = op == ReduceOp::Average;
-  exchange({send, block * static_cast<std::size_t>(size()), stage(send)},
-           {recv, block, stage(recv, average)}, [&](const void* s, void* r) {
+  exchange({send, block * static_cast<std::size_t>(size()), stage(send, computes_on_host(type, op))},
+           {recv, block, stage(recv, computes_on_host(type, op))}, [&](const void* s, void* r) {
              inner_->reduce_scatter(s, r, count, type, op);
            });
 }

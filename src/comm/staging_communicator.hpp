@@ -5,8 +5,8 @@
 // all-reduces when the handle completes), and passes host buffers on unchanged. With a
 // CUDA-aware MPI (path Direct) it passes device buffers on where MpiCommunicator does no
 // arithmetic of its own (moving data, and blocking sums, maxima and minima, which MPI
-// computes), and still stages the rest: MpiCommunicator divides averages and adds its
-// ring's blocks with host loops. Which
+// computes), and still stages the rest: MpiCommunicator divides averages, sums bf16 in a
+// user-defined MPI_Op and adds its ring's blocks with host loops. Which
 // pointers are device memory, and how to copy them, is DeviceMemory's (CUDA in GPU builds; a
 // test double elsewhere), so that the logic runs and is tested on machines without a GPU.
 #include <cstddef>
