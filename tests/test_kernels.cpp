@@ -300,6 +300,63 @@ TEST(LinearBackward, MatchesDoubleLoopReference) {
   }
 }
 
+// bf16 compute: each gemm is the exact products of the operands rounded to bf16, summed in
+// fp32 (so within fp32 summation error of a double sum over the rounded operands), and not
+// the fp32 gemm; the operands themselves are left as they were.
+TEST(Bf16Gemm, ForwardAndBackwardUseRoundedOperandsWithFp32Sums) {
+  const std::size_t n = 9, in = 7, out = 5;
+  Random rng(5);
+  const auto xv = random_values(n * in, rng, 1.0);
+  const auto wv = random_values(in * out, rng, 0.5);
+  const auto dzv = random_values(n * out, rng, 1.0);
+  const auto round = [](float v) { return static_cast<double>(from_bfloat16(to_bfloat16(v))); };
+  Matrix x = make_matrix(n, in, xv), w = make_matrix(in, out, wv), dz = make_matrix(n, out, dzv);
+  Vector scratch("scratch", std::max({n * in + in * out, n * in + n * out, n * out + in * out}));
+  const GemmPrecision bf16{Dtype::Bf16, scratch.data()};
+  Matrix y("y", n, out), y32("y32", n, out), dw("dw", in, out), dx("dx", n, in);
+  Vector db("db", out);
+  matmul(x, w, y, bf16);
+  matmul(x, w, y32);
+  linear_backward(x, w, dz, dw, db, dx, bf16);
+  const auto yv = host_values(y), y32v = host_values(y32), dwv = host_values(dw),
+             dxv = host_values(dx);
+  double largest_change = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t j = 0; j < out; ++j) {
+      double s = 0.0, mag = 0.0;
+      for (std::size_t k = 0; k < in; ++k) {
+        s += round(xv[i * in + k]) * round(wv[k * out + j]);
+        mag += std::abs(xv[i * in + k] * wv[k * out + j]);
+      }
+      EXPECT_NEAR(yv[i * out + j], s, 2e-6 * mag + 1e-7) << "y(" << i << ", " << j << ")";
+      largest_change = std::max(largest_change, std::abs(double(yv[i * out + j]) - y32v[i * out + j]));
+    }
+  }
+  EXPECT_GT(largest_change, 1e-4) << "bf16 did not round";
+  for (std::size_t k = 0; k < in; ++k) {
+    for (std::size_t j = 0; j < out; ++j) {
+      double s = 0.0, mag = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        s += round(xv[i * in + k]) * round(dzv[i * out + j]);
+        mag += std::abs(xv[i * in + k] * dzv[i * out + j]);
+      }
+      EXPECT_NEAR(dwv[k * out + j], s, 2e-6 * mag + 1e-7) << "dW(" << k << ", " << j << ")";
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t k = 0; k < in; ++k) {
+      double s = 0.0, mag = 0.0;
+      for (std::size_t j = 0; j < out; ++j) {
+        s += round(dzv[i * out + j]) * round(wv[k * out + j]);
+        mag += std::abs(dzv[i * out + j] * wv[k * out + j]);
+      }
+      EXPECT_NEAR(dxv[i * in + k], s, 2e-6 * mag + 1e-7) << "dx(" << i << ", " << k << ")";
+    }
+  }
+  EXPECT_EQ(host_values(x), xv);  // the operands are not rounded in place
+  EXPECT_EQ(host_values(w), wv);
+}
+
 TEST(LinearBackward, WideLayerBiasGradient) {
   // More columns than any small block size, and not a multiple of 64 or 32, so a blocked or
   // vectorised column sum must handle full blocks and a ragged tail.

@@ -113,7 +113,8 @@ void add_options(CLI::App& app, Options& o) {
                      " (weights, accumulation and optimizer state stay fp32; strategy data only)")
       ->default_str(o.grad_comm_dtype);
   app.add_option("--compute-dtype", o.compute_dtype,
-                 "Forward/backward arithmetic (this build supports fp32 only)")
+                 "The gemms of forward and backward: bf16 rounds their operands and sums in "
+                 "fp32 (weights, activations and optimizer state stay fp32)")
       ->default_str(o.compute_dtype);
   app.add_option("--progress", o.progress,
                  "How overlapped MPI all-reduces advance: " + choice_help<Progress>())

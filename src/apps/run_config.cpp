@@ -94,7 +94,8 @@ const std::vector<SectionSpec>& schema() {
          "the data-parallel gradient all-reduce's format (bf16 halves its bytes; weights, "
          "accumulation and optimizer state stay fp32; strategy data only)"},
         {"compute_dtype", choice_type<Dtype>(), quoted(training.compute_dtype),
-         "forward/backward arithmetic; this build supports fp32 only"}}},
+         "the gemms of forward and backward: bf16 rounds their operands and sums in fp32 "
+         "(dense layers; weights, activations and optimizer state stay fp32)"}}},
       {"distributed",
        {{"mesh_shape", "array of integers >= 1", "[RANKS]",
          "device mesh; its product must equal the rank count"},

@@ -37,10 +37,16 @@ std::size_t Dense::scratch_size(std::size_t max_rows) const {
   return needs_preactivation(activation_) ? max_rows * out_ : 0;
 }
 
+std::size_t Dense::gemm_scratch_size(std::size_t max_rows) const {
+  // The operands of x W (forward), x^T dz (kernel gradient) and dz W^T (input gradient).
+  const std::size_t x = max_rows * in_, w = in_ * out_, dz = max_rows * out_;
+  return std::max({x + w, x + dz, dz + w});
+}
+
 void Dense::forward(const LayerPass& pass, ConstMatrixRef x, const float* params,
                     MatrixRef y) const {
   if (needs_preactivation(activation_)) {
-    matmul(x, kernel(params), y);
+    matmul(x, kernel(params), y, pass.gemm);
     if (computes_as_ == ParallelRole::Row) pass.reduce_output(y);
     bias_activation(y, bias(params), Activation::Identity);
     const MatrixRef z(pass.scratch, y.extent(0), out_);
@@ -50,11 +56,11 @@ void Dense::forward(const LayerPass& pass, ConstMatrixRef x, const float* params
   }
   if (computes_as_ == ParallelRole::Row) {
     // Partial products over this rank's input features, summed before bias and activation.
-    matmul(x, kernel(params), y);
+    matmul(x, kernel(params), y, pass.gemm);
     pass.reduce_output(y);
     bias_activation(y, bias(params), activation_);
   } else {
-    linear_forward(x, kernel(params), bias(params), y, activation_);
+    linear_forward(x, kernel(params), bias(params), y, activation_, pass.gemm);
   }
 }
 
@@ -67,12 +73,12 @@ void Dense::backward_parameters(const LayerPass& pass, ConstMatrixRef x, ConstMa
     activation_backward(y, dy, activation_);
   }
   pass.progress();
-  linear_backward(x, kernel(params), dy, kernel(grads), bias(grads), MatrixRef());
+  linear_backward(x, kernel(params), dy, kernel(grads), bias(grads), MatrixRef(), pass.gemm);
 }
 
 void Dense::backward_input(const LayerPass& pass, ConstMatrixRef dy, const float* params,
                            MatrixRef dx) const {
-  linear_backward_input(dy, kernel(params), dx);
+  linear_backward_input(dy, kernel(params), dx, pass.gemm);
   pass.progress();
   // A column-parallel layer's input gradient is a partial sum over its output slices.
   if (computes_as_ == ParallelRole::Column) pass.reduce_input_gradient(dx);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "compat/kokkos_compat.hpp"
+#include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -97,16 +98,44 @@ struct Kokkos::reduction_identity<meshtrain::detail::ColumnSums> {
 
 namespace meshtrain {
 
+namespace {
+
+// `from` rounded to bf16 (nearest even) into `to`, which has its shape.
+MatrixRef round_to_bfloat16(ConstMatrixRef from, float* to) {
+  const MatrixRef rounded(to, from.extent(0), from.extent(1));
+  Kokkos::parallel_for(
+      "meshtrain::round_bf16", Policy2D({0, 0}, {from.extent(0), from.extent(1)}),
+      KOKKOS_LAMBDA(std::size_t i, std::size_t j) {
+        rounded(i, j) = from_bfloat16(to_bfloat16(from(i, j)));
+      });
+  return rounded;
+}
+
+// C = beta C + op(A) op(B) at the given precision.
+void gemm(const char* op_a, const char* op_b, ConstMatrixRef a, ConstMatrixRef b, float beta,
+          MatrixRef c, const GemmPrecision& precision) {
+  if (precision.dtype == Dtype::Bf16) {
+    if (precision.scratch == nullptr) throw std::logic_error("gemm: bf16 without scratch");
+    const MatrixRef ra = round_to_bfloat16(a, precision.scratch);
+    const MatrixRef rb = round_to_bfloat16(b, precision.scratch + a.size());
+    KokkosBlas::gemm(op_a, op_b, 1.0f, ConstMatrixRef(ra), ConstMatrixRef(rb), beta, c);
+    return;
+  }
+  KokkosBlas::gemm(op_a, op_b, 1.0f, a, b, beta, c);
+}
+
+}  // namespace
+
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
-                    Activation activation) {
-  matmul(x, w, y);
+                    Activation activation, const GemmPrecision& precision) {
+  matmul(x, w, y, precision);
   bias_activation(y, b, activation);
 }
 
-void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y) {
+void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y, const GemmPrecision& precision) {
   if (y.extent(0) == 0 || y.extent(1) == 0) return;
   if (x.extent(1) > 0) {
-    KokkosBlas::gemm("N", "N", 1.0f, x, w, 0.0f, y);
+    gemm("N", "N", x, w, 0.0f, y, precision);
   } else {
     Kokkos::deep_copy(y, 0.0f);
   }
@@ -257,7 +286,7 @@ void activation_backward(ConstMatrixRef y, MatrixRef dy, Activation activation) 
 }
 
 void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
-                     VectorRef db, MatrixRef dx) {
+                     VectorRef db, MatrixRef dx, const GemmPrecision& precision) {
   const auto n = dz.extent(0);
   if (n == 0) {
     // An empty shard contributes nothing, but its gradient slots must still be zero
@@ -266,9 +295,9 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
     Kokkos::deep_copy(db, 0.0f);
     return;
   }
-  KokkosBlas::gemm("T", "N", 1.0f, x, dz, 0.0f, dw);
+  gemm("T", "N", x, dz, 0.0f, dw, precision);
   bias_gradient(dz, db);
-  linear_backward_input(dz, w, dx);
+  linear_backward_input(dz, w, dx, precision);
 }
 
 void bias_gradient(ConstMatrixRef dz, VectorRef db) {
@@ -299,8 +328,9 @@ void bias_gradient(ConstMatrixRef dz, VectorRef db) {
       });
 }
 
-void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {
-  if (dx.extent(0) > 0 && dx.extent(1) > 0) KokkosBlas::gemm("N", "T", 1.0f, dz, w, 0.0f, dx);
+void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx,
+                           const GemmPrecision& precision) {
+  if (dx.extent(0) > 0 && dx.extent(1) > 0) gemm("N", "T", dz, w, 0.0f, dx, precision);
 }
 
 void linear_backward_input_add(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {

@@ -45,6 +45,22 @@ void Model::copy_layers_from(const Model& other) {
   first_tensor_ = other.first_tensor_;
   num_parameters_ = other.num_parameters_;
   loss_ = other.loss_;
+  compute_dtype_ = other.compute_dtype_;
+}
+
+void Model::set_compute_dtype(Dtype dtype) {
+  if (dtype == Dtype::Bf16) {
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& layer = *layers_[l];
+      if (layer.num_parameters() > 0 && !layer.computes_in_bf16()) {
+        throw ConfigError("compute_dtype", "'bf16': layer " + std::to_string(l) + " (" +
+                                               layer.describe() +
+                                               ") computes in fp32 only; bf16 compute is "
+                                               "supported for dense layers (MLP models)");
+      }
+    }
+  }
+  compute_dtype_ = dtype;
 }
 
 void Model::lay_out() {
@@ -157,7 +173,8 @@ ConstMatrixRef Model::forward(ConstMatrixRef x, ModelWorkspace& ws,
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const float* p = gather(hooks, l);
     MatrixRef y = rows(ws.activations_[l], 0, n);
-    layers_[l]->forward({hooks, l, ws.scratch_.data() + ws.scratch_offset_[l]}, input, p, y);
+    layers_[l]->forward({hooks, l, ws.scratch_.data() + ws.scratch_offset_[l], ws.gemm_}, input,
+                        p, y);
     if (hooks.release) hooks.release(l);
     input = y;
   }
@@ -195,7 +212,7 @@ void Model::backward(ConstMatrixRef x, ModelWorkspace& ws, MatrixRef dout,
   float* other = ws.grad_b_.data();
   for (std::size_t l = layers_.size(); l-- > 0;) {
     const Layer& layer = *layers_[l];
-    const LayerPass pass{hooks, l, ws.scratch_.data() + ws.scratch_offset_[l]};
+    const LayerPass pass{hooks, l, ws.scratch_.data() + ws.scratch_offset_[l], ws.gemm_};
     const float* p = gather(hooks, l);
     float* g = hooks.gradients(l);
     const ConstMatrixRef input = l == 0 ? x : ConstMatrixRef(rows(ws.activations_[l - 1], 0, n));
@@ -233,6 +250,14 @@ ModelWorkspace::ModelWorkspace(const Model& model, std::size_t max_rows) : max_r
   }
   output_grad_ = Matrix("meshtrain::output_grad", max_rows, model.layer(model.num_layers() - 1)
                                                                .out_features());
+  if (model.compute_dtype() == Dtype::Bf16) {
+    std::size_t gemm = 0;
+    for (std::size_t l = 0; l < model.num_layers(); ++l) {
+      gemm = std::max(gemm, model.layer(l).gemm_scratch_size(max_rows));
+    }
+    gemm_scratch_ = Vector("meshtrain::gemm_scratch", gemm);
+    gemm_ = {Dtype::Bf16, gemm_scratch_.data()};
+  }
   grad_a_ = Matrix("meshtrain::grad_a", max_rows, widest);
   grad_b_ = Matrix("meshtrain::grad_b", max_rows, widest);
   scratch_ = Vector("meshtrain::layer_scratch", scratch);

@@ -27,6 +27,7 @@ Model shard_model(const Model& model, int parts) {
   }
   Model local(std::move(layers));
   local.set_loss(model.loss());  // the loss is taken on the full (replicated) output
+  local.set_compute_dtype(model.compute_dtype());
   return local;
 }
 

@@ -31,6 +31,7 @@ Trainer::Trainer(Model model, TrainingConfig config, std::shared_ptr<ProcessGrou
   config_.distributed_config = groups_->config();
   config_.validate(groups_->batch_parts());
   model_.set_loss(config_.loss);
+  model_.set_compute_dtype(config_.compute_dtype);
   world_ = &groups_->world();
   if (groups_->has_model()) {
     prepare_tensor_parallel(model_, mesh().shape(), mesh().axis_size("model"));

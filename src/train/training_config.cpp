@@ -48,13 +48,6 @@ void TrainingConfig::validate(int data_axis_size) const {
   check_choice("schedule", schedule);
   check_choice("grad_comm_dtype", grad_comm_dtype);
   check_choice("compute_dtype", compute_dtype);
-  if (compute_dtype != Dtype::Fp32) {
-    throw ConfigError("compute_dtype",
-                      name_of(compute_dtype) +
-                          ": not supported by this build, which computes in fp32 only (bf16 "
-                          "compute is planned for CUDA builds; use grad_comm_dtype = \"bf16\" to "
-                          "halve the gradient traffic)");
-  }
   if (grad_comm_dtype == Dtype::Bf16) {
     const auto& names = distributed_config.mesh_axis_names;
     if (distributed_config.strategy != Strategy::Data) {

@@ -20,6 +20,8 @@ class Dense final : public Layer {
 
   void initialize(float* block, Random& rng) const override;
   std::size_t scratch_size(std::size_t max_rows) const override;
+  bool computes_in_bf16() const override { return true; }
+  std::size_t gemm_scratch_size(std::size_t max_rows) const override;
 
   void forward(const LayerPass& pass, ConstMatrixRef x, const float* params,
                MatrixRef y) const override;

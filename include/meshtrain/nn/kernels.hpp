@@ -1,6 +1,7 @@
 #pragma once
 // The model's kernels, one Kokkos kernel (or one gemm) each. Shapes: x (n x in),
 // kernel W (in x out), bias b (out), y and dy (n x out).
+#include <cstddef>
 #include <string>
 
 #include "meshtrain/choices.hpp"  // Activation, parse_activation, name_of
@@ -8,12 +9,27 @@
 
 namespace meshtrain {
 
+// How a gemm computes. Fp32: an fp32 gemm. Bf16 (training.compute_dtype = "bf16"): both
+// operands rounded to bf16 (nearest even) and the products summed in fp32, which is what
+// cuBLAS's bf16 GEMM with fp32 accumulation computes; the output stays fp32. Here the rounded
+// operands are written to `scratch` (gemm_scratch_floats of the gemm) and go through the fp32
+// gemm: a product of two bf16 values is exact in fp32, so only the order of the fp32 sums can
+// differ from a bf16 GEMM.
+struct GemmPrecision {
+  Dtype dtype = Dtype::Fp32;
+  float* scratch = nullptr;  // needed for Bf16
+};
+// The scratch a Bf16 gemm of operands with a and b elements needs (0 for Fp32).
+inline std::size_t gemm_scratch_floats(Dtype dtype, std::size_t a, std::size_t b) {
+  return dtype == Dtype::Bf16 ? a + b : 0;
+}
+
 // y = act(x W + b): one gemm, then bias and activation fused in one kernel.
 void linear_forward(ConstMatrixRef x, ConstMatrixRef w, ConstVectorRef b, MatrixRef y,
-                    Activation activation);
+                    Activation activation, const GemmPrecision& precision = {});
 
 // y = x W: one gemm.
-void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y);
+void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y, const GemmPrecision& precision = {});
 
 // y = act(y + b) in place: the second half of linear_forward, for a row-parallel layer whose
 // gemm result must be summed across ranks before the bias and activation.
@@ -39,7 +55,7 @@ void activation_backward_from_input(ConstMatrixRef z, MatrixRef dy, Activation a
 // Given dz = dL/d(xW + b): dW = x^T dz, db = sum over rows of dz and, if dx is non-empty,
 // dx = dz W^T. Overwrites dW, db and dx.
 void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, MatrixRef dw,
-                     VectorRef db, MatrixRef dx);
+                     VectorRef db, MatrixRef dx, const GemmPrecision& precision = {});
 
 // db = sum over rows of dz (the bias gradient), one parallel reduction per block of columns.
 // Each column is summed row by row in order where a team has one thread (Serial, OpenMP).
@@ -47,7 +63,8 @@ void bias_gradient(ConstMatrixRef dz, VectorRef db);
 
 // dx = dz W^T: the part of linear_backward that the layer below needs, split out so that a
 // layer's parameter gradients can be handed to the all-reduce before it runs.
-void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);
+void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx,
+                           const GemmPrecision& precision = {});
 
 // dx += dz W^T: the same, adding to what dx holds.
 void linear_backward_input_add(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx);

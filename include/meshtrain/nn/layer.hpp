@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "meshtrain/data/random.hpp"
+#include "meshtrain/nn/kernels.hpp"  // GemmPrecision
 #include "meshtrain/nn/types.hpp"
 
 namespace meshtrain {
@@ -67,6 +68,9 @@ struct LayerPass {
   const PassHooks& hooks;
   std::size_t index;
   float* scratch;  // scratch_size(max_rows) floats, kept from forward to backward
+  // How the layer's gemms compute (the model's compute dtype), with scratch shared by all
+  // layers for one gemm at a time (gemm_scratch_size(max_rows) floats under bf16).
+  GemmPrecision gemm = {};
 
   void progress() const {
     if (hooks.progress) hooks.progress();
@@ -100,6 +104,11 @@ class Layer {
 
   // Floats of scratch the layer needs for batches of up to max_rows rows.
   virtual std::size_t scratch_size(std::size_t /*max_rows*/) const { return 0; }
+  // Whether the layer's gemms follow LayerPass::gemm (training.compute_dtype = "bf16"); a
+  // model with a parameterised layer that does not is refused bf16 compute. And the floats
+  // of shared gemm scratch that bf16 needs for batches of up to max_rows rows.
+  virtual bool computes_in_bf16() const { return false; }
+  virtual std::size_t gemm_scratch_size(std::size_t /*max_rows*/) const { return 0; }
 
   // y = layer(x); params is the layer's block.
   virtual void forward(const LayerPass& pass, ConstMatrixRef x, const float* params,

@@ -63,6 +63,12 @@ class Model {
   // `rows` rows: 1 / (rows * outputs) for MSE, 1 / rows for the relative L2 error.
   void set_loss(Loss loss) { loss_ = loss; }
   Loss loss() const { return loss_; }
+
+  // How the layers' gemms compute (see GemmPrecision): fp32 (the default) or bf16 operands
+  // with fp32 accumulation. Workspaces made afterwards follow it. ConfigError("compute_dtype")
+  // when a layer with parameters cannot compute in bf16.
+  void set_compute_dtype(Dtype dtype);
+  Dtype compute_dtype() const { return compute_dtype_; }
   float loss_scale(int rows) const;
 
   // Forward pass over x (n x in) into the workspace; returns the output rows (n x out).
@@ -100,6 +106,7 @@ class Model {
   std::vector<std::size_t> first_tensor_;
   std::size_t num_parameters_ = 0;
   Loss loss_ = Loss::Mse;
+  Dtype compute_dtype_ = Dtype::Fp32;
   Vector params_;
 };
 
@@ -119,6 +126,8 @@ class ModelWorkspace {
   Matrix grad_b_;
   Vector scratch_;                   // every layer's scratch, one after another
   std::vector<std::size_t> scratch_offset_;
+  Vector gemm_scratch_;              // bf16 compute: the rounded operands of one gemm
+  GemmPrecision gemm_;
 };
 
 }  // namespace meshtrain

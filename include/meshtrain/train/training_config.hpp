@@ -74,8 +74,9 @@ struct TrainingConfig {
   // master weights, gradient accumulation and the optimizer state. Only with strategy data
   // and no 'model' axis (FSDP's reduce-scatter and tensor parallelism stay fp32).
   Dtype grad_comm_dtype = Dtype::Fp32;
-  // Forward and backward arithmetic. Only fp32: bf16 compute (cuBLAS with fp32 accumulation)
-  // is not implemented in this build (ConfigError).
+  // The gemms of forward and backward: fp32, or bf16 operands with fp32 accumulation (see
+  // GemmPrecision; master weights, activations, gradients and optimizer state stay fp32).
+  // bf16 needs a model whose parameterised layers are dense (ConfigError otherwise).
   Dtype compute_dtype = Dtype::Fp32;
 
   // Throws ConfigError naming the field and value. data_axis_size is the number of shards
