@@ -129,6 +129,11 @@ TEST(CheckpointState, SignatureNamesWhatDeterminesTheNumbers) {
             run_signature(model, config, 256) +
                 ";schedule=warmup_cosine;warmup_steps=10;warmup_initial_learning_rate=0;"
                 "decay_steps=100;min_learning_rate=1.0000000000000001e-05;clip_grad_norm=1");
+  TrainingConfig bf16 = config;
+  bf16.compute_dtype = Dtype::Bf16;
+  EXPECT_EQ(run_signature(model, bf16, 256),
+            "widths=4,8,1;activations=relu,identity;compute_dtype=bf16;optimizer=adam;"
+            "learning_rate=0.001;batch_size=32;seed=0;shuffle=false;samples=256");
   TrainingConfig step = config;
   step.schedule = Schedule::Step;
   step.step_size = 5;

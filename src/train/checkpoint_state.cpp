@@ -262,7 +262,10 @@ std::string run_signature(const Model& model, const TrainingConfig& config, std:
   const std::string wire = config.grad_comm_dtype == Dtype::Fp32
                                ? ""
                                : ";grad_comm_dtype=" + name_of(config.grad_comm_dtype);
-  return model_signature(model) + loss + wire + ";optimizer=" + name_of(config.optimizer) +
+  const std::string compute = config.compute_dtype == Dtype::Fp32
+                                  ? ""
+                                  : ";compute_dtype=" + name_of(config.compute_dtype);
+  return model_signature(model) + loss + wire + compute + ";optimizer=" + name_of(config.optimizer) +
          ";learning_rate=" + format_g17(config.learning_rate) +
          ";batch_size=" + std::to_string(config.batch_size) +
          ";seed=" + std::to_string(config.seed) +
