@@ -209,9 +209,15 @@ void NpyShards::read_range(std::size_t begin, std::size_t count, float* out) con
   }
 }
 
+std::size_t NpyShards::chunk(std::size_t chunk_rows) const {
+  if (chunk_rows > 0) return chunk_rows;
+  constexpr std::size_t kChunkBytes = std::size_t{1} << 20;
+  return std::max<std::size_t>(1, kChunkBytes / (std::max<std::size_t>(columns_, 1) * sizeof(double)));
+}
+
 void NpyShards::scan(std::size_t chunk_rows,
                      const std::function<void(std::size_t, std::size_t, const float*)>& visit) const {
-  chunk_rows = std::max<std::size_t>(chunk_rows, 1);
+  chunk_rows = chunk(chunk_rows);
   std::vector<float> buffer(chunk_rows * columns_);
   for (std::size_t row = 0; row < rows(); row += chunk_rows) {
     const std::size_t n = std::min(chunk_rows, rows() - row);
@@ -221,7 +227,7 @@ void NpyShards::scan(std::size_t chunk_rows,
 }
 
 void NpyShards::check_values(std::size_t chunk_rows) const {
-  chunk_rows = std::max<std::size_t>(chunk_rows, 1);
+  chunk_rows = chunk(chunk_rows);
   std::vector<double> buffer(chunk_rows * columns_);
   for (std::size_t file = 0; file < files_.size(); ++file) {
     const NpyInfo& f = files_[file];

@@ -44,18 +44,20 @@ class NpyShards {
   void read_rows(std::span<const std::int64_t> rows, float* out) const;
   // Rows [begin, begin + count).
   void read_range(std::size_t begin, std::size_t count, float* out) const;
-  // Every row in order, chunk_rows at a time: visit(first_row, rows, values).
+  // Every row in order, chunk_rows at a time (0: as many as fit in about 1 MiB):
+  // visit(first_row, rows, values).
   void scan(std::size_t chunk_rows,
             const std::function<void(std::size_t, std::size_t, const float*)>& visit) const;
   // Throws ConfigError "PATH: holds nan at flat index I" (the index in that file) for the
   // first NaN or Inf, as read_npy does, or for a float64 value out of float32 range.
-  void check_values(std::size_t chunk_rows = 4096) const;
+  void check_values(std::size_t chunk_rows = 0) const;
 
  private:
   struct Descriptors;
   void build(std::string spec, std::vector<NpyInfo> files);
   // Rows [begin, begin + count) all in shard `file`, as float32.
   void read_contiguous(std::size_t file, std::size_t begin, std::size_t count, float* out) const;
+  std::size_t chunk(std::size_t chunk_rows) const;  // 0: about 1 MiB of rows
 
   std::string spec_;
   std::vector<NpyInfo> files_;
