@@ -308,6 +308,8 @@ DataBytes Trainer::data_bytes() const {
   return bytes;
 }
 
+double Trainer::data_wait_seconds() const { return prefetch_ ? prefetch_->wait_seconds() : 0.0; }
+
 std::uint64_t Trainer::step_key(std::size_t batch) const {
   return static_cast<std::uint64_t>(epoch_) * (num_batches_ + 1) + batch;
 }

@@ -167,6 +167,9 @@ class Trainer {
   const GradientReducer& reducer() const;
   StateBytes state_bytes() const;  // after prepare()
   DataBytes data_bytes() const;    // after prepare() (and set_*_data)
+  // Seconds step() has waited for rows from a source since prepare() or fit() began (0 in
+  // memory): what metrics.data_wait_seconds reports, for benchmarks that call step().
+  double data_wait_seconds() const;
   int batch_group_size() const { return groups_->batch_parts(); }
 
   const Model& model() const { return model_; }
