@@ -310,8 +310,8 @@ DataBytes Trainer::data_bytes() const {
 
 double Trainer::data_wait_seconds() const { return prefetch_ ? prefetch_->wait_seconds() : 0.0; }
 
-std::uint64_t Trainer::step_key(std::size_t batch) const {
-  return static_cast<std::uint64_t>(epoch_) * (num_batches_ + 1) + batch;
+std::uint64_t Trainer::step_key(int epoch, std::size_t batch) const {
+  return static_cast<std::uint64_t>(epoch) * (num_batches_ + 1) + batch;
 }
 
 std::vector<std::int64_t> Trainer::step_rows(std::size_t batch) const {
@@ -380,10 +380,10 @@ bool Trainer::step(std::size_t batch) {
   if (source_) {
     // This step's rows (read ahead during the previous step), then the next step's in the
     // background while this one computes.
-    const BatchPrefetcher::Slot& slot = prefetch_->take(step_key(batch), step_rows(batch));
+    const BatchPrefetcher::Slot& slot = prefetch_->take(step_key(epoch_, batch), step_rows(batch));
     slot_x_ = slot.x.data();
     slot_y_ = slot.y.data();
-    if (batch + 1 < num_batches_) prefetch_->request(step_key(batch + 1), step_rows(batch + 1));
+    if (batch + 1 < num_batches_) prefetch_->request(step_key(epoch_, batch + 1), step_rows(batch + 1));
   }
   // The step's micro-batches (one without accumulation), each loss scaled by the whole batch.
   const int k = config_.accumulation_steps;
@@ -540,6 +540,13 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   const double nan = std::numeric_limits<double>::quiet_NaN();
   epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count) : nan);
   const bool last = epoch_ + 1 == config_.num_epochs;
+  // From a source: the next epoch's permutation now, and its first step's rows read while
+  // validation and the epoch callback run (every rank alike, so the collectives still match).
+  const bool next_early = source_ && !last;
+  if (next_early) {
+    begin_epoch(epoch_ + 1);
+    prefetch_->request(step_key(epoch_ + 1, 0), step_rows(0));
+  }
   const bool evaluate_now = config_.validation_every > 0 &&
                             ((epoch_ + 1) % config_.validation_every == 0 || last);
   const bool validate = evaluate_now && (x_val_.extent(0) > 0 || val_source_);
@@ -569,7 +576,7 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   ++epoch_;
   batch_ = 0;
   last_gradient_norm_ = nan;
-  if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
+  if (epoch_ < config_.num_epochs && !next_early) begin_epoch(epoch_);
 }
 
 TrainingMetrics Trainer::metrics_of(const FitClock& clock, double wall, bool stopped) const {

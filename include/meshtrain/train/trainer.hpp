@@ -200,7 +200,7 @@ class Trainer {
   void prepare_run(std::size_t samples);
   // This rank's rows (global indices) of every micro-batch of batch `batch`, concatenated.
   std::vector<std::int64_t> step_rows(std::size_t batch) const;
-  std::uint64_t step_key(std::size_t batch) const;
+  std::uint64_t step_key(int epoch, std::size_t batch) const;  // names a prefetched step
   // The device batch buffers (shuffling or sources) and a held-out source's host chunk.
   void ensure_batch_buffers();
   // One optimizer step's global batch: over the batch group, and as micro-batches
