@@ -271,6 +271,9 @@ class Errors(unittest.TestCase):
         make_npy.write_npy(os.path.join(bad, "a.npy"), (3, DIM), [0.0] * 3 * DIM)
         make_npy.write_npy(os.path.join(bad, "b.npy"), (3, DIM + 1), [0.0] * 3 * (DIM + 1))
         make_npy.write_bad("f2", os.path.join(bad, "half.npy"))
+        zero_y = [1.0] * SAMPLES
+        zero_y[3] = 0.0
+        make_npy.write_npy(os.path.join(bad, "zero_y.npy"), (SAMPLES,), zero_y)
         os.makedirs(os.path.join(bad, "empty"), exist_ok=True)
         sharded = ["--set", "data.loading='sharded'"]
         cases = [
@@ -288,6 +291,10 @@ class Errors(unittest.TestCase):
              "data.train_x: %s: unsupported dtype '<f2'" % os.path.join(bad, "half.npy")),
             (sharded + ["--set", "data.train_y='data/y/part-0.npy'"],
              "data.train_y: data/y/part-0.npy: 2000 samples, but data.train_x has 6144"),
+            # relative_l2 divides by each target's norm: rank 0 finds a zero target streaming.
+            (sharded + ["--set", "training.loss='relative_l2'",
+                        "--set", "data.train_y='%s'" % os.path.join(bad, "zero_y.npy")],
+             "--set: training.loss relative_l2: training target 3 is all zeros"),
             # The in-memory path reads shards too, and names the shard.
             (["--set", "data.train_x='%s'" % os.path.join(bad, "[ab].npy")],
              "data.train_x: %s: samples of shape (%d,), but %s has (%d,)"
