@@ -1,15 +1,22 @@
 // One data-parallel training step (forward, loss, backward, gradient all-reduce, Adam) at the
 // rank count the binary is launched with:
 //   launch/mpirun.sh -np 2 build/bin/bench_step
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
+#include <span>
+#include <string>
 
 #include "bench_main.hpp"
 #include "meshtrain/comm/counting_communicator.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/data/dataset.hpp"
+#include "meshtrain/data/npy.hpp"
+#include "meshtrain/data/row_source.hpp"
 #include "meshtrain/nn/kernels.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/train/trainer.hpp"
@@ -84,6 +91,64 @@ int world_size() {
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   return n;
 }
+
+// Sharded loading: a 1024 -> 256 -> 1 MLP, global batch 256, shuffled, from 16 MiB of
+// inputs in 4 .npy shards that rank 0 writes to the temporary directory (so the page cache
+// holds them: a disk that keeps up). Reports the time each step waited for its rows (what the
+// prefetch thread had not read while the previous step computed) against the step; the
+// in-memory variant is the same run from memory. The first step of each pass over the
+// batches has nothing read ahead.
+void data_wait(benchmark::State& state, bool sharded) {
+  constexpr int kSamples = 4096, kInputs = 1024, kBatch = 256;
+  TrainingConfig config;
+  config.batch_size = kBatch;
+  config.shuffle = true;
+  const ReferenceData data = make_reference_data(kSamples, kInputs, 0);
+  MpiCommunicator world(MPI_COMM_WORLD);
+  std::int64_t pid = world.rank() == 0 ? ::getpid() : 0;
+  world.broadcast(std::span<std::int64_t>(&pid, 1), 0);
+  const std::string root = "/tmp/meshtrain-bench-data-" + std::to_string(pid);
+  if (world.rank() == 0 && sharded) {
+    std::filesystem::create_directories(root + "/x");
+    for (int s = 0; s < 4; ++s) {
+      const std::size_t rows = kSamples / 4;
+      write_npy(root + "/x/part-" + std::to_string(s) + ".npy", {rows, std::size_t{kInputs}},
+                data.x.data() + s * rows * kInputs);
+    }
+    write_npy(root + "/y.npy", {std::size_t{kSamples}, 1}, data.y.data());
+  }
+  world.barrier();
+  Trainer trainer(Mlp({kInputs, 256, 1}, Activation::ReLU, 0), config);
+  if (sharded) {
+    trainer.prepare(std::make_shared<NpyRowSource>(NpyShards::open(root + "/x"),
+                                                   NpyShards::open(root + "/y.npy")));
+  } else {
+    trainer.prepare(data.x, data.y);
+  }
+  std::size_t b = 0;
+  double step_seconds = 0.0;
+  const double waited_before = trainer.data_wait_seconds();
+  for (auto _ : state) {
+    const double t0 = MPI_Wtime();
+    trainer.step(b);
+    ExecSpace().fence();
+    step_seconds += MPI_Wtime() - t0;
+    b = (b + 1) % trainer.batches_per_epoch();
+  }
+  const double steps = static_cast<double>(state.iterations());
+  const double waited = trainer.data_wait_seconds() - waited_before;
+  state.counters["step_ms"] = step_seconds * 1e3 / steps;
+  state.counters["data_wait_us/step"] = waited * 1e6 / steps;
+  state.counters["data_wait_%"] = 100.0 * waited / step_seconds;
+  state.counters["rows_MB/s/rank"] =
+      static_cast<double>(kBatch) / trainer.mesh().size() * (kInputs + 1) * 4 * steps / step_seconds * 1e-6;
+  state.counters["data_KiB/rank"] = static_cast<double>(trainer.data_bytes().total()) / 1024;
+  world.barrier();
+  if (world.rank() == 0 && sharded) std::filesystem::remove_all(root);
+}
+
+void BM_DataWait_Sharded(benchmark::State& state) { data_wait(state, true); }
+void BM_DataWait_InMemory(benchmark::State& state) { data_wait(state, false); }
 
 void BM_TrainStep_Reference(benchmark::State& state) { train_step(state, {4, 64, 1}, 32); }
 const std::vector<int> kBigMlp{4, 1024, 1024, 1024, 1};
@@ -226,6 +291,8 @@ void BM_Allreduce385(benchmark::State& state) {
 }
 
 BENCHMARK(bench::sgemm_peak)->Name("BM_SgemmPeak")->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DataWait_Sharded)->Iterations(64)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DataWait_InMemory)->Iterations(64)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_Reference)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_MLP1024x3)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_TrainStep_MLP1024x3_OverlapOff)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();

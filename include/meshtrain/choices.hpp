@@ -142,6 +142,19 @@ constexpr std::span<const Choice<Normalization>> choice_table(Normalization) {
   return kNormalizationChoices;
 }
 
+// Where the rows of .npy data sets are while a run trains (data.loading).
+enum class DataLoading { Memory, Sharded };
+inline constexpr Choice<DataLoading> kDataLoadingChoices[] = {
+    {DataLoading::Memory, "memory",
+     "rank 0 reads the files and broadcasts them; every rank holds every set in memory"},
+    {DataLoading::Sharded, "sharded",
+     "every rank reads only the rows of its shard of each batch from the files (pread), the "
+     "next step's in the background; no rank holds the data set"},
+};
+constexpr std::span<const Choice<DataLoading>> choice_table(DataLoading) {
+  return kDataLoadingChoices;
+}
+
 enum class Activation { Identity, ReLU, Tanh, Gelu };
 inline constexpr Choice<Activation> kActivationChoices[] = {
     {Activation::ReLU, "relu", ""},

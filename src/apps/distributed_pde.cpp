@@ -203,6 +203,12 @@ void print_header(const DistributedManager& dm, const Trainer& trainer, const Ru
   std::printf("Strategy:     %s\n", name_of(dc.strategy).c_str());
   std::printf("Training data: x=(%d, 4), y=(%d, 1)\n", run.samples, run.samples);
   std::printf("State bytes per rank: %s\n", format_state_bytes(trainer.state_bytes()).c_str());
+  // The data every rank holds: its host copy (x and y) and the trainer's (device copy, batch
+  // buffers, permutation).
+  const DataBytes data = trainer.data_bytes();
+  const std::size_t host = static_cast<std::size_t>(run.samples) * (4 + 1) * sizeof(float);
+  std::printf("Data bytes per rank: %zu (host %zu, device %zu, batch buffers %zu, permutation %zu)\n",
+              host + data.total(), host, data.sets, data.batches, data.order);
   const std::string settings = describe_step_settings(config);
   std::printf("Epochs: %d, global batch: %d (%d to %d per rank), optimizer: %s, lr: %g%s\n",
               config.num_epochs, config.batch_size, plan.counts.back(), plan.counts.front(),

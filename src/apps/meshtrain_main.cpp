@@ -211,10 +211,11 @@ void check_memory(const RunConfig& config, const TrainingData* data, const Proce
                   int ranks_on_node) {
   const ModelSettings& m = config.model;
   if (!data && m.type != ModelType::Mlp) return;
+  // Sharded loading holds no set: its few batches are checked against data.max_resident_bytes.
   const std::size_t samples =
-      data ? data->x.extent(0) + data->val_x.extent(0) + data->test_x.extent(0)
+      data ? (data->sharded() ? 0 : data->samples + data->held_out_samples)
            : static_cast<std::size_t>(config.data.samples);
-  const std::size_t features = data ? data->x.extent(1) + data->y.extent(1)
+  const std::size_t features = data ? data->features
                                     : 2 * (static_cast<std::size_t>(config.data.dim) + 1);
   const MemoryLayout layout = memory_layout(groups, config.training.batch_size, samples, features);
   std::string key, value;
@@ -258,6 +259,54 @@ std::string model_text(const RunConfig& config, const TrainingData& data) {
          " Fourier layers, projection " + std::to_string(m.projection);
 }
 
+std::string mib(std::size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+  return text;
+}
+
+// The bytes of data this rank holds: the trainer's, and in memory the sets' host copies.
+std::size_t host_set_bytes(const TrainingData& data) {
+  std::size_t floats = 0;
+  for (const HostMatrix* m : {&data.x, &data.y, &data.val_x, &data.val_y, &data.test_x, &data.test_y}) {
+    floats += m->span();
+  }
+  return floats * sizeof(float);
+}
+
+std::string data_bytes_text(const DataBytes& d, std::size_t host_sets) {
+  return std::to_string(d.total() + host_sets) + " (" + mib(d.total() + host_sets) + ": sets " +
+         std::to_string(d.sets + host_sets) + ", batch buffers " + std::to_string(d.batches) +
+         ", permutation " + std::to_string(d.order) + ")";
+}
+
+// data.max_resident_bytes against what this rank holds (the same on every rank).
+void check_data_cap(const RunConfig& config, std::size_t held, const std::string& what) {
+  const std::int64_t cap = config.data.max_resident_bytes;
+  if (cap <= 0 || held <= static_cast<std::size_t>(cap)) return;
+  std::string hint;
+  if (config.data.loading == DataLoading::Memory) {
+    hint = config.data.synthetic.empty()
+               ? "; data.loading = \"sharded\" holds only the rows of a few batches"
+               : "; synthetic data is held in memory";
+  }
+  throw ConfigError(config.where("data.max_resident_bytes") + " " + std::to_string(cap) +
+                    ": each rank would hold " + what + " of data, more than this limit" + hint);
+}
+
+// The most any rank has had resident (VmHWM of /proc/self/status), in bytes; 0 if unknown.
+std::size_t peak_resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  std::size_t kib = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::sscanf(line, "VmHWM: %zu kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib * 1024;
+}
+
 void print_header(const RunConfig& config, const Trainer& trainer, const DistributedManager& dm,
                   const TrainingData& data, const std::optional<ResumePoint>& resumed,
                   const std::vector<std::string>& set_aside) {
@@ -272,6 +321,9 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
   std::printf("Model:       %s, %zu parameters, loss %s\n", model_text(config, data).c_str(),
               model.num_parameters(), name_of(t.loss).c_str());
   std::printf("Data:        %s\n", data.description.c_str());
+  std::printf("Memory:      state %s per rank; data %s per rank\n",
+              format_state_bytes(trainer.state_bytes()).c_str(),
+              data_bytes_text(trainer.data_bytes(), host_set_bytes(data)).c_str());
   const std::string settings = describe_step_settings(t);
   std::printf("Training:    %d epochs of %zu batches, global batch %d, %s, lr %g%s, shuffle %s\n",
               t.num_epochs, trainer.batches_per_epoch(), t.batch_size, name_of(t.optimizer).c_str(),
@@ -297,11 +349,17 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
 }
 
 void print_results(const TrainingMetrics& m, const std::string& checkpoint,
-                   const std::optional<MetricsFiles>& metrics) {
+                   const std::optional<MetricsFiles>& metrics, bool sharded, std::size_t peak) {
   std::printf("Initial loss: %.6f\n", m.initial_loss);
   std::printf("Final loss:   %.6f\n", m.final_loss);
   std::printf("Training time: %.4f s (%lld steps, %.0f steps/s, %.0f samples/s)\n", m.wall_seconds,
               static_cast<long long>(m.steps), m.steps_per_second, m.samples_per_second);
+  if (sharded) {
+    std::printf("Data wait:    %.4f s (%.1f us per step) reading rows the prefetch had not read\n",
+                m.data_wait_seconds,
+                m.steps > 0 ? 1e6 * m.data_wait_seconds / static_cast<double>(m.steps) : 0.0);
+  }
+  if (peak > 0) std::printf("Peak memory:  %s resident on the largest rank (VmHWM)\n", mib(peak).c_str());
   if (!checkpoint.empty()) std::printf("Checkpoint:   %s\n", checkpoint.c_str());
   if (metrics) std::printf("Metrics:      %s\n", metrics->csv_path().c_str());
   std::fflush(stdout);
@@ -328,17 +386,28 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   const bool synthetic = !config.data.synthetic.empty();
   if (synthetic) check_memory(config, nullptr, *groups, dm.local_size());  // before generating it
   const TrainingData data = load_training_data(config, world);
+  if (!data.sharded()) {  // before anything more is allocated
+    check_data_cap(config, host_set_bytes(data), std::to_string(host_set_bytes(data)) + " bytes");
+  }
   if (!synthetic) check_memory(config, &data, *groups, dm.local_size());
   Model model = locating_errors(config, [&] { return build_model(config, data); });
   Trainer trainer = locating_errors(
       config, [&] { return Trainer(std::move(model), config.training, groups); });
   RunCheckpoints checkpoints(config, data, world);
-  const std::size_t samples = data.x.extent(0);
+  const std::size_t samples = data.samples;
   locating_errors(config, [&] {
-    trainer.prepare(data.x, data.y);
-    if (data.has_validation()) trainer.set_validation_data(data.val_x, data.val_y);
-    if (data.has_test()) trainer.set_test_data(data.test_x, data.test_y);
+    if (data.sharded()) {
+      trainer.prepare(data.train_source);
+      if (data.val_source) trainer.set_validation_data(data.val_source);
+      if (data.test_source) trainer.set_test_data(data.test_source);
+    } else {
+      trainer.prepare(data.x, data.y);
+      if (data.has_validation()) trainer.set_validation_data(data.val_x, data.val_y);
+      if (data.has_test()) trainer.set_test_data(data.test_x, data.test_y);
+    }
   });
+  check_data_cap(config, trainer.data_bytes().total() + host_set_bytes(data),
+                 data_bytes_text(trainer.data_bytes(), host_set_bytes(data)) + " bytes");
 
   // Before any training: the run's directories (the output first: checking the checkpoints
   // may move another run's aside), and what the run continues.
@@ -417,7 +486,9 @@ int train(DistributedManager& dm, const TrainOptions& options) {
     world.barrier();
     return kExitPreempted;
   }
-  if (root) print_results(m, checkpoint, metrics);
+  std::int64_t peak = static_cast<std::int64_t>(peak_resident_bytes());
+  world.allreduce(std::span<std::int64_t>(&peak, 1), ReduceOp::Max);
+  if (root) print_results(m, checkpoint, metrics, data.sharded(), static_cast<std::size_t>(peak));
   world.barrier();
   return 0;
 }

@@ -74,7 +74,7 @@ RunCheckpoints::RunCheckpoints(const RunConfig& config, const TrainingData& data
       dir_where_(config.where("checkpoint.dir")),
       data_description_(data_description(config)),
       comm_(comm) {
-  if (comm_.rank() == 0) data_crc_ = data_crc(data);
+  if (comm_.rank() == 0) data_crc_ = data.sharded() ? data.crc : data_crc(data);
 }
 
 RunCheckpoints::~RunCheckpoints() {

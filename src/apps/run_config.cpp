@@ -124,7 +124,9 @@ const std::vector<SectionSpec>& schema() {
         {"width", "integer >= 1", "32", "fno: channels inside the Fourier layers"},
         {"projection", "integer >= 1", "128", "fno: channels of the projection's hidden layer"}}},
       {"data",
-       {{"train_x", "path", "-", ".npy (samples, inputs), float32/float64, C order"},
+       {{"train_x", "path", "-",
+         ".npy (samples, inputs), float32/float64, C order; or shards: a directory of .npy "
+         "files (sorted by name) or a glob, rows counted across them (every data path)"},
         {"train_y", "path", "-", ".npy (samples, outputs), or (samples,) for one output"},
         {"val_x", "path", "-", "validation inputs (optional, with val_y)"},
         {"val_y", "path", "-", "validation targets"},
@@ -132,6 +134,11 @@ const std::vector<SectionSpec>& schema() {
         {"test_y", "path", "-", "test targets"},
         {"normalize", choice_type<Normalization>(), quoted(DataSettings{}.normalize),
          choice_help<Normalization>()},
+        {"loading", choice_type<DataLoading>(), quoted(DataSettings{}.loading),
+         choice_help<DataLoading>()},
+        {"max_resident_bytes", "integer >= 0", "0",
+         "the most bytes of data one rank may hold (sets, batch buffers, permutation); more is "
+         "an error before training; 0: no limit"},
         {"synthetic", "\"reference\"", "-",
          "instead of files: the tutorial's x ~ N(0, 1), y = sum(x^2), from training.seed"},
         {"samples", "integer >= 1", "256", "synthetic samples"},
@@ -607,6 +614,15 @@ void read_data(SettingsReader& r, DataSettings& d, const std::string& file) {
     }
   }
   if (auto v = r.choice<Normalization>(s, "normalize")) d.normalize = *v;
+  if (auto v = r.integer(s, "max_resident_bytes", 0, std::numeric_limits<std::int64_t>::max())) {
+    d.max_resident_bytes = *v;
+  }
+  if (auto v = r.choice<DataLoading>(s, "loading")) {
+    if (!d.synthetic.empty()) {
+      r.fail(*r.find(s, "loading"), "data.loading", "only with .npy files, not synthetic data");
+    }
+    d.loading = *v;
+  }
   if (!d.synthetic.empty()) {
     if (auto v = r.integer(s, "samples", 1)) d.samples = static_cast<int>(*v);
     if (auto v = r.integer(s, "dim", 1)) d.dim = static_cast<int>(*v);

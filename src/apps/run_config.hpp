@@ -3,6 +3,7 @@
 // the library's configs. Every error names where the value came from:
 //   run.toml:12: training.batch_size: expected an integer, got string
 //   --set: training.learning_rate: -1 must be greater than 0
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ struct DataSettings {
   std::string train_x, train_y, val_x, val_y;  // resolved paths; val_* may be empty
   std::string test_x, test_y;                  // may be empty
   Normalization normalize = Normalization::None;
+  DataLoading loading = DataLoading::Memory;
+  // The bytes of data one rank may hold (sets, batch buffers, permutation); 0: no limit.
+  std::int64_t max_resident_bytes = 0;
 };
 
 struct CheckpointSettings {

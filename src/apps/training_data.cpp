@@ -1,10 +1,16 @@
 #include "training_data.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <span>
 #include <tuple>
+#include <utility>
 
+#include "meshtrain/comm/broadcast.hpp"
 #include "meshtrain/data/dataset.hpp"
 #include "meshtrain/data/npy.hpp"
+#include "meshtrain/data/npy_shards.hpp"
+#include "meshtrain/train/checkpoint.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/mesh/distributed_config.hpp"
 #include "root_io.hpp"
@@ -13,8 +19,32 @@ namespace meshtrain::app {
 
 namespace {
 
-std::string shape_text(const HostMatrix& m) {
-  return format_shape({static_cast<int>(m.extent(0)), static_cast<int>(m.extent(1))});
+std::string shape_text(std::size_t rows, std::size_t columns) {
+  return format_shape({static_cast<int>(rows), static_cast<int>(columns)});
+}
+
+std::string shape_text(const HostMatrix& m) { return shape_text(m.extent(0), m.extent(1)); }
+
+std::string shape_text(const std::vector<std::size_t>& shape);
+
+// Reads the .npy file(s) a data path names (a file, a directory of shards or a glob), the
+// shards' rows one after the other.
+NpyArray read_shards(const std::string& spec) {
+  const std::vector<std::string> paths = expand_npy_paths(spec);
+  NpyArray array = read_npy(paths.front());
+  for (std::size_t i = 1; i < paths.size(); ++i) {
+    NpyArray part = read_npy(paths[i]);
+    const std::vector<std::size_t> want(array.shape.begin() + 1, array.shape.end());
+    const std::vector<std::size_t> got(part.shape.begin() + 1, part.shape.end());
+    if (got != want) {
+      throw ConfigError(paths[i] + ": samples of shape " + shape_text(got) + ", but " +
+                        paths.front() + " has " + shape_text(want) + " (every shard of " + spec +
+                        " needs the same sample shape)");
+    }
+    array.shape[0] += part.shape[0];
+    array.data.insert(array.data.end(), part.data.begin(), part.data.end());
+  }
+  return array;
 }
 
 // Reads one .npy file as a (rows, columns) matrix; errors name the key that gave the path.
@@ -23,7 +53,7 @@ HostMatrix read_matrix(const RunConfig& config, const std::string& key, const st
                        std::vector<std::size_t>& sample_shape) {
   NpyArray array;
   try {
-    array = read_npy(path);
+    array = read_shards(path);
     sample_shape.assign(array.shape.begin() + 1, array.shape.end());
     if (sample_shape.empty()) sample_shape = {1};
     array = as_matrix(std::move(array));
@@ -65,27 +95,38 @@ void check_fields(const RunConfig& config, const std::string& x_key, const std::
 }
 
 // x and y of one set against each other and the model.
+// (rows, columns) of x and y.
+using Extents = std::pair<std::size_t, std::size_t>;
+
 void check_pair(const RunConfig& config, const std::string& x_key, const std::string& x_path,
-                const HostMatrix& x, const std::string& y_key, const std::string& y_path,
-                const HostMatrix& y) {
-  if (y.extent(0) != x.extent(0)) {
-    throw ConfigError(config.where(y_key) + ": " + y_path + ": " + std::to_string(y.extent(0)) +
-                      " samples, but " + x_key + " has " + std::to_string(x.extent(0)));
+                Extents x, const std::string& y_key, const std::string& y_path, Extents y) {
+  if (y.first != x.first) {
+    throw ConfigError(config.where(y_key) + ": " + y_path + ": " + std::to_string(y.first) +
+                      " samples, but " + x_key + " has " + std::to_string(x.first));
   }
   if (config.model.type != ModelType::Mlp) return;
   const std::vector<int>& widths = config.model.widths;
   const auto inputs = static_cast<std::size_t>(widths.front());
   const auto outputs = static_cast<std::size_t>(widths.back());
-  if (x.extent(1) != inputs) {
-    throw ConfigError(config.where(x_key) + ": " + x_path + ": shape " + shape_text(x) + " has " +
-                      std::to_string(x.extent(1)) + " features per sample, but the model takes " +
-                      std::to_string(inputs) + " inputs (" + config.where("model.widths") + ")");
+  if (x.second != inputs) {
+    throw ConfigError(config.where(x_key) + ": " + x_path + ": shape " +
+                      shape_text(x.first, x.second) + " has " + std::to_string(x.second) +
+                      " features per sample, but the model takes " + std::to_string(inputs) +
+                      " inputs (" + config.where("model.widths") + ")");
   }
-  if (y.extent(1) != outputs) {
-    throw ConfigError(config.where(y_key) + ": " + y_path + ": shape " + shape_text(y) + " has " +
-                      std::to_string(y.extent(1)) + " targets per sample, but the model has " +
-                      std::to_string(outputs) + " outputs (" + config.where("model.widths") + ")");
+  if (y.second != outputs) {
+    throw ConfigError(config.where(y_key) + ": " + y_path + ": shape " +
+                      shape_text(y.first, y.second) + " has " + std::to_string(y.second) +
+                      " targets per sample, but the model has " + std::to_string(outputs) +
+                      " outputs (" + config.where("model.widths") + ")");
   }
+}
+
+void check_pair(const RunConfig& config, const std::string& x_key, const std::string& x_path,
+                const HostMatrix& x, const std::string& y_key, const std::string& y_path,
+                const HostMatrix& y) {
+  check_pair(config, x_key, x_path, Extents{x.extent(0), x.extent(1)}, y_key, y_path,
+             Extents{y.extent(0), y.extent(1)});
 }
 
 TrainingData synthetic_data(const RunConfig& config) {
@@ -190,6 +231,206 @@ TrainingData read_files(const RunConfig& config, Communicator& comm) {
   return out;
 }
 
+// data.loading = "sharded": one set's x and y files.
+struct ShardedSet {
+  const char* name;  // "training", "validation", "test"
+  std::string x_key, y_key;
+  std::string x_path, y_path;
+  NpyShards x, y;
+  std::string x_plan, y_plan;
+};
+
+NpyShards open_shards(const RunConfig& config, const std::string& key, const std::string& path) {
+  try {
+    NpyShards shards = NpyShards::open(path);
+    if (shards.rows() == 0) {
+      throw ConfigError(path + ": no samples (shape " + shape_text(0, shards.columns()) + ")");
+    }
+    return shards;
+  } catch (const ConfigError& e) {
+    throw ConfigError(config.where(key) + ": " + e.what());
+  }
+}
+
+constexpr std::size_t kScanRows = 0;  // NpyShards::scan: about 1 MiB of rows at a time
+
+// Rank 0: every file's header, the sets' shapes against each other and the model, and every
+// value (NaN, Inf), streamed.
+void check_sharded_sets(const RunConfig& config, std::vector<ShardedSet>& sets) {
+  for (ShardedSet& set : sets) {
+    set.x = open_shards(config, set.x_key, set.x_path);
+    set.y = open_shards(config, set.y_key, set.y_path);
+    check_pair(config, set.x_key, set.x_path, Extents{set.x.rows(), set.x.columns()}, set.y_key,
+               set.y_path, Extents{set.y.rows(), set.y.columns()});
+    if (config.model.type != ModelType::Fno) continue;
+    if (&set == &sets.front()) {
+      check_fields(config, set.x_key, set.x_path, set.x.sample_shape(), set.y_key, set.y_path,
+                   set.y.sample_shape());
+    } else if (set.x.sample_shape() != sets.front().x.sample_shape() ||
+               set.y.sample_shape() != sets.front().y.sample_shape()) {
+      throw ConfigError(config.where(set.x_key) + ": " + set.x_path + ": samples of shape " +
+                        shape_text(set.x.sample_shape()) + " and " +
+                        shape_text(set.y.sample_shape()) + ", but the training samples are " +
+                        shape_text(sets.front().x.sample_shape()) + " and " +
+                        shape_text(sets.front().y.sample_shape()));
+    }
+  }
+  // The relative error divides by each target's norm (the trainer checks sets in memory).
+  if (config.training.loss == Loss::RelativeL2) {
+    for (const ShardedSet& set : sets) {
+      set.y.scan(kScanRows, [&](std::size_t first, std::size_t n, const float* rows) {
+        for (std::size_t r = 0; r < n; ++r) {
+          const float* row = rows + r * set.y.columns();
+          if (std::all_of(row, row + set.y.columns(), [](float v) { return v == 0.0f; })) {
+            throw ConfigError(config.where("training.loss") + " relative_l2: " + set.name +
+                              " target " + std::to_string(first + r) +
+                              " is all zeros, and its relative error is undefined");
+          }
+        }
+      });
+    }
+  }
+  for (ShardedSet& set : sets) {
+    for (const auto& [key, shards] : {std::tie(set.x_key, set.x), std::tie(set.y_key, set.y)}) {
+      try {
+        shards.check_values();
+      } catch (const ConfigError& e) {
+        throw ConfigError(config.where(key) + ": " + e.what());
+      }
+    }
+  }
+}
+
+// Rank 0: PointwiseNormalizer::fit's statistics of a set, streamed in two passes.
+PointwiseNormalizer stream_statistics(const NpyShards& shards) {
+  PointwiseStatistics statistics(shards.columns());
+  shards.scan(kScanRows, [&](std::size_t, std::size_t n, const float* rows) {
+    statistics.add_to_sums(rows, n);
+  });
+  shards.scan(kScanRows, [&](std::size_t, std::size_t n, const float* rows) {
+    statistics.add_to_squares(rows, n);
+  });
+  return statistics.result();
+}
+
+void broadcast_normalizer(Communicator& comm, PointwiseNormalizer& n) {
+  std::size_t features = n.mean.size();
+  broadcast_size(comm, features);
+  n.mean.resize(features);
+  n.scale.resize(features);
+  broadcast_floats(comm, n.mean.data(), features);
+  broadcast_floats(comm, n.scale.data(), features);
+}
+
+// Every rank opens the files of rank 0's plans; an error on any rank is an error on all.
+std::shared_ptr<NpyRowSource> open_source(Communicator& comm, ShardedSet& set) {
+  broadcast_string(comm, set.x_plan);
+  broadcast_string(comm, set.y_plan);
+  std::string error;
+  std::shared_ptr<NpyRowSource> source;
+  try {
+    if (comm.rank() != 0) {
+      set.x = NpyShards::from_plan(set.x_plan);
+      set.y = NpyShards::from_plan(set.y_plan);
+    }
+    source = std::make_shared<NpyRowSource>(set.x, set.y);
+  } catch (const ConfigError& e) {
+    error = e.what();
+  }
+  std::int32_t failed = error.empty() ? 0 : 1;
+  comm.allreduce(std::span<std::int32_t>(&failed, 1), ReduceOp::Max);
+  if (failed) {
+    throw ConfigError(set.x_key + ": " +
+                      (error.empty() ? "another rank cannot open the " + std::string(set.name) +
+                                           " files"
+                                     : error));
+  }
+  return source;
+}
+
+TrainingData read_sharded(const RunConfig& config, Communicator& comm) {
+  const DataSettings& d = config.data;
+  std::vector<ShardedSet> sets;
+  sets.push_back({"training", "data.train_x", "data.train_y", d.train_x, d.train_y, {}, {}, {}, {}});
+  if (!d.val_x.empty()) {
+    sets.push_back({"validation", "data.val_x", "data.val_y", d.val_x, d.val_y, {}, {}, {}, {}});
+  }
+  if (!d.test_x.empty()) {
+    sets.push_back({"test", "data.test_x", "data.test_y", d.test_x, d.test_y, {}, {}, {}, {}});
+  }
+  const bool pointwise = d.normalize == Normalization::Pointwise;
+  TrainingData out;
+  PointwiseNormalizer inputs, outputs;
+  on_root_sharing_errors(comm, [&] {
+    check_sharded_sets(config, sets);
+    const ShardedSet& train = sets.front();
+    if (pointwise) {
+      try {
+        inputs = stream_statistics(train.x);
+        outputs = stream_statistics(train.y);
+      } catch (const ConfigError& e) {
+        throw ConfigError(config.where("data.normalize") + ": " + e.what());
+      }
+    }
+    // The data's CRC as the in-memory path computes it: x as trained (encoded), then y.
+    std::uint32_t crc = 0;
+    std::vector<float> encoded;
+    train.x.scan(kScanRows, [&](std::size_t, std::size_t n, const float* rows) {
+      if (!pointwise) {
+        crc = crc32(rows, n * train.x.columns() * sizeof(float), crc);
+        return;
+      }
+      const std::size_t features = train.x.columns();
+      encoded.assign(rows, rows + n * features);
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t f = 0; f < features; ++f) {
+          float& v = encoded[r * features + f];
+          v = (v - inputs.mean[f]) / inputs.scale[f];
+        }
+      }
+      crc = crc32(encoded.data(), encoded.size() * sizeof(float), crc);
+    });
+    train.y.scan(kScanRows, [&](std::size_t, std::size_t n, const float* rows) {
+      crc = crc32(rows, n * train.y.columns() * sizeof(float), crc);
+    });
+    out.crc = crc;
+    for (ShardedSet& set : sets) {
+      set.x_plan = set.x.plan_text();
+      set.y_plan = set.y.plan_text();
+    }
+  });
+  if (pointwise) {
+    broadcast_normalizer(comm, inputs);
+    broadcast_normalizer(comm, outputs);
+    out.output_decoder = outputs;
+  }
+  std::vector<std::shared_ptr<NpyRowSource>> sources;
+  for (ShardedSet& set : sets) {
+    sources.push_back(open_source(comm, set));
+    if (pointwise) sources.back()->encode_inputs(inputs.mean, inputs.scale);
+  }
+  const ShardedSet& train = sets.front();
+  out.train_source = sources[0];
+  out.x_sample_shape = train.x.sample_shape();
+  out.y_sample_shape = train.y.sample_shape();
+  out.samples = train.x.rows();
+  out.features = train.x.columns() + train.y.columns();
+  auto files = [](const NpyShards& s) {
+    return s.files().size() == 1 ? std::string() : " in " + std::to_string(s.files().size()) + " files";
+  };
+  out.description = "sharded, " + d.train_x + " " + shape_text(train.x.rows(), train.x.columns()) +
+                    files(train.x) + ", " + d.train_y + " " +
+                    shape_text(train.y.rows(), train.y.columns()) + files(train.y);
+  for (std::size_t i = 1; i < sets.size(); ++i) {
+    (std::string(sets[i].name) == "validation" ? out.val_source : out.test_source) = sources[i];
+    out.held_out_samples += sets[i].x.rows();
+    out.description += std::string("; ") + sets[i].name + " " +
+                       shape_text(sets[i].x.rows(), sets[i].x.columns()) + files(sets[i].x);
+  }
+  if (pointwise) out.description += "; normalized pointwise";
+  return out;
+}
+
 // Every rank computes the same statistics from the same training data (in double, in row
 // order), so no communication is needed.
 void normalize(const RunConfig& config, TrainingData& data) {
@@ -209,8 +450,14 @@ void normalize(const RunConfig& config, TrainingData& data) {
 }  // namespace
 
 TrainingData load_training_data(const RunConfig& config, Communicator& comm) {
+  if (config.data.synthetic.empty() && config.data.loading == DataLoading::Sharded) {
+    return read_sharded(config, comm);
+  }
   TrainingData out = config.data.synthetic.empty() ? read_files(config, comm) : synthetic_data(config);
   normalize(config, out);
+  out.samples = out.x.extent(0);
+  out.features = out.x.extent(1) + out.y.extent(1);
+  out.held_out_samples = out.val_x.extent(0) + out.test_x.extent(0);
   return out;
 }
 

@@ -316,7 +316,11 @@ NpyLayout check_layout(const NpyHeader& header, std::uintmax_t payload_bytes,
 
 }  // namespace
 
-NpyArray read_npy(const std::string& path) {
+namespace {
+
+// Opens path and checks its preamble and header against its size; leaves the file at the
+// payload.
+std::pair<File, NpyInfo> open_npy(const std::string& path, NpyLayout& layout) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
@@ -328,8 +332,21 @@ NpyArray read_npy(const std::string& path) {
   if (ec) fail(path, "cannot read its size: " + ec.message());
 
   const auto [header_text, data_offset] = read_header_text(file.get(), file_size, path);
-  const NpyLayout layout =
-      check_layout(HeaderParser(header_text, path).parse(), file_size - data_offset, path);
+  layout = check_layout(HeaderParser(header_text, path).parse(), file_size - data_offset, path);
+  NpyInfo info{path, layout.header.shape, layout.header.descr, layout.item_size, data_offset};
+  return {std::move(file), std::move(info)};
+}
+
+}  // namespace
+
+NpyInfo read_npy_info(const std::string& path) {
+  NpyLayout layout;
+  return open_npy(path, layout).second;
+}
+
+NpyArray read_npy(const std::string& path) {
+  NpyLayout layout;
+  const File file = open_npy(path, layout).first;
   NpyArray array{layout.header.shape, std::vector<float>(layout.count), layout.header.descr};
   if (layout.item_size == 4) {
     read_exact(file.get(), array.data.data(), layout.bytes, path, "data");

@@ -1,6 +1,7 @@
 #include "meshtrain/nn/normalize.hpp"
 
 #include <cmath>
+#include <stdexcept>
 
 #include "meshtrain/error.hpp"
 
@@ -18,31 +19,64 @@ Vector to_device(const std::vector<float>& values, const char* label) {
 }
 }  // namespace
 
+PointwiseStatistics::PointwiseStatistics(std::size_t features)
+    : sum_(features, 0.0), squares_(features, 0.0) {}
+
+void PointwiseStatistics::add_to_sums(const float* rows, std::size_t n) {
+  if (means_) throw std::logic_error("PointwiseStatistics: add_to_sums after add_to_squares");
+  const std::size_t features = sum_.size();
+  for (std::size_t r = 0; r < n; ++r) {
+    for (std::size_t f = 0; f < features; ++f) sum_[f] += rows[r * features + f];
+  }
+  samples_ += n;
+}
+
+void PointwiseStatistics::add_to_squares(const float* rows, std::size_t n) {
+  const std::size_t features = sum_.size();
+  if (!means_) {  // every row has been summed: the sums become the means
+    for (std::size_t f = 0; f < features; ++f) sum_[f] /= static_cast<double>(samples_);
+    means_ = true;
+  }
+  for (std::size_t r = 0; r < n; ++r) {
+    for (std::size_t f = 0; f < features; ++f) {
+      const double d = rows[r * features + f] - sum_[f];
+      squares_[f] += d * d;
+    }
+  }
+  squared_ += n;
+}
+
+PointwiseNormalizer PointwiseStatistics::result() const {
+  if (samples_ < 2) {
+    throw ConfigError("needs at least 2 training samples for a standard deviation, got " +
+                      std::to_string(samples_));
+  }
+  if (!means_ || squared_ != samples_) {
+    throw std::logic_error("PointwiseStatistics: every row must pass add_to_sums, then add_to_squares");
+  }
+  const std::size_t features = sum_.size();
+  PointwiseNormalizer out;
+  out.mean.resize(features);
+  out.scale.resize(features);
+  for (std::size_t f = 0; f < features; ++f) {
+    out.mean[f] = static_cast<float>(sum_[f]);
+    out.scale[f] = static_cast<float>(std::sqrt(squares_[f] / static_cast<double>(samples_ - 1)) +
+                                      PointwiseNormalizer::kEpsilon);
+  }
+  return out;
+}
+
 PointwiseNormalizer PointwiseNormalizer::fit(const HostMatrix& data) {
   const std::size_t n = data.extent(0), features = data.extent(1);
   if (n < 2) {
     throw ConfigError("needs at least 2 training samples for a standard deviation, got " +
                       std::to_string(n));
   }
-  std::vector<double> sum(features, 0.0), squares(features, 0.0);
-  for (std::size_t r = 0; r < n; ++r) {
-    for (std::size_t f = 0; f < features; ++f) sum[f] += data(r, f);
-  }
-  PointwiseNormalizer out;
-  out.mean.resize(features);
-  out.scale.resize(features);
-  for (std::size_t f = 0; f < features; ++f) sum[f] /= static_cast<double>(n);
-  for (std::size_t r = 0; r < n; ++r) {
-    for (std::size_t f = 0; f < features; ++f) {
-      const double d = data(r, f) - sum[f];
-      squares[f] += d * d;
-    }
-  }
-  for (std::size_t f = 0; f < features; ++f) {
-    out.mean[f] = static_cast<float>(sum[f]);
-    out.scale[f] = static_cast<float>(std::sqrt(squares[f] / static_cast<double>(n - 1)) + kEpsilon);
-  }
-  return out;
+  // Row-major and contiguous: the rows as one block, the same arithmetic as streaming them.
+  PointwiseStatistics statistics(features);
+  statistics.add_to_sums(data.data(), n);
+  statistics.add_to_squares(data.data(), n);
+  return statistics.result();
 }
 
 void PointwiseNormalizer::encode(HostMatrix& data) const {

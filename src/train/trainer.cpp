@@ -16,6 +16,7 @@
 #include "meshtrain/clock.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
+#include "batch_prefetcher.hpp"
 
 namespace meshtrain {
 
@@ -118,6 +119,31 @@ void check_pair(const HostMatrix& x, const HostMatrix& y, const Model& model, co
   }
 }
 
+// A source's columns against the model (its rows are checked against each other by the
+// source).
+void check_columns(const RowSource& source, const Model& model, const char* what) {
+  const std::string name(what);
+  if (source.x_columns() != static_cast<std::size_t>(model.in_features())) {
+    throw ConfigError(name + " inputs: " + std::to_string(source.x_columns()) +
+                      " features for a model with " + std::to_string(model.in_features()) +
+                      " inputs");
+  }
+  if (source.y_columns() != static_cast<std::size_t>(model.out_features())) {
+    throw ConfigError(name + " targets: " + std::to_string(source.y_columns()) +
+                      " columns for a model with " + std::to_string(model.out_features()) +
+                      " outputs");
+  }
+}
+
+// count rows of host memory (row-major, the device matrix's width) into device's first rows.
+void upload_rows(const float* host, std::size_t count, const Matrix& device) {
+  if (count == 0) return;
+  Kokkos::View<const float**, Kokkos::LayoutRight, Kokkos::HostSpace, Unmanaged> from(
+      host, count, device.extent(1));
+  Kokkos::deep_copy(Kokkos::subview(device, std::make_pair(std::size_t{0}, count), Kokkos::ALL),
+                    from);
+}
+
 Matrix upload(const HostMatrix& host, const std::string& label) {
   Matrix device(label, host.extent(0), host.extent(1));
   Kokkos::deep_copy(device, host);
@@ -144,14 +170,32 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   const std::size_t n = x.extent(0);
   if (n < 1) throw ConfigError("samples 0: the training data is empty");
   check_pair(x, y, model_, "training");
+  source_.reset();
+  prefetch_.reset();
+  x_ = upload(x, "meshtrain::x");
+  y_ = upload(y, "meshtrain::y");
+  prepare_run(n);
+}
+
+void Trainer::prepare(std::shared_ptr<const RowSource> source) {
+  if (!source) throw std::invalid_argument("Trainer::prepare: no source");
+  const std::size_t n = source->rows();
+  if (n < 1) throw ConfigError("samples 0: the training data is empty");
+  check_columns(*source, model_, "training");
+  prefetch_.reset();
+  source_ = std::move(source);
+  x_ = Matrix();
+  y_ = Matrix();
+  prepare_run(n);
+}
+
+void Trainer::prepare_run(std::size_t n) {
   samples_ = n;
   const auto batch = static_cast<std::size_t>(config_.batch_size);
   num_batches_ = (n + batch - 1) / batch;
   schedule_.emplace(config_, static_cast<std::int64_t>(num_batches_));
   full_plan_ = make_step_plan(static_cast<int>(std::min(batch, n)));
   last_plan_ = make_step_plan(static_cast<int>(n % batch));
-  x_ = upload(x, "meshtrain::x");
-  y_ = upload(y, "meshtrain::y");
 
   // A previous engine may hold the only copy of the parameters (sharded): take them back.
   if (engine_) {
@@ -185,8 +229,13 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
   if (config_.shuffle) {
     order_ = Kokkos::View<std::int64_t*, MemSpace>("meshtrain::order", n);
     host_order_.resize(n);
-    x_batch_ = Matrix("meshtrain::x_batch", max_rows_, x.extent(1));
-    y_batch_ = Matrix("meshtrain::y_batch", max_rows_, y.extent(1));
+  }
+  x_batch_ = Matrix();
+  y_batch_ = Matrix();
+  ensure_batch_buffers();
+  if (source_) {
+    // A step's rows for this rank: its shards of the k micro-batches.
+    prefetch_ = std::make_unique<BatchPrefetcher>(source_, max_rows_ * static_cast<std::size_t>(k));
   }
   epoch_batch_losses_ = Vector("meshtrain::batch_losses", num_batches_);
   epoch_ = 0;
@@ -204,14 +253,83 @@ void Trainer::prepare(const HostMatrix& x, const HostMatrix& y) {
 
 void Trainer::set_validation_data(const HostMatrix& x, const HostMatrix& y) {
   check_pair(x, y, model_, "validation");
+  val_source_.reset();
   x_val_ = upload(x, "meshtrain::x_validation");
   y_val_ = upload(y, "meshtrain::y_validation");
 }
 
 void Trainer::set_test_data(const HostMatrix& x, const HostMatrix& y) {
   check_pair(x, y, model_, "test");
+  test_source_.reset();
   x_test_ = upload(x, "meshtrain::x_test");
   y_test_ = upload(y, "meshtrain::y_test");
+}
+
+void Trainer::set_validation_data(std::shared_ptr<const RowSource> source) {
+  if (!source) throw std::invalid_argument("Trainer::set_validation_data: no source");
+  check_columns(*source, model_, "validation");
+  x_val_ = Matrix();
+  y_val_ = Matrix();
+  val_source_ = std::move(source);
+  ensure_batch_buffers();
+}
+
+void Trainer::set_test_data(std::shared_ptr<const RowSource> source) {
+  if (!source) throw std::invalid_argument("Trainer::set_test_data: no source");
+  check_columns(*source, model_, "test");
+  x_test_ = Matrix();
+  y_test_ = Matrix();
+  test_source_ = std::move(source);
+  ensure_batch_buffers();
+}
+
+void Trainer::ensure_batch_buffers() {
+  if (!engine_) return;  // before prepare(), which calls this again
+  const auto in = static_cast<std::size_t>(model_.in_features());
+  const auto out = static_cast<std::size_t>(model_.out_features());
+  if (x_batch_.extent(0) == 0 && (config_.shuffle || source_ || val_source_ || test_source_)) {
+    x_batch_ = Matrix("meshtrain::x_batch", max_rows_, in);
+    y_batch_ = Matrix("meshtrain::y_batch", max_rows_, out);
+  }
+  if (val_source_ || test_source_) {  // a held-out chunk on the host
+    eval_x_.resize(max_rows_ * in);
+    eval_y_.resize(max_rows_ * out);
+  }
+}
+
+DataBytes Trainer::data_bytes() const {
+  DataBytes bytes;
+  for (const Matrix* m : {&x_, &y_, &x_val_, &y_val_, &x_test_, &y_test_}) {
+    bytes.sets += m->span() * sizeof(float);
+  }
+  bytes.batches = (x_batch_.span() + y_batch_.span() + eval_x_.capacity() + eval_y_.capacity()) *
+                  sizeof(float);
+  if (prefetch_) bytes.batches += prefetch_->bytes();
+  bytes.order = (order_.span() + host_order_.capacity()) * sizeof(std::int64_t);
+  return bytes;
+}
+
+double Trainer::data_wait_seconds() const { return prefetch_ ? prefetch_->wait_seconds() : 0.0; }
+
+std::uint64_t Trainer::step_key(int epoch, std::size_t batch) const {
+  return static_cast<std::uint64_t>(epoch) * (num_batches_ + 1) + batch;
+}
+
+std::vector<std::int64_t> Trainer::step_rows(std::size_t batch) const {
+  const StepPlan& plan = step_plan(batch);
+  const int shard = groups_->batch_index();
+  std::vector<std::int64_t> out;
+  for (std::size_t m = 0; m < plan.micro_shards.size(); ++m) {
+    const ShardPlan& shards = plan.micro_shards[m];
+    const std::size_t begin = batch * static_cast<std::size_t>(config_.batch_size) +
+                              static_cast<std::size_t>(plan.micro.offsets[m]) +
+                              static_cast<std::size_t>(shards.offsets[shard]);
+    const auto count = static_cast<std::size_t>(shards.counts[shard]);
+    for (std::size_t i = begin; i < begin + count; ++i) {
+      out.push_back(config_.shuffle ? host_order_[i] : static_cast<std::int64_t>(i));
+    }
+  }
+  return out;
 }
 
 void Trainer::set_epoch_callback(std::function<void(const EpochReport&)> callback) {
@@ -244,6 +362,15 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch,
                             static_cast<std::size_t>(plan.micro.offsets[micro]) +
                             static_cast<std::size_t>(shards.offsets[shard]);
   const std::size_t count = static_cast<std::size_t>(shards.counts[shard]);
+  if (source_) {  // the step's rows, read by the prefetch: this micro-batch's after the earlier
+    std::size_t offset = 0;
+    for (std::size_t m = 0; m < micro; ++m) {
+      offset += static_cast<std::size_t>(plan.micro_shards[m].counts[shard]);
+    }
+    upload_rows(slot_x_ + offset * x_batch_.extent(1), count, x_batch_);
+    upload_rows(slot_y_ + offset * y_batch_.extent(1), count, y_batch_);
+    return {rows(x_batch_, 0, count), rows(y_batch_, 0, count)};
+  }
   if (!config_.shuffle) return {rows(x_, begin, begin + count), rows(y_, begin, begin + count)};
   gather_batch(order_, begin, count, x_, y_, x_batch_, y_batch_);
   return {rows(x_batch_, 0, count), rows(y_batch_, 0, count)};
@@ -251,6 +378,14 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch,
 
 bool Trainer::step(std::size_t batch) {
   groups_->begin_step(run_steps_);
+  if (source_) {
+    // This step's rows (read ahead during the previous step), then the next step's in the
+    // background while this one computes.
+    const BatchPrefetcher::Slot& slot = prefetch_->take(step_key(epoch_, batch), step_rows(batch));
+    slot_x_ = slot.x.data();
+    slot_y_ = slot.y.data();
+    if (batch + 1 < num_batches_) prefetch_->request(step_key(epoch_, batch + 1), step_rows(batch + 1));
+  }
   // The step's micro-batches (one without accumulation), each loss scaled by the whole batch.
   const int k = config_.accumulation_steps;
   for (int m = 0; m < k; ++m) {
@@ -330,6 +465,31 @@ double Trainer::evaluate(const Matrix& x, const Matrix& y) {
   return sum;
 }
 
+double Trainer::evaluate(const RowSource& source) {
+  const std::size_t n = source.rows();
+  const ShardPlan plan = make_shard_plan(static_cast<int>(n), groups_->batch_parts());
+  const int shard = groups_->batch_index();
+  const auto begin = static_cast<std::size_t>(plan.offsets[shard]);
+  const auto count = static_cast<std::size_t>(plan.counts[shard]);
+  const auto most = static_cast<std::size_t>(plan.counts.front());
+  const float scale = model_.loss_scale(static_cast<int>(n));
+  ensure_batch_buffers();
+  std::vector<std::int64_t> chunk;
+  double sum = 0.0;
+  // As evaluate(x, y): the same chunks of this rank's rows, each read when it is needed.
+  for (std::size_t done = 0; done < most; done += max_rows_) {
+    const std::size_t from = begin + std::min(done, count);
+    const std::size_t to = begin + std::min(done + max_rows_, count);
+    chunk.resize(to - from);
+    std::iota(chunk.begin(), chunk.end(), static_cast<std::int64_t>(from));
+    if (!chunk.empty()) source.read(chunk, eval_x_.data(), eval_y_.data());
+    upload_rows(eval_x_.data(), chunk.size(), x_batch_);
+    upload_rows(eval_y_.data(), chunk.size(), y_batch_);
+    sum += engine_->evaluate(rows(x_batch_, 0, chunk.size()), rows(y_batch_, 0, chunk.size()), scale);
+  }
+  return sum;
+}
+
 FitResult Trainer::fit(const HostMatrix& x, const HostMatrix& y) {
   prepare(x, y);
   return fit();
@@ -339,6 +499,7 @@ FitResult Trainer::fit() {
   if (!engine_) throw std::logic_error("Trainer::fit() called before prepare()");
   world_->barrier();
   engine_->reset_timers();
+  if (prefetch_) prefetch_->reset_wait();
   FitClock clock;
   clock.start = now_seconds();
   bool stopped = false;
@@ -380,12 +541,21 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   const double nan = std::numeric_limits<double>::quiet_NaN();
   epoch_losses_.push_back(count > 0 ? sum / static_cast<double>(count) : nan);
   const bool last = epoch_ + 1 == config_.num_epochs;
+  // From a source: the next epoch's permutation now, and its first step's rows read while
+  // validation and the epoch callback run (every rank alike, so the collectives still match).
+  const bool next_early = source_ && !last;
+  if (next_early) {
+    begin_epoch(epoch_ + 1);
+    prefetch_->request(step_key(epoch_ + 1, 0), step_rows(0));
+  }
   const bool evaluate_now = config_.validation_every > 0 &&
                             ((epoch_ + 1) % config_.validation_every == 0 || last);
-  const bool validate = evaluate_now && x_val_.extent(0) > 0;
-  const bool test = evaluate_now && x_test_.extent(0) > 0;
-  validation_losses_.push_back(validate ? evaluate(x_val_, y_val_) : nan);
-  test_losses_.push_back(test ? evaluate(x_test_, y_test_) : nan);
+  const bool validate = evaluate_now && (x_val_.extent(0) > 0 || val_source_);
+  const bool test = evaluate_now && (x_test_.extent(0) > 0 || test_source_);
+  validation_losses_.push_back(
+      validate ? (val_source_ ? evaluate(*val_source_) : evaluate(x_val_, y_val_)) : nan);
+  test_losses_.push_back(
+      test ? (test_source_ ? evaluate(*test_source_) : evaluate(x_test_, y_test_)) : nan);
   const double now = now_seconds();
   if (epoch_callback_) {
     EpochReport report;
@@ -407,7 +577,7 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   ++epoch_;
   batch_ = 0;
   last_gradient_norm_ = nan;
-  if (epoch_ < config_.num_epochs) begin_epoch(epoch_);
+  if (epoch_ < config_.num_epochs && !next_early) begin_epoch(epoch_);
 }
 
 TrainingMetrics Trainer::metrics_of(const FitClock& clock, double wall, bool stopped) const {
@@ -417,6 +587,7 @@ TrainingMetrics Trainer::metrics_of(const FitClock& clock, double wall, bool sto
   metrics.skipped_steps = skipped_steps_;
   metrics.wall_seconds = wall;
   metrics.communication_seconds = engine_->blocked_seconds();
+  if (prefetch_) metrics.data_wait_seconds = prefetch_->wait_seconds();
   if (const GradientReducer* reducer = engine_->reducer()) {
     metrics.gradient_buckets = reducer->buckets().size();
     if (reducer->overlap()) metrics.gradient_progress = name_of(reducer->progress_mode());

@@ -46,6 +46,9 @@ class ReferenceRun(unittest.TestCase):
         self.assertEqual(field(out, "Axis names:"), "('data',)")
         self.assertEqual(field(out, "Strategy:"), "data")
         self.assertEqual(field(out, "Training data:"), "x=(256, 4), y=(256, 1)")
+        # 256 x 5 floats on the host and on the device; no shuffle: no batch buffer.
+        self.assertEqual(field(out, "Data bytes per rank:"),
+                         "10240 (host 5120, device 5120, batch buffers 0, permutation 0)")
         self.assertEqual(field(out, "Devices used:"), "2")
         self.assertIn("RESULTS", out)
         self.assertRegex(field(out, "Backend:"), r"\S")

@@ -2,6 +2,7 @@
 // NumPy .npy files: the format numpy.save writes
 // (https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html).
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,18 @@ struct NpyArray {
 // A dimension of size 0 is accepted: an empty array is a well-formed file, and whether an
 // empty data set is usable is the caller's decision.
 NpyArray read_npy(const std::string& path);
+
+// What a .npy file's header says, checked as read_npy checks it (magic, version, header,
+// Fortran order, dtype '<f4' or '<f8', 1 to 4 dimensions, the payload's size against the
+// shape), without reading the payload: for readers that take rows of it (NpyShards).
+struct NpyInfo {
+  std::string path;
+  std::vector<std::size_t> shape;
+  std::string descr;           // "<f4" or "<f8"
+  std::size_t item_size = 0;   // 4 or 8
+  std::uint64_t data_offset = 0;  // where the payload starts
+};
+NpyInfo read_npy_info(const std::string& path);
 
 // A 1-D array of shape (n,) as the column (n, 1); a 2-D array is returned unchanged; one of
 // 3 or 4 dimensions (n, d1, d2[, d3]) as (n, d1 * d2 [* d3]), each sample's values in order.

@@ -28,6 +28,24 @@ struct PointwiseNormalizer {
   void encode(HostMatrix& data) const;
 };
 
+// PointwiseNormalizer::fit's statistics from rows streamed in order, for data sets that are
+// not held in memory: every row to add_to_sums, then every row again to add_to_squares
+// (row-major blocks of n rows). The same arithmetic in the same order as fit, so the result
+// is bit-identical to fit on the whole matrix.
+class PointwiseStatistics {
+ public:
+  explicit PointwiseStatistics(std::size_t features);
+  void add_to_sums(const float* rows, std::size_t n);
+  void add_to_squares(const float* rows, std::size_t n);
+  // Throws ConfigError for fewer than two samples.
+  PointwiseNormalizer result() const;
+
+ private:
+  std::vector<double> sum_, squares_;
+  std::size_t samples_ = 0, squared_ = 0;
+  bool means_ = false;
+};
+
 // y = x * scale + shift per feature (column), no parameters: the output decoder of a
 // normalised run. Replicated under tensor parallelism (which refuses it, as the FNO layers).
 class FeatureAffine final : public ReplicatedLayer {

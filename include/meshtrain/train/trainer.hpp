@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "meshtrain/data/row_source.hpp"
 #include "meshtrain/nn/mlp.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/runtime/process_groups.hpp"
@@ -38,6 +39,9 @@ struct TrainingMetrics {
   // How overlapped all-reduces advanced: "thread", "poll", or "" (overlap off, or no
   // gradient all-reduce: fsdp and tensor parallelism).
   std::string gradient_progress;
+  // Seconds the steps waited for their rows (training from a RowSource: reading what the
+  // prefetch thread had not read yet; 0 when the data set is in memory).
+  double data_wait_seconds = 0.0;
 };
 
 struct FitResult {
@@ -62,6 +66,19 @@ struct EpochReport {
   double elapsed_seconds = 0.0;  // since this fit() started
   double samples_per_second = 0.0;
 };
+
+// The bytes of the data set a rank holds (host and device): whole sets uploaded by
+// prepare(HostMatrix...) and set_*_data(HostMatrix...), the batch buffers (a batch's rows on
+// the device, and from a RowSource the two host buffers of the prefetch and one of
+// evaluation), and the epoch's permutation (8 bytes a sample, on the host and the device).
+struct DataBytes {
+  std::size_t sets = 0;
+  std::size_t batches = 0;
+  std::size_t order = 0;
+  std::size_t total() const { return sets + batches + order; }
+};
+
+class BatchPrefetcher;
 
 // Everything needed to continue a run exactly where it stopped, in the full model's layout
 // (independent of the mesh, so a data-parallel run can resume on another rank count).
@@ -115,6 +132,11 @@ class Trainer {
   // and broadcasts rank 0's parameters; step(b) trains on batch b of the current epoch's
   // order (collective).
   void prepare(const HostMatrix& x, const HostMatrix& y);
+  // The same from a source that is not held in memory: every step reads only this rank's
+  // rows of its global batch (under the epoch's permutation when shuffling), the next step's
+  // in a background thread while the current one computes. Trains exactly as prepare(x, y)
+  // on the same rows does.
+  void prepare(std::shared_ptr<const RowSource> source);
   // Returns true when the stop flag was raised on some rank (every rank agrees).
   bool step(std::size_t batch);
   std::size_t batches_per_epoch() const { return num_batches_; }
@@ -126,6 +148,9 @@ class Trainer {
   // evaluated with the training loss every validation_every epochs and after the last.
   void set_validation_data(const HostMatrix& x, const HostMatrix& y);
   void set_test_data(const HostMatrix& x, const HostMatrix& y);
+  // The same read from sources: each rank reads its rows, a batch at a time.
+  void set_validation_data(std::shared_ptr<const RowSource> source);
+  void set_test_data(std::shared_ptr<const RowSource> source);
   // Called on every rank after each epoch (after validation).
   void set_epoch_callback(std::function<void(const EpochReport&)> callback);
   // Polled at every step; when it is non-zero on any rank, every rank stops after the same
@@ -141,6 +166,10 @@ class Trainer {
   // The data-parallel gradient reducer (std::logic_error under fsdp, which has none).
   const GradientReducer& reducer() const;
   StateBytes state_bytes() const;  // after prepare()
+  DataBytes data_bytes() const;    // after prepare() (and set_*_data)
+  // Seconds step() has waited for rows from a source since prepare() or fit() began (0 in
+  // memory): what metrics.data_wait_seconds reports, for benchmarks that call step().
+  double data_wait_seconds() const;
   int batch_group_size() const { return groups_->batch_parts(); }
 
   const Model& model() const { return model_; }
@@ -166,6 +195,14 @@ class Trainer {
   TrainingMetrics metrics_of(const FitClock& clock, double wall, bool stopped) const;
   // The loss over a whole held-out set (collective over the batch group).
   double evaluate(const Matrix& x, const Matrix& y);
+  double evaluate(const RowSource& source);
+  // The parts of prepare() that do not depend on where the data is.
+  void prepare_run(std::size_t samples);
+  // This rank's rows (global indices) of every micro-batch of batch `batch`, concatenated.
+  std::vector<std::int64_t> step_rows(std::size_t batch) const;
+  std::uint64_t step_key(int epoch, std::size_t batch) const;  // names a prefetched step
+  // The device batch buffers (shuffling or sources) and a held-out source's host chunk.
+  void ensure_batch_buffers();
   // One optimizer step's global batch: over the batch group, and as micro-batches
   // (accumulation_steps contiguous slices of its rows), each over the batch group.
   struct StepPlan {
@@ -201,6 +238,14 @@ class Trainer {
   Matrix y_val_;
   Matrix x_test_;
   Matrix y_test_;
+  // Data sets read from sources instead (training, validation, test).
+  std::shared_ptr<const RowSource> source_;
+  std::shared_ptr<const RowSource> val_source_;
+  std::shared_ptr<const RowSource> test_source_;
+  std::unique_ptr<BatchPrefetcher> prefetch_;
+  const float* slot_x_ = nullptr;  // the step's rows from the prefetch
+  const float* slot_y_ = nullptr;
+  std::vector<float> eval_x_, eval_y_;  // a chunk of a held-out source
   // Shuffling: this epoch's order on the device and the rows it selects for this rank.
   Kokkos::View<std::int64_t*, MemSpace> order_;
   std::vector<std::int64_t> host_order_;
