@@ -1313,6 +1313,14 @@ TEST(Bf16GradComm, HalvesTheGradientBytesPerStep) {
     EXPECT_LE(max_relative_difference(g32, g16), 2 * n * std::ldexp(1.0, -8)) << kind;
     EXPECT_GT(max_relative_difference(g32, g16), 0.0) << "bf16 must round";
     EXPECT_EQ(bf16->state_bytes().gradients, fp32->state_bytes().gradients + 2 * p);
+    // With two micro-batches the bf16 gradient still goes once per step, in the same bytes.
+    auto acc_group = counted();
+    const Mlp acc_copy = reference.clone();
+    auto acc = make_data_parallel_engine(acc_copy, *acc_group, sgd, 4096, overlap,
+                                         Progress::Poll, plan.counts[0], 2, Dtype::Bf16);
+    const auto g16k = accumulate(*acc, rows(x, begin, end), rows(y, begin, end), global, 2);
+    EXPECT_EQ(acc_group->tallies().at(kind).bytes, p * 2 + 4) << kind;
+    EXPECT_LE(max_relative_difference(g16, g16k), 2 * n * std::ldexp(1.0, -8)) << kind;
   }
 }
 
