@@ -1204,13 +1204,13 @@ namespace {
 std::vector<float> reduce_bf16(Communicator& comm, const Mlp& model, Progress progress,
                                bool overlap, float (*value)(int, std::size_t)) {
   const std::size_t p = model.num_parameters();
-  std::vector<float> grads(p + 1);
-  for (std::size_t i = 0; i < grads.size(); ++i) grads[i] = value(comm.rank(), i);
+  HostVector grads("grads", p + 1);  // the conversions are Kokkos kernels: device memory
+  for (std::size_t i = 0; i < grads.extent(0); ++i) grads(i) = value(comm.rank(), i);
+  Vector g("g", p + 1);
   GradientReducer reducer(make_gradient_buckets(model, 1, 64 * sizeof(float)), comm, overlap,
                           progress, Dtype::Bf16, 1);
-  std::vector<float> g;
   for (int step = 0; step < 2; ++step) {
-    g = grads;
+    Kokkos::deep_copy(g, grads);
     reducer.begin_step(g.data());
     for (std::size_t l = model.layers().size(); l-- > 0;) {
       reducer.on_layer_grads(l);
@@ -1218,7 +1218,8 @@ std::vector<float> reduce_bf16(Communicator& comm, const Mlp& model, Progress pr
     }
     reducer.finish();
   }
-  return g;
+  auto out = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), g);
+  return std::vector<float>(out.data(), out.data() + out.extent(0));
 }
 float exact_in_bf16(int r, std::size_t i) {
   return static_cast<float>(i % 7) + 0.5f * static_cast<float>(r);
