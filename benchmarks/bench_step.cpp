@@ -282,6 +282,63 @@ void accumulation_traffic(benchmark::State& state, Strategy strategy) {
 void BM_Accumulation_Data(benchmark::State& state) { accumulation_traffic(state, Strategy::Data); }
 void BM_Accumulation_FSDP(benchmark::State& state) { accumulation_traffic(state, Strategy::Fsdp); }
 
+// The gradient all-reduce in fp32 (range(0) = 0) or bf16 (1), on the 4->1024->1024->1024->1
+// MLP (2,105,345 parameters), global batch 1024 split over the ranks, Adam. range(1) = 1: one
+// whole data-parallel step through the engine (forward, backward with the all-reduce
+// overlapped, progress poll, then Adam), counted by a CountingCommunicator; range(1) = 0: the
+// gradient reducer alone on the gradient buffer (overlap off: bf16 narrowing, the blocking
+// all-reduces, widening), i.e. what the all-reduce costs apart from compute.
+//   launch/mpirun.sh -np 2 build/bin/bench_step --benchmark_filter=GradComm
+void BM_GradComm_MLP1024x3(benchmark::State& state) {
+  const Dtype wire = state.range(0) == 0 ? Dtype::Fp32 : Dtype::Bf16;
+  const bool whole_step = state.range(1) != 0;
+  const int ranks = world_size();
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const ShardPlan shards = make_shard_plan(1024, ranks);
+  const ReferenceData data = make_reference_data(shards.counts[rank], 4, 1);
+  Matrix x("x", data.x.extent(0), 4), y("y", data.y.extent(0), 1);
+  Kokkos::deep_copy(x, data.x);
+  Kokkos::deep_copy(y, data.y);
+  auto group =
+      std::make_shared<CountingCommunicator>(std::make_shared<MpiCommunicator>(MPI_COMM_WORLD));
+  Mlp model(kBigMlp, Activation::ReLU, 0);
+  const std::size_t p = model.num_parameters();
+  const auto rows_here = static_cast<std::size_t>(shards.counts.front());
+  auto engine = make_data_parallel_engine(model, *group, OptimizerConfig::of(OptimizerType::Adam),
+                                          4u << 20, true, Progress::Poll, rows_here, 1, wire);
+  Vector grads("grads", p + 1);
+  Kokkos::deep_copy(grads, 1e-3f);
+  GradientReducer reducer(make_gradient_buckets(model, 1, 4u << 20), *group, false,
+                          Progress::Poll, wire, 1);
+  double seconds = 0.0;
+  for (auto _ : state) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t0 = MPI_Wtime();
+    if (whole_step) {
+      engine->compute_gradients(rows(x, 0, x.extent(0)), rows(y, 0, y.extent(0)), 1024,
+                                MicroBatch{0, 1});
+      engine->apply_gradients(1e-6);
+    } else {
+      reducer.begin_step(grads.data());
+      reducer.finish();
+    }
+    ExecSpace().fence();
+    seconds += MPI_Wtime() - t0;
+  }
+  const double steps = static_cast<double>(state.iterations());
+  double bytes = 0.0, calls = 0.0;
+  for (const auto& [kind, tally] : group->tallies()) {
+    bytes += static_cast<double>(tally.bytes);
+    calls += static_cast<double>(tally.calls);
+  }
+  state.counters["ms/step"] = seconds / steps * 1e3;
+  state.counters["gradient_bytes/step"] = bytes / steps;
+  state.counters["collectives/step"] = calls / steps;
+  state.counters["ranks"] = ranks;
+  state.SetLabel(name_of(wire) + (whole_step ? ", whole step" : ", all-reduce alone"));
+}
+
 // The floor under a step: one in-place all-reduce of the reference gradient (385 + 1 floats).
 void BM_Allreduce385(benchmark::State& state) {
   MpiCommunicator comm(MPI_COMM_WORLD);
@@ -303,6 +360,7 @@ BENCHMARK(BM_Strategy_FSDP)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMi
 BENCHMARK(BM_Strategy_TensorParallel)->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Accumulation_Data)->Arg(1)->Arg(4)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Accumulation_FSDP)->Arg(1)->Arg(4)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_GradComm_MLP1024x3)->ArgsProduct({{0, 1}, {0, 1}})->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Allreduce385)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 }  // namespace

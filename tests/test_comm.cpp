@@ -346,3 +346,21 @@ TEST_F(World, DecoratorsForwardBf16Collectives) {
   EXPECT_EQ(counting->tally("allreduce_async").bytes, 200u);
   EXPECT_EQ(checked.sequence(), 2u);
 }
+
+// In debug mode a rank that sends bf16 where another sends fp32 is a mismatch, named by type.
+TEST_F(World, DebugModeNamesABf16Mismatch) {
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  CheckedCommunicator checked(std::make_shared<MpiCommunicator>(MPI_COMM_WORLD), MPI_COMM_WORLD,
+                              "test", CollectiveChecks{std::chrono::milliseconds(60000), true});
+  std::vector<float> buf(4, 1.0f);  // large enough for either type
+  const DataType type = r == 0 ? DataType::BFloat16 : DataType::Float32;
+  try {
+    checked.allreduce(buf.data(), 4, type, ReduceOp::Sum);
+    FAIL() << "expected a collective mismatch";
+  } catch (const CommError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("allreduce of 4 bfloat16"), std::string::npos) << what;
+    EXPECT_NE(what.find("allreduce of 4 float32"), std::string::npos) << what;
+  }
+  comm.barrier();
+}

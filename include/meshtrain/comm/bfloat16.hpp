@@ -23,9 +23,10 @@ using bfloat16_bits = std::uint16_t;
 MESHTRAIN_HOST_DEVICE inline bfloat16_bits to_bfloat16(float value) {
   std::uint32_t u = 0;
   std::memcpy(&u, &value, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<bfloat16_bits>((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<bfloat16_bits>(u >> 16);
+  // Branch-free (a select), so that loops over buffers vectorise.
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const std::uint32_t quiet_nan = (u >> 16) | 0x0040u;
+  return static_cast<bfloat16_bits>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // Exact: every bfloat16 is a float.
