@@ -127,6 +127,10 @@ TEST(Schedule, Descriptions) {
   c.schedule = Schedule::WarmupConstant;
   c.warmup_steps = 10;
   EXPECT_EQ(describe_step_settings(c), ", warmup_constant (warmup 10 steps from 0)");
+  c = TrainingConfig{};
+  c.grad_comm_dtype = Dtype::Bf16;
+  c.compute_dtype = Dtype::Bf16;
+  EXPECT_EQ(describe_step_settings(c), ", gradient all-reduce in bf16, gemms in bf16");
 }
 
 TEST(Schedule, SettingsAreChecked) {

@@ -92,6 +92,7 @@ std::string describe_step_settings(const TrainingConfig& c) {
   if (c.grad_comm_dtype != Dtype::Fp32) {
     out << ", gradient all-reduce in " << name_of(c.grad_comm_dtype);
   }
+  if (c.compute_dtype != Dtype::Fp32) out << ", gemms in " << name_of(c.compute_dtype);
   return out.str();
 }
 

@@ -48,8 +48,8 @@ class LearningRateSchedule {
 
 // What the programs' headers print after the learning rate: each of the schedule, clipping
 // and accumulation that is on, each after ", ", e.g. ", warmup_cosine (warmup 100 steps from
-// 0, cosine to 1e-05 at the run's end), clip grad norm 1, 4 micro-batches per step". Empty
-// for the defaults (a constant rate, no clipping, one batch per step).
+// 0, cosine to 1e-05 at the run's end), clip grad norm 1, 4 micro-batches per step" (and the
+// bf16 settings: ", gradient all-reduce in bf16", ", gemms in bf16"). Empty for the defaults.
 std::string describe_step_settings(const TrainingConfig& config);
 
 }  // namespace meshtrain
