@@ -111,6 +111,14 @@ void ProgressPrinter::epoch(const EpochReport& r) {
               done, r.num_epochs, r.train_loss, val.c_str(), test.c_str(), r.learning_rate,
               norm.c_str(), r.samples_per_second,
               format_duration(r.elapsed_seconds).c_str(), format_duration(eta).c_str());
+  if (!bar_ && r.straggler_rank >= 0) {
+    const double ms = 1e3;
+    std::printf("  straggler: rank %d, %.3f ms behind rank %d (computed %.3f ms against %.3f ms; "
+                "waited in collectives %.3f ms against %.3f ms)\n",
+                r.straggler_rank, r.straggler_behind_seconds * ms, r.fastest_rank,
+                r.straggler_compute_seconds * ms, r.fastest_compute_seconds * ms,
+                r.straggler_wait_seconds * ms, r.fastest_wait_seconds * ms);
+  }
   if (bar_) {
     constexpr int width = 30;
     const int filled = r.num_epochs > 0 ? width * done / r.num_epochs : width;

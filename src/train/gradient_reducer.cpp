@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "meshtrain/clock.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -103,6 +104,7 @@ void GradientReducer::reset_timers() { state_->blocked_seconds = 0.0; }
 
 void GradientReducer::State::reduce(std::size_t index) {
   const GradientBucket& b = buckets[index];
+  CollectiveSite site("data_parallel.gradients");
   comm.allreduce(grads + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum);
 }
 
@@ -150,6 +152,7 @@ void GradientReducer::State::post(std::size_t index) {
     return;
   }
   const GradientBucket& b = buckets[index];
+  CollectiveSite site("data_parallel.gradients");
   in_flight.push_back(
       comm.allreduce_async(grads + b.begin, b.end - b.begin, DataType::Float32, ReduceOp::Sum));
 }
