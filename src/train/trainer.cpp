@@ -343,12 +343,13 @@ FitResult Trainer::fit() {
   if (!engine_) throw std::logic_error("Trainer::fit() called before prepare()");
   world_->barrier();
   engine_->reset_timers();
-  if (FlightRecorder* flight = groups_->flight()) flight->take_wait_seconds();
   FitClock clock;
   clock.start = now_seconds();
   bool stopped = false;
   while (epoch_ < config_.num_epochs && !stopped) {
     const double epoch_start = now_seconds();
+    // The straggler's waits are those of this epoch's window (not the last one's checkpoint).
+    if (FlightRecorder* flight = groups_->flight()) flight->take_wait_seconds();
     std::size_t epoch_samples = 0;
     const bool stop = train_rest_of_epoch(clock, epoch_samples);
     if (batch_ < num_batches_) {  // stopped inside the epoch: state() keeps the position
@@ -428,10 +429,13 @@ void Trainer::report_straggler(EpochReport& report, double epoch_seconds) {
     CollectiveSite site("trainer.straggler");
     world_->all_gather(mine, all.data(), 2, DataType::Float64);
   }
-  int slow = 0, fast = 0;
+  int slow = 0;
   for (int r = 1; r < n; ++r) {
     if (all[2 * r] > all[2 * slow]) slow = r;
-    if (all[2 * r] < all[2 * fast]) fast = r;
+  }
+  int fast = slow == 0 ? 1 : 0;  // another rank, even on a tie
+  for (int r = 0; r < n; ++r) {
+    if (r != slow && all[2 * r] < all[2 * fast]) fast = r;
   }
   report.straggler_rank = slow;
   report.fastest_rank = fast;
