@@ -146,6 +146,10 @@ class Flight(unittest.TestCase):
         r = self.train(2, "--set", "distributed.flight_records=0", epochs=1)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.dumps(), [])
+        with open(os.path.join(self.out, "metrics.jsonl")) as f:
+            record = json.loads(f.readline())
+        self.assertIsNone(record["straggler_rank"])  # nothing measured the waits
+        self.assertIsNone(record["straggler_behind_seconds"])
         t = self.triage()
         self.assertEqual(t.returncode, 2)
         self.assertEqual(t.stdout, "")
@@ -175,6 +179,12 @@ class Flight(unittest.TestCase):
             self.assertRegex(lines[i + 1], r"^  straggler: rank ([01]), [0-9.]+ ms behind rank "
                                            r"(?!\1)[01] \(computed [0-9.]+ ms against [0-9.]+ ms; "
                                            r"waited in collectives [0-9.]+ ms against [0-9.]+ ms\)$")
+        with open(os.path.join(self.out, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), 3)
+        for record in records:
+            self.assertIn(record["straggler_rank"], (0, 1))
+            self.assertGreaterEqual(record["straggler_behind_seconds"], 0.0)
         # Without the recorder there is nothing to measure the waits with: no line.
         r = self.train(2, "--set", "distributed.flight_records=0", epochs=1)
         self.assertEqual(r.returncode, 0, r.stderr)
