@@ -4,11 +4,13 @@
 // a collective. The error-text and timeout-parsing tests need no GPU.
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "meshtrain/comm/backend.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "comm/nccl_check.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/comm/nccl_communicator.hpp"
@@ -194,6 +197,41 @@ TEST_F(NcclVsMpi, DroppedWorkHandleStillCompletes) {
   nccl->allreduce_async(device.data(), expected.size(), DataType::Float64, ReduceOp::Sum).reset();
   mpi->allreduce(expected.data(), expected.size(), DataType::Float64, ReduceOp::Sum);
   expect_matches(device.to_host(), expected, "dropped async allreduce");
+}
+
+// The flight recorder over the NCCL path: the same decorator as on MPI groups records the
+// host's enqueue and completion times of blocking and non-blocking NCCL collectives and passes
+// the data through unchanged.
+TEST_F(NcclVsMpi, FlightRecorderRecordsNcclCollectives) {
+  auto recorder = std::make_shared<FlightRecorder>(16, r, n);
+  const int group = recorder->add_group("data", 0, n, r);
+  FlightRecordingCommunicator comm(std::make_shared<NcclCommunicator>(MPI_COMM_WORLD), recorder,
+                                   group);
+  const std::vector<float> host = rank_values<float>(386, r, 3);
+  std::vector<float> expected = host;
+  mpi->allreduce(expected.data(), expected.size(), DataType::Float32, ReduceOp::Sum);
+  DeviceBuffer<float> blocking(host), async(host);
+  comm.allreduce(blocking.data(), host.size(), DataType::Float32, ReduceOp::Sum);
+  auto work = comm.allreduce_async(async.data(), host.size(), DataType::Float32, ReduceOp::Sum);
+  work->wait();
+  work.reset();
+  expect_matches(blocking.to_host(), expected, "recorded allreduce");
+  expect_matches(async.to_host(), expected, "recorded allreduce_async");
+  const std::string path = "/tmp/meshtrain-nccl-flight-" + std::to_string(::getpid()) + ".bin";
+  recorder->write_copy(path);
+  const FlightDump dump = read_flight_dump(path);
+  std::remove(path.c_str());
+  ASSERT_EQ(dump.records.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    const flight::Record& rec = dump.records[i];
+    EXPECT_EQ(rec.sequence, i + 1);
+    EXPECT_EQ(rec.op, static_cast<int>(i == 0 ? FlightOp::Allreduce : FlightOp::AllreduceAsync));
+    EXPECT_EQ(rec.count, 386u);
+    EXPECT_EQ(rec.bytes, 386u * 4);
+    EXPECT_GT(rec.enqueue_ns, 0);
+    EXPECT_GE(rec.start_ns, rec.enqueue_ns);
+    EXPECT_GE(rec.end_ns, rec.start_ns);  // completed
+  }
 }
 
 TEST_F(NcclVsMpi, ReduceScatter) {

@@ -120,7 +120,8 @@ TEST(RunConfig, EveryLibraryFieldHasAKey) {
   for (const std::string field :
        {"num_epochs", "learning_rate", "batch_size", "bucket_bytes", "validation_every",
         "nonfinite", "optimizer", "progress", "mesh_shape", "mesh_axis_names", "strategy", "comm",
-        "collective_timeout", "model widths", "activation", "schedule", "warmup_steps",
+        "collective_timeout", "flight_records", "model widths", "activation", "schedule",
+        "warmup_steps",
         "warmup_initial_learning_rate", "decay_steps", "min_learning_rate", "step_size",
         "gamma", "clip_grad_norm", "accumulation_steps"}) {
     const std::string located = locate_library_error(config, ConfigError(field, "x: y"));

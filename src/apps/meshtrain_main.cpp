@@ -1,13 +1,16 @@
 // meshtrain: the command line.
 //   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume auto|latest|PATH]
 //   meshtrain plot metrics.csv [-o loss.png]
+//   meshtrain triage DIR            (the flight recorder's dumps of a run)
 //   meshtrain data darcy --samples N --resolution S [--seed K] -o DIR
 // Launch `train` and `data` with mpirun (or launch/mpirun.sh); every rank runs the same
 // command.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -16,6 +19,8 @@
 #include <vector>
 
 #include "meshtrain/cli/parse.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
+#include "meshtrain/trace.hpp"
 #include "meshtrain/meshtrain.hpp"
 #include "meshtrain/train/checkpoint_state.hpp"
 #include "data_darcy.hpp"
@@ -78,12 +83,18 @@ struct TrainOptions {
   std::vector<std::string> sets;
   std::string resume;
   std::string progress = name_of(Display::Auto);
+  std::string trace;
 };
 
 struct PlotOptions {
   std::string metrics;
   std::string output;
   std::string title = "meshtrain: loss";
+};
+
+struct TriageOptions {
+  std::string dir;
+  bool quiet = false;
 };
 
 struct CommandLine {
@@ -95,8 +106,10 @@ struct CommandLine {
   CLI::App* train = nullptr;
   CLI::App* plot = nullptr;
   CLI::App* data = nullptr;
+  CLI::App* triage = nullptr;
   TrainOptions train_options;
   PlotOptions plot_options;
+  TriageOptions triage_options;
   DarcyOptions darcy_options;
 
   CommandLine() {
@@ -121,6 +134,11 @@ struct CommandLine {
                      "and training data must match those that wrote it")
         ->type_name("auto|latest|PATH");
     train
+        ->add_option("--trace", t.trace,
+                     "Write a Chrome trace (chrome://tracing, Perfetto) of steps, layers and "
+                     "collectives: one file per rank, FILE with .rank<R> before its extension")
+        ->type_name("FILE");
+    train
         ->add_option("--progress", t.progress, choice_help<Display>())
         ->check(CLI::IsMember(choice_names<Display>()))
         ->default_str(t.progress);
@@ -136,6 +154,22 @@ struct CommandLine {
     plot->add_option("--title", p.title, "Title of the plot")->default_str(p.title);
 
     data = add_data_command(app, darcy_options);
+
+    triage = app.add_subcommand(
+        "triage",
+        "Read a run's flight recorder dumps (flight-rank<R>.bin in output.dir, else "
+        "checkpoint.dir) and name the first collective on which the ranks diverge and the rank "
+        "that is missing, lagging or calling something else");
+    triage->add_option("dir", triage_options.dir, "The directory holding the dumps")
+        ->required()
+        ->type_name("DIR");
+    triage->add_flag("-q,--quiet", triage_options.quiet, "Only the verdict, no per-rank lines");
+    triage->footer(
+        "EXIT CODES\n"
+        "  0   consistent: every group's ranks called the same collectives\n"
+        "  1   a culprit: a rank that never reached a collective the others entered, called\n"
+        "      another one, or left no dump\n"
+        "  2   no dumps in DIR, or one that cannot be read (one line)\n");
   }
 };
 
@@ -413,9 +447,14 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   // may move another run's aside), and what the run continues.
   if (!config.output.dir.empty()) {
     on_root_sharing_errors(world, [&] {
+      // The flight recorder's files too: every rank's, in case they share the directory.
+      const std::uint64_t flight_bytes =
+          groups->flight() ? groups->flight()->file_bytes() * static_cast<std::uint64_t>(dm.size())
+                           : 0;
       prepare_output_directory(config.where("output.dir"), config.output.dir,
-                               metrics_bytes_estimate(config.training.num_epochs),
-                               "metrics.csv and metrics.jsonl");
+                               metrics_bytes_estimate(config.training.num_epochs) + flight_bytes,
+                               groups->flight() ? "metrics.csv, metrics.jsonl and flight-rank*.bin"
+                                                : "metrics.csv and metrics.jsonl");
     });
   }
   const std::optional<ResumePoint> resumed = checkpoints.start(options.resume, trainer, samples);
@@ -439,7 +478,23 @@ int train(DistributedManager& dm, const TrainOptions& options) {
       metrics.emplace(config.output.dir, resumed ? resumed->state.epoch : 0);
     });
   }
+  // The flight recorder's ring becomes a file of the run directory, written as it records.
+  const std::string flight_dir = !config.output.dir.empty() ? config.output.dir : config.checkpoint.dir;
+  if (FlightRecorder* flight = groups->flight(); flight && !flight_dir.empty()) {
+    try {
+      flight->persist(flight_dir);
+    } catch (const std::runtime_error& e) {
+      throw ConfigError(config.where(config.output.dir.empty() ? "checkpoint.dir" : "output.dir") +
+                        ": " + e.what());
+    }
+  }
   if (root) print_header(config, trainer, dm, data, resumed, set_aside);
+  if (root && groups->flight() && !flight_dir.empty()) {
+    std::printf("Flight:      %s/flight-rank<R>.bin, each rank's last %zu collectives "
+                "(meshtrain triage %s)\n",
+                flight_dir.c_str(), groups->flight()->capacity(), flight_dir.c_str());
+    std::fflush(stdout);
+  }
 
   const Display display = parse_choice<Display>("--progress", options.progress);
   const bool bar = display == Display::Bar || (display == Display::Auto && stdout_is_terminal());
@@ -465,7 +520,37 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   });
   trainer.set_stop_flag(&g_stop_requested);
 
+  // Checked before training, the same on every rank: the trace is written at the end.
+  std::unique_ptr<Tracer> tracer;
+  std::string trace_path;
+  if (!options.trace.empty()) {
+    trace_path = Tracer::rank_path(options.trace, dm.rank());
+    on_root_sharing_errors(world, [&] {
+      std::FILE* probe = std::fopen(Tracer::rank_path(options.trace, 0).c_str(), "w");
+      if (!probe) {
+        throw ConfigError("--trace", options.trace + ": cannot write " +
+                                         Tracer::rank_path(options.trace, 0) + ": " +
+                                         std::strerror(errno));
+      }
+      std::fclose(probe);
+    });
+    tracer = std::make_unique<Tracer>(std::size_t{1} << 18);
+    tracer->activate();
+  }
+
   const FitResult result = trainer.fit();
+  if (tracer) {
+    tracer->deactivate();
+    tracer->write(trace_path, dm.rank());
+    if (root) {
+      std::printf("Trace:        %s (%zu events on rank 0%s)\n",
+                  Tracer::rank_path(options.trace, 0).c_str(), tracer->size(),
+                  tracer->dropped() ? (", " + std::to_string(tracer->dropped()) +
+                                       " dropped: the buffer was full").c_str()
+                                    : "");
+      std::fflush(stdout);
+    }
+  }
   if (root) progress.finish();
   const TrainingMetrics& m = result.metrics;
   const bool finished =
@@ -506,6 +591,27 @@ int plot(const PlotOptions& options) {
   return 0;
 }
 
+// `triage` is a single process: no MPI.
+int triage(const TriageOptions& options) {
+  TriageReport report;
+  try {
+    report = triage_flight_directory(options.dir);
+  } catch (const std::runtime_error& e) {
+    std::fprintf(stderr, "meshtrain: error: %s\n", e.what());
+    return 2;
+  }
+  if (report.code == 2) {
+    std::fprintf(stderr, "meshtrain: error: %s\n", report.finding.c_str());
+    return 2;
+  }
+  std::printf("%s\n", report.finding.c_str());
+  if (!options.quiet) {
+    for (const std::string& line : report.details) std::printf("  %s\n", line.c_str());
+  }
+  std::fflush(stdout);
+  return report.code;
+}
+
 // Parses argv; true when help was printed (by the caller's choice of rank).
 bool parse(CommandLine& cli, int argc, char** argv, bool print_help) {
   try {
@@ -519,11 +625,12 @@ bool parse(CommandLine& cli, int argc, char** argv, bool print_help) {
   }
 }
 
-// `plot` is a single process: no MPI.
+// `plot` and `triage` are single processes: no MPI.
 int plot_main(int argc, char** argv) {
   try {
     CommandLine cli;
     if (parse(cli, argc, argv, true)) return 0;
+    if (*cli.triage) return triage(cli.triage_options);
     return plot(cli.plot_options);
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "meshtrain: error: %s\n", e.what());
@@ -534,7 +641,9 @@ int plot_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "plot") return plot_main(argc, argv);
+  if (argc > 1 && (std::string(argv[1]) == "plot" || std::string(argv[1]) == "triage")) {
+    return plot_main(argc, argv);
+  }
   // Before MPI and Kokkos start: a SIGTERM or SIGUSR1 that arrives while they do is kept
   // (the run stops after its first step with a checkpoint) instead of killing the rank.
   // train() installs them again, in case starting MPI replaced them.

@@ -108,7 +108,10 @@ const std::vector<SectionSpec>& schema() {
         {"collective_timeout", "number >= 0", "600",
          "seconds a rank may wait in one collective before the watchdog aborts the job; 0: off"},
         {"debug_collectives", "boolean", "false",
-         "compare every collective across ranks before running it (slower)"}}},
+         "compare every collective across ranks before running it (slower)"},
+        {"flight_records", "integer in [0, 16777216]", "2048",
+         "the flight recorder: each rank's last N collectives, kept in "
+         "flight-rank<R>.bin in output.dir (else checkpoint.dir) for `meshtrain triage`; 0: off"}}},
       {"model",
        {{"type", choice_type<ModelType>(), quoted(ModelSettings{}.type), choice_help<ModelType>()},
         {"widths", "array of integers >= 1", "[4, 64, 1]",
@@ -548,6 +551,9 @@ void read_distributed(SettingsReader& r, DistributedConfig& d) {
     d.collective_timeout_seconds = *v;
   }
   if (auto v = r.boolean(s, "debug_collectives")) d.debug_collectives = *v;
+  if (auto v = r.integer(s, "flight_records", 0, std::int64_t{1} << 24)) {
+    d.flight_records = static_cast<int>(*v);
+  }
 }
 
 // Keys that belong to the other model type are errors, not silently ignored.
@@ -698,6 +704,7 @@ const std::map<std::string, std::string>& library_fields() {
       {"strategy", "distributed.strategy"},
       {"comm", "distributed.comm"},
       {"collective_timeout", "distributed.collective_timeout"},
+      {"flight_records", "distributed.flight_records"},
       {"model widths", "model.widths"},
       {"modes1", "model.modes"},
       {"modes2", "model.modes"},

@@ -111,6 +111,14 @@ void ProgressPrinter::epoch(const EpochReport& r) {
               done, r.num_epochs, r.train_loss, val.c_str(), test.c_str(), r.learning_rate,
               norm.c_str(), r.samples_per_second,
               format_duration(r.elapsed_seconds).c_str(), format_duration(eta).c_str());
+  if (!bar_ && r.straggler_rank >= 0) {
+    const double ms = 1e3;
+    std::printf("  straggler: rank %d, %.3f ms behind rank %d (computed %.3f ms against %.3f ms; "
+                "waited in collectives %.3f ms against %.3f ms)\n",
+                r.straggler_rank, r.straggler_behind_seconds * ms, r.fastest_rank,
+                r.straggler_compute_seconds * ms, r.fastest_compute_seconds * ms,
+                r.straggler_wait_seconds * ms, r.fastest_wait_seconds * ms);
+  }
   if (bar_) {
     constexpr int width = 30;
     const int filled = r.num_epochs > 0 ? width * done / r.num_epochs : width;
@@ -171,13 +179,17 @@ void MetricsFiles::append(const EpochReport& r) {
                "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"test_loss\": %s, "
                "\"step\": %lld, "
                "\"skipped_steps\": %lld, \"epoch_seconds\": %.6f, \"elapsed_seconds\": %.6f, "
-               "\"samples_per_second\": %.1f, \"learning_rate\": %s, \"grad_norm\": %s}\n",
+               "\"samples_per_second\": %.1f, \"learning_rate\": %s, \"grad_norm\": %s, "
+               "\"straggler_rank\": %s, \"straggler_behind_seconds\": %s}\n",
                epoch, json_number(r.train_loss, "%.17g").c_str(),
                json_number(r.validation_loss, "%.17g").c_str(),
                json_number(r.test_loss, "%.17g").c_str(), step, skipped, r.epoch_seconds,
                r.elapsed_seconds, r.samples_per_second,
                json_number(r.learning_rate, "%.17g").c_str(),
-               json_number(r.gradient_norm, "%.9g").c_str());
+               json_number(r.gradient_norm, "%.9g").c_str(),
+               r.straggler_rank >= 0 ? std::to_string(r.straggler_rank).c_str() : "null",
+               r.straggler_rank >= 0 ? json_number(r.straggler_behind_seconds, "%.9g").c_str()
+                                     : "null");
   const int csv_written = std::fprintf(csv_, "%d,%s,%s,%s,%lld,%lld,%.6f,%.6f,%.1f,%s,%s\n", epoch,
                csv_number(r.train_loss, "%.17g").c_str(),
                csv_number(r.validation_loss, "%.17g").c_str(),

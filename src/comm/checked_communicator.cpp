@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 
@@ -78,6 +79,8 @@ class Watchdog {
     std::unique_lock lock(mutex_);
     while (!stop_) {
       wake_.wait_for(lock, std::chrono::milliseconds(100));
+      // SIGUSR2 dumps the flight recorder even while the training thread is stuck.
+      FlightRecorder::poll_signal();
       const auto now = Clock::now().time_since_epoch().count();
       for (const auto& t : trackers_) {
         const auto since = t->blocked_since.load(std::memory_order_acquire);
@@ -92,6 +95,7 @@ class Watchdog {
                      t->what, t->name.c_str(), waited,
                      static_cast<double>(t->timeout.count()) / 1000.0);
         std::fflush(stderr);
+        FlightRecorder::dump_all(FlightReason::Watchdog);
         // Not MPI_Abort: this thread may not call MPI. A rank that exits without
         // MPI_Finalize makes mpirun (or srun) end the whole job.
         std::_Exit(4);

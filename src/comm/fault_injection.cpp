@@ -13,7 +13,7 @@
 namespace meshtrain {
 
 namespace {
-constexpr const char* kKinds[] = {"hang", "kill", "extra", "term", "usr1"};
+constexpr const char* kKinds[] = {"hang", "kill", "extra", "term", "usr1", "usr2"};
 
 // "RANK" (a number) or "*" (every rank, -1).
 bool parse_rank(const std::string& text, int& rank) {
@@ -50,7 +50,7 @@ std::optional<FaultPlan> FaultPlan::from_environment() {
   if (!ok) {
     throw ConfigError("MESHTRAIN_FAULT_INJECT", "'" + value +
                                                     "': expected KIND:RANK:STEP with KIND hang, "
-                                                    "kill, extra, term or usr1 and RANK a rank or *");
+                                                    "kill, extra, term, usr1 or usr2 and RANK a rank or *");
   }
   return plan;
 }
@@ -69,8 +69,8 @@ void FaultTrigger::before_collective(Communicator& group) {
   if (plan_.kind == "kill") std::raise(SIGKILL);
   // A scheduler's warning at a known step: the program's handler raises its stop flag, which
   // every rank agrees on when this step ends.
-  if (plan_.kind == "term" || plan_.kind == "usr1") {
-    std::raise(plan_.kind == "term" ? SIGTERM : SIGUSR1);
+  if (plan_.kind == "term" || plan_.kind == "usr1" || plan_.kind == "usr2") {
+    std::raise(plan_.kind == "term" ? SIGTERM : plan_.kind == "usr1" ? SIGUSR1 : SIGUSR2);
     return;
   }
   if (plan_.kind == "extra") {

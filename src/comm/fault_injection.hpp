@@ -5,8 +5,8 @@
 // in optimizer step STEP of a run: "hang" stops there (sleeps forever), "kill" dies at once
 // with SIGKILL, "extra" first calls one collective (a barrier) that the other ranks do not,
 // "term" and "usr1" raise SIGTERM or SIGUSR1 in the process (a scheduler's preemption warning,
-// delivered at a known step so that tests of it do not depend on timing). RANK "*" is every
-// rank.
+// delivered at a known step so that tests of it do not depend on timing), "usr2" raises SIGUSR2
+// (the flight recorder's dump request). RANK "*" is every rank.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -19,7 +19,7 @@ namespace meshtrain {
 
 struct FaultPlan {
   static constexpr int kEveryRank = -1;
-  std::string kind;  // "hang", "kill", "extra", "term" or "usr1"
+  std::string kind;  // "hang", "kill", "extra", "term", "usr1" or "usr2"
   int rank = kEveryRank;
   std::int64_t step = -1;
 

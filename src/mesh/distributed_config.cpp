@@ -84,6 +84,10 @@ void DistributedConfig::validate(int world_size) const {
                       std::to_string(c.collective_timeout_seconds) +
                           ": must be a number of seconds >= 0 (0 turns the watchdog off)");
   }
+  if (c.flight_records < 0 || c.flight_records > (1 << 24)) {
+    throw ConfigError("flight_records", std::to_string(c.flight_records) +
+                                            ": must be between 0 (off) and 16777216");
+  }
   if (c.strategy == Strategy::Data && !seen.count("data")) {
     throw ConfigError("mesh_axis_names", names + ": strategy 'data' needs an axis named 'data' "
                                                  "to split the batch over");

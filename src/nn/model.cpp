@@ -6,6 +6,7 @@
 
 #include "meshtrain/error.hpp"
 #include "meshtrain/nn/kernels.hpp"
+#include "meshtrain/trace.hpp"
 
 namespace meshtrain {
 
@@ -173,6 +174,7 @@ ConstMatrixRef Model::forward(ConstMatrixRef x, ModelWorkspace& ws,
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const float* p = gather(hooks, l);
     MatrixRef y = rows(ws.activations_[l], 0, n);
+    TraceSpan span("forward", "layer", static_cast<std::int64_t>(l));
     layers_[l]->forward({hooks, l, ws.scratch_.data() + ws.scratch_offset_[l], ws.gemm_}, input,
                         p, y);
     if (hooks.release) hooks.release(l);
@@ -213,6 +215,7 @@ void Model::backward(ConstMatrixRef x, ModelWorkspace& ws, MatrixRef dout,
   for (std::size_t l = layers_.size(); l-- > 0;) {
     const Layer& layer = *layers_[l];
     const LayerPass pass{hooks, l, ws.scratch_.data() + ws.scratch_offset_[l], ws.gemm_};
+    TraceSpan span("backward", "layer", static_cast<std::int64_t>(l));
     const float* p = gather(hooks, l);
     float* g = hooks.gradients(l);
     const ConstMatrixRef input = l == 0 ? x : ConstMatrixRef(rows(ws.activations_[l - 1], 0, n));

@@ -7,6 +7,7 @@
 
 #include "compat/kokkos_compat.hpp"
 #include "meshtrain/comm/backend.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 #include "runtime/assemble.hpp"
@@ -131,6 +132,7 @@ ShardPlan DistributedManager::shard_batch(int global_batch) const {
 }
 
 void DistributedManager::abort(int code) const {
+  FlightRecorder::dump_all(FlightReason::Abort);
   MPI_Abort(base_, code);
   std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
 }

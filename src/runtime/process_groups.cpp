@@ -3,6 +3,7 @@
 #include <Kokkos_Core.hpp>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -11,6 +12,7 @@
 #include "comm/staging_communicator.hpp"
 #include "meshtrain/comm/backend.hpp"
 #include "meshtrain/comm/checked_communicator.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/runtime/cpu_affinity.hpp"
@@ -31,6 +33,7 @@ struct ProcessGroups::Parts {
   int batch_parts = 1;
   int batch_index = 0;
   std::shared_ptr<FaultTrigger> fault;  // null unless MESHTRAIN_FAULT_INJECT is set
+  std::shared_ptr<FlightRecorder> flight;  // null when flight_records = 0
 };
 
 ProcessGroups::ProcessGroups(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {
@@ -66,7 +69,13 @@ int ProcessGroups::batch_index() const { return parts_->batch_index; }
 
 void ProcessGroups::begin_step(std::int64_t step) {
   if (parts_->fault) parts_->fault->begin_step(step);
+  if (parts_->flight) {
+    parts_->flight->set_step(step);
+    FlightRecorder::poll_signal();
+  }
 }
+
+FlightRecorder* ProcessGroups::flight() const { return parts_->flight.get(); }
 
 namespace {
 
@@ -80,25 +89,29 @@ class Assembler {
  public:
   // device: how MPI communicators treat device buffers; none in host-memory builds.
   Assembler(MPI_Comm base, CommBackend backend, CollectiveChecks checks,
-            std::shared_ptr<FaultTrigger> fault, MpiDeviceBuffers device)
+            std::shared_ptr<FaultTrigger> fault, MpiDeviceBuffers device,
+            std::shared_ptr<FlightRecorder> flight)
       : base_(base),
         backend_(backend),
         checks_(checks),
         fault_(std::move(fault)),
-        device_(std::move(device)) {}
+        device_(std::move(device)),
+        flight_(std::move(flight)) {}
 
   // Collective over base: the ranks that share every coordinate but `axis`'s.
   std::shared_ptr<Communicator> axis(const DeviceMesh& mesh, const std::string& name) {
     MPI_Comm split = MPI_COMM_NULL;
     check_mpi(MPI_Comm_split(base_, mesh.axis_group(name), mesh.axis_coord(name), &split),
               "MPI_Comm_split");
-    auto group = decorate(training_group(split), split, name, true);
+    auto group = decorate(training_group(split), split, name, true, mesh.axis_group(name));
     MPI_Comm_free(&split);  // every communicator above holds a duplicate
     return group;
   }
   // This rank alone, in the training backend (a replica group when nothing is replicated).
   std::shared_ptr<Communicator> self() {
-    return decorate(training_group(MPI_COMM_SELF), MPI_COMM_SELF, "self", true);
+    int rank = 0;
+    MPI_Comm_rank(base_, &rank);
+    return decorate(training_group(MPI_COMM_SELF), MPI_COMM_SELF, "self", true, rank);
   }
   // An MPI communicator, given device buffers only where it may take them.
   std::shared_ptr<Communicator> staged(std::shared_ptr<Communicator> mpi) const {
@@ -110,9 +123,15 @@ class Assembler {
     return backend_ == CommBackend::Mpi ? staged(std::move(group)) : group;
   }
   std::shared_ptr<Communicator> decorate(std::shared_ptr<Communicator> group, MPI_Comm comm,
-                                         const std::string& name, bool training) {
+                                         const std::string& name, bool training, int color) {
     if (checks_.timeout.count() > 0 || checks_.debug) {
       group = std::make_shared<CheckedCommunicator>(std::move(group), comm, name, checks_);
+    }
+    // Inside the fault injector: a rank that a drill stops or kills before a collective has
+    // not entered it, and a drill's extra collective is recorded as what the rank called.
+    if (flight_) {
+      const int index = flight_->add_group(name, color, group->size(), group->rank());
+      group = std::make_shared<FlightRecordingCommunicator>(std::move(group), flight_, index);
     }
     if (training && fault_) {
       group = std::make_shared<FaultInjectingCommunicator>(std::move(group), fault_);
@@ -126,6 +145,7 @@ class Assembler {
   CollectiveChecks checks_;
   std::shared_ptr<FaultTrigger> fault_;
   MpiDeviceBuffers device_;
+  std::shared_ptr<FlightRecorder> flight_;
 };
 
 CommBackend training_backend(const DistributedConfig& config) {
@@ -199,8 +219,22 @@ std::shared_ptr<ProcessGroups> assemble_process_groups(MPI_Comm base,
 
   parts->backend = backend;
   parts->topology = probe_topology(base, device_id);
-  Assembler assemble(base, backend, checks, parts->fault, mpi_device_buffers());
-  parts->world = assemble.decorate(assemble.staged(std::move(world)), base, "world", false);
+  int flight_records = dist.flight_records;
+  if (const char* env = std::getenv("MESHTRAIN_FLIGHT_RECORDS")) {
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end == env || *end != '\0' || value < 0 || value > (1 << 24)) {
+      throw ConfigError(std::string("MESHTRAIN_FLIGHT_RECORDS '") + env +
+                        "': expected a number of records between 0 (off) and 16777216");
+    }
+    flight_records = static_cast<int>(value);
+  }
+  if (flight_records > 0) {
+    parts->flight = std::make_shared<FlightRecorder>(static_cast<std::size_t>(flight_records),
+                                                     rank, size);
+  }
+  Assembler assemble(base, backend, checks, parts->fault, mpi_device_buffers(), parts->flight);
+  parts->world = assemble.decorate(assemble.staged(std::move(world)), base, "world", false, 0);
   if (tensor_parallel) {
     parts->model = assemble.axis(mesh, "model");
     parts->data = assemble.axis(mesh, "data");

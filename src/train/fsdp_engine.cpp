@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "meshtrain/clock.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/train/step_engine.hpp"
 #include "train/gradient_accumulator.hpp"
 
@@ -141,6 +142,7 @@ class FsdpEngine final : public StepEngine {
   const float* gather_layer(std::size_t l, const Vector& local) {
     ExecSpace().fence();
     const double start = now_seconds();
+    CollectiveSite site("fsdp.gather_layer");
     shards_.all_gather(local.data() + shard_offset_[l], gathered_.data(), chunk_[l],
                        DataType::Float32);
     blocked_ += now_seconds() - start;
@@ -155,6 +157,7 @@ class FsdpEngine final : public StepEngine {
     ExecSpace().fence();
     const double start = now_seconds();
     float* mine = grad_shard_.data() + shard_offset_[l];
+    CollectiveSite site("fsdp.reduce_gradient");
     shards_.reduce_scatter(layer_grad_.data(), mine, chunk_[l], DataType::Float32, ReduceOp::Sum);
     if (replicas_.size() > 1) replicas_.allreduce(mine, chunk_[l], DataType::Float32, ReduceOp::Sum);
     blocked_ += now_seconds() - start;

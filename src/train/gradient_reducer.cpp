@@ -9,6 +9,7 @@
 
 #include "meshtrain/clock.hpp"
 #include "meshtrain/comm/bfloat16.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/error.hpp"
 
 namespace meshtrain {
@@ -155,6 +156,7 @@ void GradientReducer::State::widen() {
 // Blocking. With bf16 the bucket has been narrowed (and fenced) by the caller's thread.
 void GradientReducer::State::reduce(std::size_t index) {
   const GradientBucket& b = buckets[index];
+  CollectiveSite site("data_parallel.gradients");
   const std::size_t mid = split(b);
   if (mid > b.begin) {
     comm.allreduce(wire_buffer.data() + b.begin, mid - b.begin, DataType::BFloat16,
@@ -212,6 +214,7 @@ void GradientReducer::State::post(std::size_t index) {
     return;
   }
   const GradientBucket& b = buckets[index];
+  CollectiveSite site("data_parallel.gradients");
   const std::size_t mid = split(b);
   if (mid > b.begin) {
     in_flight.push_back(comm.allreduce_async(wire_buffer.data() + b.begin, mid - b.begin,

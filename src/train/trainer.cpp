@@ -14,9 +14,11 @@
 #include <string>
 
 #include "meshtrain/clock.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/data/random.hpp"
 #include "meshtrain/error.hpp"
 #include "batch_prefetcher.hpp"
+#include "meshtrain/trace.hpp"
 
 namespace meshtrain {
 
@@ -378,6 +380,7 @@ std::pair<ConstMatrixRef, ConstMatrixRef> Trainer::batch_rows(std::size_t batch,
 
 bool Trainer::step(std::size_t batch) {
   groups_->begin_step(run_steps_);
+  TraceSpan span("step", "train", run_steps_);
   if (source_) {
     // This step's rows (read ahead during the previous step), then the next step's in the
     // background while this one computes.
@@ -406,6 +409,7 @@ bool Trainer::step(std::size_t batch) {
       },
       bad);
   std::int32_t flags[2] = {bad > 0 ? 1 : 0, stop_flag_ && *stop_flag_ ? 1 : 0};
+  CollectiveSite site("trainer.step_flags");
   world_->allreduce(std::span<std::int32_t>(flags), ReduceOp::Max);
 
   auto losses = epoch_batch_losses_;
@@ -455,6 +459,7 @@ double Trainer::evaluate(const Matrix& x, const Matrix& y) {
   const auto count = static_cast<std::size_t>(plan.counts[shard]);
   const auto most = static_cast<std::size_t>(plan.counts.front());
   const float scale = model_.loss_scale(static_cast<int>(n));
+  CollectiveSite site("trainer.evaluate");
   double sum = 0.0;
   // The same number of chunks on every rank: sharded strategies communicate in forward.
   for (std::size_t done = 0; done < most; done += max_rows_) {
@@ -505,6 +510,8 @@ FitResult Trainer::fit() {
   bool stopped = false;
   while (epoch_ < config_.num_epochs && !stopped) {
     const double epoch_start = now_seconds();
+    // The straggler's waits are those of this epoch's window (not the last one's checkpoint).
+    if (FlightRecorder* flight = groups_->flight()) flight->take_wait_seconds();
     std::size_t epoch_samples = 0;
     const bool stop = train_rest_of_epoch(clock, epoch_samples);
     if (batch_ < num_batches_) {  // stopped inside the epoch: state() keeps the position
@@ -535,6 +542,7 @@ bool Trainer::train_rest_of_epoch(FitClock& clock, std::size_t& epoch_samples) {
 }
 
 void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t epoch_samples) {
+  TraceSpan span("end_epoch", "train", epoch_);
   const auto [sum, count] = epoch_loss_so_far(num_batches_);
   carried_loss_sum_ = 0.0;
   carried_loss_count_ = 0;
@@ -557,8 +565,9 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   test_losses_.push_back(
       test ? (test_source_ ? evaluate(*test_source_) : evaluate(x_test_, y_test_)) : nan);
   const double now = now_seconds();
+  EpochReport report;
+  report_straggler(report, now - epoch_start);
   if (epoch_callback_) {
-    EpochReport report;
     report.epoch = epoch_;
     report.num_epochs = config_.num_epochs;
     report.train_loss = epoch_losses_.back();
@@ -578,6 +587,34 @@ void Trainer::end_epoch(const FitClock& clock, double epoch_start, std::size_t e
   batch_ = 0;
   last_gradient_norm_ = nan;
   if (epoch_ < config_.num_epochs && !next_early) begin_epoch(epoch_);
+}
+
+void Trainer::report_straggler(EpochReport& report, double epoch_seconds) {
+  FlightRecorder* flight = groups_->flight();
+  const int n = world_->size();
+  if (!flight || n < 2) return;
+  const double wait = flight->take_wait_seconds();
+  const double mine[2] = {std::max(epoch_seconds - wait, 0.0), wait};
+  std::vector<double> all(2 * static_cast<std::size_t>(n));  // once an epoch
+  {
+    CollectiveSite site("trainer.straggler");
+    world_->all_gather(mine, all.data(), 2, DataType::Float64);
+  }
+  int slow = 0;
+  for (int r = 1; r < n; ++r) {
+    if (all[2 * r] > all[2 * slow]) slow = r;
+  }
+  int fast = slow == 0 ? 1 : 0;  // another rank, even on a tie
+  for (int r = 0; r < n; ++r) {
+    if (r != slow && all[2 * r] < all[2 * fast]) fast = r;
+  }
+  report.straggler_rank = slow;
+  report.fastest_rank = fast;
+  report.straggler_compute_seconds = all[2 * slow];
+  report.straggler_wait_seconds = all[2 * slow + 1];
+  report.fastest_compute_seconds = all[2 * fast];
+  report.fastest_wait_seconds = all[2 * fast + 1];
+  report.straggler_behind_seconds = all[2 * slow] - all[2 * fast];
 }
 
 TrainingMetrics Trainer::metrics_of(const FitClock& clock, double wall, bool stopped) const {

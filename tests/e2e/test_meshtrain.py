@@ -315,7 +315,11 @@ class StraightRun(unittest.TestCase):
             records = [json.loads(line) for line in f]
         self.assertEqual([r["epoch"] for r in records], [1, 2, 3, 4])
         for record, row in zip(records, rows[1:]):
-            self.assertEqual(sorted(record), sorted(CSV_COLUMNS))
+            # metrics.jsonl also has the epoch's straggler (the CSV's columns are unchanged).
+            self.assertEqual(sorted(record), sorted(CSV_COLUMNS + ["straggler_rank",
+                                                                   "straggler_behind_seconds"]))
+            self.assertIn(record["straggler_rank"], (0, 1))
+            self.assertGreaterEqual(record["straggler_behind_seconds"], 0)
             self.assertEqual(record["train_loss"], float(row[1]))
             self.assertEqual(record["val_loss"], float(row[2]))
             self.assertGreater(record["val_loss"], 0)

@@ -21,6 +21,9 @@ struct DistributedConfig {
   // Compare every collective's kind, type, count and sequence number across ranks before
   // running it (MESHTRAIN_DEBUG_COLLECTIVES=1 turns it on too). Costs a small all-gather each.
   bool debug_collectives = false;
+  // The flight recorder's ring: this many of each rank's last collectives (0: off).
+  // MESHTRAIN_FLIGHT_RECORDS overrides it.
+  int flight_records = 2048;
 
   // The config with defaults filled in for a job of world_size ranks.
   DistributedConfig resolved(int world_size) const;

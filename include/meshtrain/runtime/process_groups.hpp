@@ -14,6 +14,8 @@
 
 namespace meshtrain {
 
+class FlightRecorder;
+
 // Where this rank runs, gathered once when the groups are assembled.
 struct Topology {
   int local_rank = 0;  // among the ranks of the job on this node
@@ -61,8 +63,13 @@ class ProcessGroups {
   int batch_parts() const;
   int batch_index() const;
 
-  // Called by the trainer as each optimizer step begins (for fault injection drills).
+  // Called by the trainer as each optimizer step begins (fault injection drills, the flight
+  // recorder's step, a pending SIGUSR2 dump).
   void begin_step(std::int64_t step);
+
+  // The run's flight recorder (every group's collectives), or nullptr when
+  // flight_records = 0.
+  FlightRecorder* flight() const;
 
   // ProcessGroups objects alive in this process (a run builds exactly one).
   static int alive();

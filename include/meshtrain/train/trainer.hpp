@@ -65,6 +65,17 @@ struct EpochReport {
   double epoch_seconds = 0.0;
   double elapsed_seconds = 0.0;  // since this fit() started
   double samples_per_second = 0.0;
+  // The epoch's straggler, from one all-gather of two numbers per rank over the world at the
+  // epoch's end (with the flight recorder on, on more than one rank; else straggler_rank is
+  // -1): each rank's compute time (the epoch's wall time less the time it was blocked in
+  // collectives, as the flight recorder measures it) and its wait. The straggler computed the
+  // longest, the fastest rank the least; behind is the difference, the time the others spent
+  // waiting for it.
+  int straggler_rank = -1;
+  int fastest_rank = -1;
+  double straggler_behind_seconds = 0.0;
+  double straggler_compute_seconds = 0.0, straggler_wait_seconds = 0.0;
+  double fastest_compute_seconds = 0.0, fastest_wait_seconds = 0.0;
 };
 
 // The bytes of the data set a rank holds (host and device): whole sets uploaded by
@@ -193,6 +204,8 @@ class Trainer {
   // The finished epoch's loss, validation and report; moves on to the next epoch.
   void end_epoch(const FitClock& clock, double epoch_start, std::size_t epoch_samples);
   TrainingMetrics metrics_of(const FitClock& clock, double wall, bool stopped) const;
+  // Collective over the world: fills the report's straggler fields.
+  void report_straggler(EpochReport& report, double epoch_seconds);
   // The loss over a whole held-out set (collective over the batch group).
   double evaluate(const Matrix& x, const Matrix& y);
   double evaluate(const RowSource& source);
