@@ -1240,6 +1240,26 @@ constexpr double kBf16LossTolerance = 1e-3;
 // the README.
 constexpr double kBf16ComputeLossTolerance = 5e-3;  // measured 0.104 %: 5x margin
 
+// b's loss curve (a bf16 run) within tolerance of a's (fp32), epoch by epoch, but not equal
+// to it; prints the largest difference.
+void expect_loss_curve_near(const FitResult& a, const FitResult& b, double tolerance,
+                            const char* what) {
+  ASSERT_EQ(a.metrics.epoch_losses.size(), b.metrics.epoch_losses.size());
+  double worst = 0.0;
+  for (std::size_t e = 0; e < a.metrics.epoch_losses.size(); ++e) {
+    const double rel = std::abs(b.metrics.epoch_losses[e] - a.metrics.epoch_losses[e]) /
+                       a.metrics.epoch_losses[e];
+    worst = std::max(worst, rel);
+    EXPECT_LE(rel, tolerance) << what << ", epoch " << e + 1;
+  }
+  EXPECT_NE(host_params(a.model), host_params(b.model)) << what << " changed nothing";
+  if (meshtrain::testing::world_rank() == 0) {
+    std::printf("%s vs fp32, reference run on %d rank(s): final loss %.6f vs %.6f, largest "
+                "epoch-loss difference %.3g %%\n",
+                what, world_size(), b.metrics.final_loss, a.metrics.final_loss, 100.0 * worst);
+  }
+}
+
 TrainingConfig reference_config(Dtype wire) {
   TrainingConfig config;  // the tutorial's run: 20 epochs, batch 32, Adam 1e-3
   config.seed = 0;
@@ -1369,22 +1389,9 @@ TEST(Bf16GradComm, ReferenceLossCurveStaysNearFp32) {
   Trainer bf16(Mlp({4, 64, 1}, Activation::ReLU, 0), reference_config(Dtype::Bf16));
   const FitResult a = fp32.fit(data.x, data.y);
   const FitResult b = bf16.fit(data.x, data.y);
-  ASSERT_EQ(a.metrics.epoch_losses.size(), b.metrics.epoch_losses.size());
-  double worst = 0.0;
-  for (std::size_t e = 0; e < a.metrics.epoch_losses.size(); ++e) {
-    const double rel = std::abs(b.metrics.epoch_losses[e] - a.metrics.epoch_losses[e]) /
-                       a.metrics.epoch_losses[e];
-    worst = std::max(worst, rel);
-    EXPECT_LE(rel, kBf16LossTolerance) << "epoch " << e + 1;
-  }
+  expect_loss_curve_near(a, b, kBf16LossTolerance, "bf16 gradient all-reduce");
   EXPECT_LE(std::abs(b.metrics.final_loss - a.metrics.final_loss),
             kBf16LossTolerance * a.metrics.final_loss);
-  EXPECT_NE(host_params(a.model), host_params(b.model)) << "bf16 changed nothing";
-  if (meshtrain::testing::world_rank() == 0) {
-    std::printf("bf16 vs fp32, reference run on %d rank(s): final loss %.6f vs %.6f, largest "
-                "epoch-loss difference %.3g %%\n",
-                world_size(), b.metrics.final_loss, a.metrics.final_loss, 100.0 * worst);
-  }
 }
 
 TEST(Bf16GradComm, RefusedWhereItDoesNotApply) {
@@ -1448,19 +1455,7 @@ TEST(Bf16Compute, ReferenceLossCurveStaysNearFp32AndDiffers) {
   Trainer bf16(Mlp({4, 64, 1}, Activation::ReLU, 0), bf16_compute_config(dist));
   const FitResult a = fp32.fit(data.x, data.y);
   const FitResult b = bf16.fit(data.x, data.y);
-  double worst = 0.0;
-  for (std::size_t e = 0; e < a.metrics.epoch_losses.size(); ++e) {
-    const double rel = std::abs(b.metrics.epoch_losses[e] - a.metrics.epoch_losses[e]) /
-                       a.metrics.epoch_losses[e];
-    worst = std::max(worst, rel);
-    EXPECT_LE(rel, kBf16ComputeLossTolerance) << "epoch " << e + 1;
-  }
-  EXPECT_NE(host_params(a.model), host_params(b.model)) << "bf16 compute changed nothing";
-  if (meshtrain::testing::world_rank() == 0) {
-    std::printf("bf16 compute vs fp32, reference run on %d rank(s): final loss %.6f vs %.6f, "
-                "largest epoch-loss difference %.3g %%\n",
-                world_size(), b.metrics.final_loss, a.metrics.final_loss, 100.0 * worst);
-  }
+  expect_loss_curve_near(a, b, kBf16ComputeLossTolerance, "bf16 compute");
 }
 
 TEST(Bf16Compute, ALayerThatComputesInFp32OnlyIsRefused) {
