@@ -174,7 +174,7 @@ void bias_activation(MatrixRef y, ConstVectorRef b, Activation activation) {
 
 void matmul_add(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y) {
   if (y.extent(0) == 0 || y.extent(1) == 0 || x.extent(1) == 0) return;
-  KokkosBlas::gemm("N", "N", 1.0f, x, w, 1.0f, y);
+  gemm("N", "N", x, w, 1.0f, y, {});
 }
 
 namespace {
@@ -335,7 +335,7 @@ void linear_backward_input(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx,
 
 void linear_backward_input_add(ConstMatrixRef dz, ConstMatrixRef w, MatrixRef dx) {
   if (dx.extent(0) > 0 && dx.extent(1) > 0 && dz.extent(1) > 0) {
-    KokkosBlas::gemm("N", "T", 1.0f, dz, w, 1.0f, dx);
+    gemm("N", "T", dz, w, 1.0f, dx, {});
   }
 }
 
