@@ -155,6 +155,18 @@ constexpr std::span<const Choice<DataLoading>> choice_table(DataLoading) {
   return kDataLoadingChoices;
 }
 
+enum class CheckpointFormat { Sharded, Single };
+inline constexpr Choice<CheckpointFormat> kCheckpointFormatChoices[] = {
+    {CheckpointFormat::Sharded, "sharded",
+     "every rank writes its own values, in the background; reads back on any mesh, strategy "
+     "and rank count"},
+    {CheckpointFormat::Single, "single",
+     "rank 0 writes one file of the whole model (gathered), as safetensors' own tools read it"},
+};
+constexpr std::span<const Choice<CheckpointFormat>> choice_table(CheckpointFormat) {
+  return kCheckpointFormatChoices;
+}
+
 enum class Activation { Identity, ReLU, Tanh, Gelu };
 inline constexpr Choice<Activation> kActivationChoices[] = {
     {Activation::ReLU, "relu", ""},

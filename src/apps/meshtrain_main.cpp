@@ -458,7 +458,12 @@ int train(DistributedManager& dm, const TrainOptions& options) {
     });
   }
   const std::optional<ResumePoint> resumed = checkpoints.start(options.resume, trainer, samples);
-  if (resumed) trainer.restore(resumed->state);
+  if (resumed) {
+    if (resumed->local)
+      trainer.restore(resumed->state, *resumed->local);  // a sharded checkpoint, resharded
+    else
+      trainer.restore(resumed->state);
+  }
   std::vector<std::string> set_aside;
   if (!checkpoints.set_aside().empty()) {
     set_aside.push_back("another run's checkpoints, moved to " + checkpoints.set_aside() +
@@ -515,7 +520,7 @@ int train(DistributedManager& dm, const TrainOptions& options) {
       if (!metrics_error.empty()) throw ConfigError(config.where("output.dir") + ": " + metrics_error);
     }
     if (checkpoints.enabled() && every > 0 && (report.epoch + 1) % every == 0) {
-      checkpoints.save(trainer.state(), trainer, samples);  // state() is collective
+      checkpoints.save(trainer, samples, /*wait=*/false);  // collective; written in the background
     }
   });
   trainer.set_stop_flag(&g_stop_requested);
@@ -555,8 +560,8 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   const TrainingMetrics& m = result.metrics;
   const bool finished =
       m.epoch_losses.size() >= static_cast<std::size_t>(config.training.num_epochs);
-  const TrainingState state = trainer.state();
-  const std::string checkpoint = checkpoints.save(state, trainer, samples);
+  const TrainingState state = trainer.position();
+  const std::string checkpoint = checkpoints.save(trainer, samples);
 
   if (m.stopped && !finished) {
     if (root) {

@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <regex>
+#include <set>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
 
+#include "meshtrain/clock.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/train/checkpoint.hpp"
 #include "meshtrain/train/checkpoint_state.hpp"
@@ -111,8 +114,15 @@ std::optional<ResumePoint> RunCheckpoints::start(const std::string& resume, cons
     }
     point = resolve(resume, trainer, samples);
     run_id_ = point ? run_id_ : new_run_id();
-    if (enabled()) check_directory_contents(point, trainer);
+    if (enabled()) {
+      check_directory_contents(point, trainer);
+      remove_orphan_shards();
+    }
   });
+  if (enabled() && settings_.format == CheckpointFormat::Sharded) {
+    if (comm_.size() > 1) check_shared_directory();
+    writer_ = std::make_unique<ShardedCheckpointWriter>(comm_);
+  }
   std::string resumed_path = point ? point->path : "";
   broadcast_string(comm_, resumed_path);
   broadcast_string(comm_, run_id_);
@@ -120,7 +130,90 @@ std::optional<ResumePoint> RunCheckpoints::start(const std::string& resume, cons
   if (!point) point.emplace();
   point->path = resumed_path;
   broadcast_state(comm_, point->state, trainer.model().num_parameters());
+  // A sharded checkpoint: its index gave the position; each rank reads its own values.
+  if (point->state.parameters.extent(0) == 0) point->local = read_shards(resumed_path, trainer);
+  published_path_ = resumed_path;
   return point;
+}
+
+LocalState RunCheckpoints::read_shards(const std::string& path, const Trainer& trainer) {
+  std::unique_ptr<ShardSet> shards;
+  const std::string where = "checkpoint " + path + ": ";
+  try {
+    on_every_rank_sharing_errors(comm_, [&] {
+      const Checkpoint index = read_checkpoint(path);  // small; its checksum checked again
+      shards = std::make_unique<ShardSet>(path, index.metadata, trainer.model().num_parameters());
+    });
+  } catch (const ConfigError& e) {
+    throw ConfigError(where + e.what());
+  }
+  const std::string problem = verify_shards(comm_, *shards);
+  if (!problem.empty()) throw ConfigError(where + problem);
+  LocalState local = trainer.local_state();  // the layout; every value is read over it
+  try {
+    on_every_rank_sharing_errors(comm_, [&] { read_local_state(*shards, trainer.held_runs(), local); });
+  } catch (const ConfigError& e) {
+    throw ConfigError(where + e.what());
+  }
+  return local;
+}
+
+// Every rank must see the files of checkpoint.dir that rank 0 writes, or the shards of a
+// sharded checkpoint would never come together (rank 0 waits for them).
+void RunCheckpoints::check_shared_directory() {
+  const std::string probe = (fs::path(settings_.dir) / ("." + settings_.prefix + ".shared-probe")).string();
+  std::string token;
+  on_root_sharing_errors(comm_, [&] {
+    token = new_run_id();
+    std::FILE* file = std::fopen(probe.c_str(), "w");
+    if (!file || std::fputs(token.c_str(), file) < 0 || std::fclose(file) != 0) {
+      throw ConfigError(dir_where_ + ": " + settings_.dir + ": cannot write " + probe + ": " +
+                        std::strerror(errno));
+    }
+  });
+  broadcast_string(comm_, token);
+  std::string problem;
+  try {
+    on_every_rank_sharing_errors(comm_, [&] {
+      char seen[64] = {};
+      std::size_t n = 0;
+      if (std::FILE* file = std::fopen(probe.c_str(), "r")) {
+        n = std::fread(seen, 1, sizeof seen - 1, file);
+        std::fclose(file);
+      }
+      if (std::string(seen, n) != token) {
+        char host[256] = "?";
+        ::gethostname(host, sizeof host - 1);
+        throw ConfigError(dir_where_ + ": " + settings_.dir + ": rank " + std::to_string(comm_.rank()) +
+                          " (on " + host +
+                          ") does not see the files rank 0 writes there; sharded checkpoints need a "
+                          "directory every rank shares: put it on a shared file system, or set "
+                          "checkpoint.format = \"single\"");
+      }
+    });
+  } catch (const ConfigError& e) {
+    problem = e.what();
+  }
+  if (comm_.rank() == 0) ::unlink(probe.c_str());
+  if (!problem.empty()) throw ConfigError(problem);
+}
+
+// Rank 0: shard directories of this prefix that no checkpoint refers to are writes that
+// never completed (the run was killed while writing): nothing can read them.
+void RunCheckpoints::remove_orphan_shards() {
+  std::set<std::string> referenced;
+  for (const std::string& path : list_checkpoints(settings_.dir, settings_.prefix)) {
+    for (const std::string& dir : checkpoint_companions(path)) referenced.insert(fs::path(dir).filename().string());
+  }
+  const std::regex orphan(std::regex_replace(settings_.prefix, std::regex(R"([.^$|()\[\]{}*+?\\-])"), R"(\$&)") +
+                          R"(-[0-9]+\.shards-[0-9a-f]{8})");
+  std::error_code ec;
+  for (const fs::directory_entry& entry : fs::directory_iterator(settings_.dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, orphan) && entry.is_directory(ec) && !referenced.count(name)) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
 }
 
 // Rank 0: the checkpoint to resume, read and checked; sets run_id_ to its run's.
@@ -219,33 +312,79 @@ void RunCheckpoints::check_directory_contents(const std::optional<ResumePoint>& 
   }
 }
 
-std::string RunCheckpoints::save(const TrainingState& state, const Trainer& trainer,
-                                 std::size_t samples) {
+std::string RunCheckpoints::save(Trainer& trainer, std::size_t samples, bool wait) {
   if (!enabled()) return "";
-  const std::int64_t step = step_of(state, trainer.batches_per_epoch());
-  if (step == saved_step_) return saved_path_;
+  const double began = now_seconds();
+  const TrainingState position = trainer.position();
+  const std::int64_t step = step_of(position, trainer.batches_per_epoch());
+  if (step == saved_step_) {
+    if (wait) finish();
+    return saved_path_;
+  }
   const std::string path =
       checkpoint_path(settings_.dir, settings_.prefix, static_cast<std::uint64_t>(step));
-  std::string error;
-  if (comm_.rank() == 0) {
-    Checkpoint checkpoint = to_checkpoint(state, trainer.model(), trainer.config(), samples);
+  const auto describe = [&](Checkpoint& checkpoint) {
     checkpoint.metadata[kRunIdKey] = run_id_;
     checkpoint.metadata[kDataCrcKey] = crc_text(data_crc_);
     checkpoint.metadata[kDataKey] = data_description_;
-    try {
-      write_checkpoint_atomic(path, checkpoint);
-      prune_run_checkpoints(settings_.dir, settings_.prefix,
-                            static_cast<std::size_t>(settings_.keep_last), run_id_, path);
-    } catch (const std::runtime_error& e) {  // the file system, not the program
-      error = e.what();
-      if (saved_step_ >= 0) error += "; the run's checkpoint " + saved_path_ + " is intact";
+  };
+  const auto intact = [&] {
+    return published_path_.empty() ? std::string() : "; the run's checkpoint " + published_path_ + " is intact";
+  };
+  const auto keep_last = static_cast<std::size_t>(settings_.keep_last);
+  if (settings_.format == CheckpointFormat::Single) {
+    const TrainingState state = trainer.state();  // collective: the whole state on every rank
+    std::string error;
+    if (comm_.rank() == 0) {
+      Checkpoint checkpoint = to_checkpoint(state, trainer.model(), trainer.config(), samples);
+      describe(checkpoint);
+      try {
+        write_checkpoint_atomic(path, checkpoint);
+        prune_run_checkpoints(settings_.dir, settings_.prefix, keep_last, run_id_, path);
+      } catch (const std::runtime_error& e) {  // the file system, not the program
+        error = e.what() + intact();
+      }
     }
+    broadcast_string(comm_, error);
+    if (!error.empty()) throw ConfigError(dir_where_ + ": " + error);
+    published_path_ = path;
+  } else {
+    finish();  // the previous write, published or failed, before this one starts
+    ShardedCheckpointWriter::Save save;
+    save.index_path = path;
+    if (comm_.rank() == 0) {
+      save.index = to_checkpoint_index(position, trainer.model(), trainer.config(), samples);
+      describe(save.index);
+      save.after_commit = [dir = settings_.dir, prefix = settings_.prefix, keep_last, run = run_id_, path] {
+        prune_run_checkpoints(dir, prefix, keep_last, run, path);
+      };
+    }
+    save.runs = trainer.held_runs();
+    save.state = trainer.local_state();
+    save.layout = sharded_layout_of(trainer.model());
+    try {
+      writer_->start(std::move(save));
+    } catch (const ConfigError& e) {
+      throw ConfigError(dir_where_ + ": " + e.what() + intact());
+    }
+    blocked_seconds_ += now_seconds() - began;
+    ++writes_;
   }
-  broadcast_string(comm_, error);
-  if (!error.empty()) throw ConfigError(dir_where_ + ": " + error);
   saved_step_ = step;
   saved_path_ = path;
+  if (wait) finish();
   return path;
+}
+
+void RunCheckpoints::finish() {
+  if (!writer_ || !writer_->pending()) return;
+  const std::string error = writer_->wait();
+  if (!error.empty()) {
+    throw ConfigError(dir_where_ + ": " + error +
+                      (published_path_.empty() ? "" : "; the run's checkpoint " + published_path_ + " is intact"));
+  }
+  write_seconds_ += writer_->last_write_seconds();
+  published_path_ = saved_path_;
 }
 
 }  // namespace meshtrain::app

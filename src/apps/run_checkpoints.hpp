@@ -6,10 +6,12 @@
 // resume, so that a run only ever prunes its own files, and a run never starts where another
 // run's checkpoints are unless told what to do with them.
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "meshtrain/comm/communicator.hpp"
+#include "meshtrain/train/sharded_checkpoint.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "run_config.hpp"
 #include "training_data.hpp"
@@ -17,8 +19,11 @@
 namespace meshtrain::app {
 
 struct ResumePoint {
-  TrainingState state;
+  TrainingState state;  // from a sharded checkpoint: the position only (no vectors)
   std::string path;
+  // From a sharded checkpoint: this rank's own values, read from the shards in its layout
+  // (Trainer::restore(state, *local)).
+  std::optional<LocalState> local;
 };
 
 class RunCheckpoints {
@@ -45,13 +50,26 @@ class RunCheckpoints {
   std::optional<ResumePoint> start(const std::string& resume, const Trainer& trainer,
                                    std::size_t samples);
 
-  // Rank 0 writes state (Trainer::state(), which every rank must call) atomically to
-  // DIR/PREFIX-STEP.safetensors, STEP being the global batches trained since the run began,
-  // then prunes this run's older ones. Returns the path; writes nothing when this step was
-  // just saved. Collective: a write that fails (the disk filled up during the run) is a
-  // ConfigError on every rank naming checkpoint.dir and the file, so that the run ends with
-  // one line; the previous checkpoint is intact.
-  std::string save(const TrainingState& state, const Trainer& trainer, std::size_t samples);
+  // Collective. Checkpoints the trainer's current step as DIR/PREFIX-STEP.safetensors, STEP
+  // being the global batches trained since the run began, then prunes this run's older
+  // ones. Returns the path; writes nothing when this step was just saved.
+  //   checkpoint.format = "single": rank 0 writes the gathered state (Trainer::state())
+  //     atomically before save returns.
+  //   "sharded": every rank copies what it holds to the host and writes its shard in the
+  //     background (ShardedCheckpointWriter); rank 0 publishes the index once every shard
+  //     is on disk. With wait, save returns after the publication; without, training goes
+  //     on and the next save (or finish()) collects the result.
+  // A write that fails (the disk filled up during the run) is a ConfigError on every rank
+  // naming checkpoint.dir and the file, so that the run ends with one line; the previous
+  // checkpoint is intact.
+  std::string save(Trainer& trainer, std::size_t samples, bool wait = true);
+  // Collective: waits for a sharded write still in progress (ConfigError as save's).
+  void finish();
+  // The sharded writes' totals so far: the time training was held up starting them, and
+  // their wall time to publication (rank 0).
+  double blocked_seconds() const { return blocked_seconds_; }
+  double write_seconds() const { return write_seconds_; }
+  int writes() const { return writes_; }
 
   // Where the checkpoints of another run went (checkpoint.overwrite), or empty.
   const std::string& set_aside() const { return set_aside_; }
@@ -71,8 +89,17 @@ class RunCheckpoints {
   std::string run_id_;
   std::string set_aside_;
   int lock_fd_ = -1;  // rank 0: the open, locked DIR/.PREFIX.lock
+  // Collective, sharded: a resumed index's shards, verified, read into this rank's layout.
+  LocalState read_shards(const std::string& path, const Trainer& trainer);
+  void check_shared_directory();
+  void remove_orphan_shards();
   std::int64_t saved_step_ = -1;
   std::string saved_path_;
+  std::string published_path_;  // the newest checkpoint known complete
+  std::unique_ptr<ShardedCheckpointWriter> writer_;
+  double blocked_seconds_ = 0.0;
+  double write_seconds_ = 0.0;
+  int writes_ = 0;
 };
 
 }  // namespace meshtrain::app

@@ -155,7 +155,9 @@ const std::vector<SectionSpec>& schema() {
          "files are DIR/PREFIX-STEP.safetensors"},
         {"overwrite", "boolean", "false",
          "a run that does not resume may start where another run's checkpoints (same prefix) "
-         "are: they are moved to DIR/replaced-TIME/ (without it, such a run is refused)"}}},
+         "are: they are moved to DIR/replaced-TIME/ (without it, such a run is refused)"},
+        {"format", choice_type<CheckpointFormat>(), quoted(CheckpointSettings{}.format),
+         choice_help<CheckpointFormat>() + "; either format resumes either way"}}},
       {"output",
        {{"dir", "path", "-", "metrics.jsonl and metrics.csv, one record per epoch; unset: none"}}},
   };
@@ -665,6 +667,7 @@ void read_checkpoint(SettingsReader& r, CheckpointSettings& c) {
   if (auto v = r.integer(s, "every_epochs", 0)) c.every_epochs = static_cast<int>(*v);
   if (auto v = r.integer(s, "keep_last", 0)) c.keep_last = static_cast<int>(*v);
   if (auto v = r.boolean(s, "overwrite")) c.overwrite = *v;
+  if (auto v = r.choice<CheckpointFormat>(s, "format")) c.format = *v;
   if (auto v = r.text(s, "prefix")) {
     const bool ok = std::all_of(v->begin(), v->end(), [](char ch) {
       return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-';

@@ -46,6 +46,7 @@ struct CheckpointSettings {
   // Another run's checkpoints (same prefix) in dir: moved aside to DIR/replaced-TIME/ when
   // true; otherwise a run that does not continue them is refused.
   bool overwrite = false;
+  CheckpointFormat format = CheckpointFormat::Sharded;
 };
 
 struct OutputSettings {

@@ -121,6 +121,31 @@ std::unique_ptr<Layer> Dense::shard(const std::string& axis, int parts) const {
   return local;
 }
 
+std::vector<ShardRun> Dense::shard_runs(const std::string& axis, int parts, int rank) const {
+  const ParallelRole role = parallel_role(axis);
+  const auto m = static_cast<std::size_t>(parts);
+  const auto r = static_cast<std::size_t>(rank);
+  std::vector<ShardRun> runs;
+  switch (role) {
+    case ParallelRole::Replicated:
+      runs.push_back({0, 0, in_ * out_ + out_, true});
+      break;
+    case ParallelRole::Row: {  // rows [r in/m, (r+1) in/m) of the kernel; the bias whole
+      const std::size_t in = in_ / m;
+      runs.push_back({r * in * out_, 0, in * out_, false});
+      runs.push_back({in_ * out_, in * out_, out_, true});
+      break;
+    }
+    case ParallelRole::Column: {  // columns [r out/m, (r+1) out/m) of every row; the bias's
+      const std::size_t out = out_ / m;
+      for (std::size_t i = 0; i < in_; ++i) runs.push_back({i * out_ + r * out, i * out, out, false});
+      runs.push_back({in_ * out_ + r * out, in_ * out, out, false});
+      break;
+    }
+  }
+  return runs;
+}
+
 void Dense::take_shard(const float* full, float* shard, const std::string& axis, int parts,
                        int rank) const {
   const ParallelRole role = parallel_role(axis);

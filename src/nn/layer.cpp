@@ -35,6 +35,14 @@ void Layer::add_tensor(std::string name, std::vector<std::size_t> shape,
                       std::move(partition)});
 }
 
+std::vector<ShardRun> Layer::shard_runs(const std::string& axis, int /*parts*/, int /*rank*/) const {
+  if (parallel_role(axis) != ParallelRole::Replicated) {
+    throw std::logic_error(describe() + ": split over " + axis + " without shard_runs");
+  }
+  if (num_parameters() == 0) return {};
+  return {ShardRun{0, 0, num_parameters(), true}};
+}
+
 void Layer::set_partition(std::size_t tensor, std::vector<std::string> partition) {
   TensorSpec& t = tensors_.at(tensor);
   if (partition.size() != t.shape.size()) {

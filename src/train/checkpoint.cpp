@@ -525,6 +525,65 @@ Checkpoint read_checkpoint(const std::string& path) {
   return checkpoint;
 }
 
+CheckpointLayout read_checkpoint_layout(const std::string& path) {
+  OpenedCheckpoint opened = open_checkpoint(path);
+  std::vector<TensorEntry> entries;
+  for (const auto& [key, value] : opened.header.items()) {
+    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
+  }
+  const std::uint64_t data_start = kLengthPrefixSize + opened.header_text.size();
+  check_layout(path, entries, opened.size - data_start);
+  CheckpointLayout layout;
+  layout.metadata = metadata_of(path, opened.header);
+  layout.metadata.erase(kCheckpointFileChecksumKey);
+  layout.metadata.erase(kCheckpointChecksumKey);
+  layout.file_size = opened.size;
+  for (TensorEntry& e : entries) {
+    layout.tensors.push_back({std::move(e.name), std::move(e.shape), data_start + e.begin, e.end - e.begin});
+  }
+  return layout;
+}
+
+const CheckpointLayout::Tensor* CheckpointLayout::find(const std::string& name) const {
+  for (const Tensor& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+void verify_checkpoint_file(const std::string& path) {
+  OpenedCheckpoint opened = open_checkpoint(path);
+  std::vector<TensorEntry> entries;
+  for (const auto& [key, value] : opened.header.items()) {
+    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
+  }
+  const std::uint64_t data_size = opened.size - kLengthPrefixSize - opened.header_text.size();
+  check_layout(path, entries, data_size);
+  std::map<std::string, std::string> metadata = metadata_of(path, opened.header);
+  const auto stored = take_crc(path, metadata, kCheckpointFileChecksumKey);
+  if (!stored) fail(path, std::string("no whole-file checksum (metadata '") + kCheckpointFileChecksumKey + "')");
+  const auto at = file_checksum_position(opened.header_text);
+  if (!at) {
+    fail(path, std::string("corrupt: metadata '") + kCheckpointFileChecksumKey +
+                   "' cannot be found in the header's text");
+  }
+  std::string blanked = opened.header_text;
+  blanked.replace(*at, kCrcDigits, std::string(kCrcDigits, '0'));
+  std::uint32_t crc = crc32(opened.length_prefix, kLengthPrefixSize);
+  crc = crc32(blanked.data(), blanked.size(), crc);
+  std::vector<unsigned char> chunk(std::size_t{1} << 20);
+  for (std::uint64_t left = data_size; left > 0;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, chunk.size()));
+    read_exact(opened.file.get(), chunk.data(), n, path);
+    crc = crc32(chunk.data(), n, crc);
+    left -= n;
+  }
+  if (crc != *stored) {
+    fail(path, "corrupt: checksum mismatch over the header, metadata and data (the header records " +
+                   crc_hex(*stored) + ", the file hashes to " + crc_hex(crc) + ")");
+  }
+}
+
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
   const OpenedCheckpoint opened = open_checkpoint(path);
   for (const auto& [key, value] : opened.header.items()) {

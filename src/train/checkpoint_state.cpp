@@ -22,6 +22,7 @@
 #include "meshtrain/error.hpp"
 #include "meshtrain/nn/dense.hpp"
 #include "meshtrain/optim/optimizer.hpp"
+#include "meshtrain/train/sharded_checkpoint.hpp"
 
 namespace meshtrain {
 
@@ -30,6 +31,7 @@ namespace {
 constexpr const char* kFormatKey = "meshtrain.format";
 constexpr const char* kFormatName = "training_state";
 constexpr const char* kVersionKey = "meshtrain.format_version";
+constexpr const char* kShardedFormatName = kShardedIndexFormat;
 
 std::string format_g17(double value) {
   if (std::isnan(value)) return "nan";
@@ -334,15 +336,50 @@ void prune_run_checkpoints(const std::string& dir, const std::string& prefix, st
   std::size_t excess = ours.size() - keep_last;
   for (std::size_t i = 0; i < ours.size() && excess > 0; ++i) {
     if (is_keep(ours[i].path)) continue;
-    std::error_code ec;
-    if (!std::filesystem::remove(ours[i].path, ec) && ec)
-      throw std::runtime_error(ours[i].path + ": cannot remove old checkpoint: " + ec.message());
+    remove_checkpoint(ours[i].path);
     --excess;
   }
 }
 
-std::string move_files_aside(const std::string& dir, const std::vector<std::string>& paths) {
+std::vector<std::string> checkpoint_companions(const std::string& path) {
   namespace fs = std::filesystem;
+  std::map<std::string, std::string> metadata;
+  try {
+    metadata = read_checkpoint_metadata(path);
+  } catch (const ConfigError&) {
+    return {};
+  }
+  if (!is_sharded_index(metadata)) return {};
+  const auto dir = metadata.find("shards_dir");
+  if (dir == metadata.end() || dir->second.empty() || dir->second.find('/') != std::string::npos ||
+      dir->second == "." || dir->second == "..") {
+    return {};
+  }
+  const fs::path shards = fs::path(path).parent_path() / dir->second;
+  std::error_code ec;
+  if (!fs::is_directory(shards, ec)) return {};
+  return {shards.string()};
+}
+
+void remove_checkpoint(const std::string& path) {
+  const std::vector<std::string> companions = checkpoint_companions(path);
+  std::error_code ec;
+  // The index first: once it is gone, nothing refers to the shards.
+  if (!std::filesystem::remove(path, ec) && ec)
+    throw std::runtime_error(path + ": cannot remove old checkpoint: " + ec.message());
+  for (const std::string& dir : companions) {
+    std::filesystem::remove_all(dir, ec);
+    if (ec) throw std::runtime_error(dir + ": cannot remove old checkpoint's shards: " + ec.message());
+  }
+}
+
+std::string move_files_aside(const std::string& dir, const std::vector<std::string>& given) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> paths;
+  for (const std::string& path : given) {
+    for (std::string& companion : checkpoint_companions(path)) paths.push_back(std::move(companion));
+    paths.push_back(path);
+  }
   const std::string base = (fs::path(dir) / ("replaced-" + utc_now("%Y%m%dT%H%M%SZ"))).string();
   std::string target = base;
   for (int n = 2; fs::exists(target); ++n) target = base + "-" + std::to_string(n);
@@ -366,14 +403,15 @@ std::uint64_t checkpoint_size_estimate(const Model& model, const TrainingConfig&
 }
 
 void broadcast_state(Communicator& comm, TrainingState& s, std::size_t parameters, int root) {
-  std::array<std::int64_t, 8> header{s.first_moment.extent(0) > 0,
+  std::array<std::int64_t, 9> header{s.first_moment.extent(0) > 0,
                                      s.second_moment.extent(0) > 0,
                                      s.optimizer_step,
                                      s.steps,
                                      s.epoch,
                                      static_cast<std::int64_t>(s.batch),
                                      s.epoch_loss_count,
-                                     s.skipped_steps};
+                                     s.skipped_steps,
+                                     s.parameters.extent(0) > 0};
   comm.broadcast(std::span<std::int64_t>(header), root);
   s.optimizer_step = header[2];
   s.steps = header[3];
@@ -390,10 +428,18 @@ void broadcast_state(Communicator& comm, TrainingState& s, std::size_t parameter
     if (comm.rank() != root) v = HostVector(std::string(label), parameters);
     broadcast_floats(comm, v.data(), parameters, root);
   };
-  vector(s.parameters, true, "meshtrain::state_parameters");
+  vector(s.parameters, header[8] != 0, "meshtrain::state_parameters");
   vector(s.first_moment, header[0] != 0, "meshtrain::state_mu");
   vector(s.second_moment, header[1] != 0, "meshtrain::state_nu");
 }
+
+namespace {
+
+// The metadata of a checkpoint of state (vectors aside) under format.
+void add_state_metadata(Checkpoint& checkpoint, const TrainingState& state, const Model& model,
+                        const TrainingConfig& config, std::size_t samples, const char* format);
+
+}  // namespace
 
 Checkpoint to_checkpoint(const TrainingState& raw_state, const Model& model,
                          const TrainingConfig& config, std::size_t samples) {
@@ -414,11 +460,33 @@ Checkpoint to_checkpoint(const TrainingState& raw_state, const Model& model,
   add("params/", state.parameters);
   if (state.first_moment.extent(0) == p) add("adam/mu/", state.first_moment);
   if (state.second_moment.extent(0) == p) add("adam/nu/", state.second_moment);
+  add_state_metadata(checkpoint, state, model, config, samples, kFormatName);
+  return checkpoint;
+}
 
+ShardedLayout sharded_layout_of(const Model& model) {
+  ShardedLayout layout;
+  layout.parameters = model.num_parameters();
+  for (const TensorSpec& t : model.tensors()) layout.tensors.push_back({t.name, t.shape, t.offset, t.partition});
+  return layout;
+}
+
+Checkpoint to_checkpoint_index(const TrainingState& position, const Model& model,
+                               const TrainingConfig& config, std::size_t samples) {
+  Checkpoint checkpoint;
+  add_state_metadata(checkpoint, at_epoch_boundary(position, batches_per_epoch(config, samples)), model,
+                     config, samples, kShardedFormatName);
+  return checkpoint;
+}
+
+namespace {
+
+void add_state_metadata(Checkpoint& checkpoint, const TrainingState& state, const Model& model,
+                        const TrainingConfig& config, std::size_t samples, const char* format) {
   const std::string signature = run_signature(model, config, samples);
   const DistributedConfig& dist = config.distributed_config;
   auto& m = checkpoint.metadata;
-  m[kFormatKey] = kFormatName;
+  m[kFormatKey] = format;
   m[kVersionKey] = std::to_string(kTrainingStateFormatVersion);
   m["optimizer_step"] = std::to_string(state.optimizer_step);
   m["steps"] = std::to_string(state.steps);
@@ -446,14 +514,12 @@ Checkpoint to_checkpoint(const TrainingState& raw_state, const Model& model,
   m["mesh_shape"] = format_shape(dist.mesh_shape);
   m["world_size"] = dist.mesh_shape.empty() ? "unknown" : std::to_string(dist.num_devices());
   m["created"] = utc_now();
-  return checkpoint;
 }
-
-namespace {
 
 void check_format(const Checkpoint& checkpoint, const MetadataReader& meta) {
   const auto format = checkpoint.metadata.find(kFormatKey);
-  if (format == checkpoint.metadata.end() || format->second != kFormatName) {
+  if (format == checkpoint.metadata.end() ||
+      (format->second != kFormatName && format->second != kShardedFormatName)) {
     meta.fail("not a meshtrain training-state checkpoint (metadata " + std::string(kFormatKey) +
               " is not '" + kFormatName + "')");
   }
@@ -553,7 +619,12 @@ TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& s
   check_format(checkpoint, meta);
   check_fingerprint(checkpoint, meta, run_signature(model, config, samples));
   TrainingState state;
-  read_tensors(checkpoint, meta, model, config.optimizer, state);
+  if (is_sharded_index(checkpoint.metadata)) {
+    if (!checkpoint.tensors.empty()) meta.fail("a sharded checkpoint's index with tensors in it");
+    if (checkpoint.header_unverified) meta.fail("a sharded checkpoint's index without a whole-file checksum");
+  } else {
+    read_tensors(checkpoint, meta, model, config.optimizer, state);
+  }
   read_position(meta, batches_per_epoch(config, samples), state);
   return state;
 }

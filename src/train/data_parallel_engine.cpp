@@ -130,6 +130,10 @@ class DataParallelEngine final : public StepEngine {
     return sum_scalar(out, {&group_});
   }
   Vector local_parameters() const override { return model_.parameters(); }
+  // Every rank holds the whole model; the ranks of the group each save an even slice.
+  std::vector<HeldRun> held_runs() const override {
+    return split_for_writing(0, model_.num_parameters(), group_.rank(), group_.size());
+  }
   Optimizer& optimizer() override { return optimizer_; }
   void gather(const Vector& local, HostVector& full) override { Kokkos::deep_copy(full, local); }
   void scatter(const HostVector& full, const Vector& local) override {

@@ -94,6 +94,19 @@ class FsdpEngine final : public StepEngine {
     return sum_scalar(loss(), {&shards_, &replicas_});
   }
   Vector local_parameters() const override { return param_shard_; }
+  // Each layer's chunk (its padding aside); the replica group's first rank saves it.
+  std::vector<HeldRun> held_runs() const override {
+    std::vector<HeldRun> runs;
+    const auto rank = static_cast<std::size_t>(shards_.rank());
+    for (std::size_t l = 0; l < chunk_.size(); ++l) {
+      const std::size_t begin = std::min(rank * chunk_[l], model_.layer_size(l));
+      const std::size_t end = std::min(begin + chunk_[l], model_.layer_size(l));
+      if (end > begin) {
+        runs.push_back({model_.layer_offset(l) + begin, shard_offset_[l], end - begin, replicas_.rank() == 0});
+      }
+    }
+    return runs;
+  }
   Optimizer& optimizer() override { return *optimizer_; }
 
   void gather(const Vector& local, HostVector& full) override {

@@ -107,6 +107,18 @@ class TensorParallelEngine final : public StepEngine {
     scale_in_place(grads_.data(), local_.num_parameters(), factor);
   }
   Vector local_parameters() const override { return local_.parameters(); }
+  // Each layer's slices as the layer lays them out; the data group's first rank saves them,
+  // and what the model group replicates is saved by its first rank.
+  std::vector<HeldRun> held_runs() const override {
+    std::vector<HeldRun> runs;
+    for (std::size_t l = 0; l < local_.num_layers(); ++l) {
+      for (const ShardRun& r : model_.layer(l).shard_runs(kAxis, shards_.size(), shards_.rank())) {
+        const bool write = data_.rank() == 0 && (!r.replicated || shards_.rank() == 0);
+        runs.push_back({model_.layer_offset(l) + r.full, local_.layer_offset(l) + r.local, r.length, write});
+      }
+    }
+    return runs;
+  }
   Optimizer& optimizer() override { return optimizer_; }
 
   Kokkos::View<float, MemSpace, Unmanaged> loss() const override {

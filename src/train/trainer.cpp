@@ -667,22 +667,10 @@ TrainingState at_epoch_boundary(TrainingState state, std::size_t batches_per_epo
   return state;
 }
 
-TrainingState Trainer::state() {
-  if (!engine_) throw std::logic_error("Trainer::state() called before prepare()");
+TrainingState Trainer::position() const {
+  if (!engine_) throw std::logic_error("Trainer::position() called before prepare()");
   TrainingState st;
-  const std::size_t p = model_.num_parameters();
-  st.parameters = HostVector("meshtrain::state_parameters", p);
-  engine_->gather(engine_->local_parameters(), st.parameters);
-  Optimizer& opt = engine_->optimizer();
-  if (opt.first_moment().extent(0) > 0) {
-    st.first_moment = HostVector("meshtrain::state_mu", p);
-    engine_->gather(opt.first_moment(), st.first_moment);
-  }
-  if (opt.second_moment().extent(0) > 0) {
-    st.second_moment = HostVector("meshtrain::state_nu", p);
-    engine_->gather(opt.second_moment(), st.second_moment);
-  }
-  st.optimizer_step = opt.steps();
+  st.optimizer_step = engine_->optimizer().steps();
   st.steps = run_steps_;
   st.epoch = epoch_;
   st.batch = batch_;
@@ -697,19 +685,90 @@ TrainingState Trainer::state() {
   return at_epoch_boundary(std::move(st), num_batches_);
 }
 
+std::vector<HeldRun> Trainer::held_runs() const {
+  if (!engine_) throw std::logic_error("Trainer::held_runs() called before prepare()");
+  return engine_->held_runs();
+}
+
+LocalState Trainer::local_state() const {
+  if (!engine_) throw std::logic_error("Trainer::local_state() called before prepare()");
+  LocalState local;
+  auto copy = [](const Vector& from, std::vector<float>& to) {
+    to.resize(from.extent(0));
+    Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+                          to.data(), to.size()),
+                      from);
+  };
+  copy(engine_->local_parameters(), local.parameters);
+  Optimizer& opt = engine_->optimizer();
+  if (opt.first_moment().extent(0) > 0) copy(opt.first_moment(), local.first_moment);
+  if (opt.second_moment().extent(0) > 0) copy(opt.second_moment(), local.second_moment);
+  return local;
+}
+
+TrainingState Trainer::state() {
+  if (!engine_) throw std::logic_error("Trainer::state() called before prepare()");
+  TrainingState st = position();
+  const std::size_t p = model_.num_parameters();
+  st.parameters = HostVector("meshtrain::state_parameters", p);
+  engine_->gather(engine_->local_parameters(), st.parameters);
+  Optimizer& opt = engine_->optimizer();
+  if (opt.first_moment().extent(0) > 0) {
+    st.first_moment = HostVector("meshtrain::state_mu", p);
+    engine_->gather(opt.first_moment(), st.first_moment);
+  }
+  if (opt.second_moment().extent(0) > 0) {
+    st.second_moment = HostVector("meshtrain::state_nu", p);
+    engine_->gather(opt.second_moment(), st.second_moment);
+  }
+  return st;
+}
+
+namespace {
+
+void expect_values(std::size_t got, std::size_t want, const char* what) {
+  if (got != want) {
+    throw ConfigError(std::string("checkpoint ") + what + ": " + std::to_string(got) +
+                      " values where this run has " + std::to_string(want));
+  }
+}
+
+}  // namespace
+
 void Trainer::restore(const TrainingState& st) {
   if (!engine_) throw std::logic_error("Trainer::restore() called before prepare()");
   const std::size_t p = model_.num_parameters();
   Optimizer& opt = engine_->optimizer();
-  auto expect = [](std::size_t got, std::size_t want, const char* what) {
-    if (got != want) {
-      throw ConfigError(std::string("checkpoint ") + what + ": " + std::to_string(got) +
-                        " values where this run has " + std::to_string(want));
-    }
+  expect_values(st.parameters.extent(0), p, "parameters");
+  expect_values(st.first_moment.extent(0), opt.first_moment().extent(0) > 0 ? p : 0, "first moment");
+  expect_values(st.second_moment.extent(0), opt.second_moment().extent(0) > 0 ? p : 0, "second moment");
+  check_position(st);
+  engine_->scatter(st.parameters, engine_->local_parameters());
+  if (st.first_moment.extent(0) > 0) engine_->scatter(st.first_moment, opt.first_moment());
+  if (st.second_moment.extent(0) > 0) engine_->scatter(st.second_moment, opt.second_moment());
+  apply_position(st);
+}
+
+void Trainer::restore(const TrainingState& position, const LocalState& local) {
+  if (!engine_) throw std::logic_error("Trainer::restore() called before prepare()");
+  Optimizer& opt = engine_->optimizer();
+  const Vector params = engine_->local_parameters();
+  expect_values(local.parameters.size(), params.extent(0), "parameters (this rank's)");
+  expect_values(local.first_moment.size(), opt.first_moment().extent(0), "first moment (this rank's)");
+  expect_values(local.second_moment.size(), opt.second_moment().extent(0), "second moment (this rank's)");
+  check_position(position);
+  auto copy = [](const std::vector<float>& from, const Vector& to) {
+    if (from.empty()) return;
+    Kokkos::deep_copy(to, Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+                              from.data(), from.size()));
   };
-  expect(st.parameters.extent(0), p, "parameters");
-  expect(st.first_moment.extent(0), opt.first_moment().extent(0) > 0 ? p : 0, "first moment");
-  expect(st.second_moment.extent(0), opt.second_moment().extent(0) > 0 ? p : 0, "second moment");
+  copy(local.parameters, params);
+  copy(local.first_moment, opt.first_moment());
+  copy(local.second_moment, opt.second_moment());
+  apply_position(position);
+}
+
+void Trainer::check_position(const TrainingState& st) const {
   if (st.epoch < 0 || st.epoch > config_.num_epochs ||
       (st.epoch == config_.num_epochs && st.batch != 0) || st.batch > num_batches_) {
     throw ConfigError("checkpoint position: epoch " + std::to_string(st.epoch) + ", batch " +
@@ -717,10 +776,10 @@ void Trainer::restore(const TrainingState& st) {
                       std::to_string(config_.num_epochs) + " epochs of " +
                       std::to_string(num_batches_) + " batches)");
   }
-  engine_->scatter(st.parameters, engine_->local_parameters());
-  if (st.first_moment.extent(0) > 0) engine_->scatter(st.first_moment, opt.first_moment());
-  if (st.second_moment.extent(0) > 0) engine_->scatter(st.second_moment, opt.second_moment());
-  opt.set_steps(st.optimizer_step);
+}
+
+void Trainer::apply_position(const TrainingState& st) {
+  engine_->optimizer().set_steps(st.optimizer_step);
   epoch_ = st.epoch;
   batch_ = st.batch;
   run_steps_ = st.steps;

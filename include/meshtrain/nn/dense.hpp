@@ -33,6 +33,7 @@ class Dense final : public Layer {
   ParallelRole parallel_role(const std::string& axis) const override;
   void set_parallel_role(ParallelRole role, const std::string& axis) override;
   std::unique_ptr<Layer> shard(const std::string& axis, int parts) const override;
+  std::vector<ShardRun> shard_runs(const std::string& axis, int parts, int rank) const override;
   void take_shard(const float* full, float* shard, const std::string& axis, int parts,
                   int rank) const override;
   void join_shards(const float* shards, float* full, const std::string& axis, int parts,

@@ -79,6 +79,13 @@ struct LayerPass {
   void reduce_input_gradient(MatrixRef partial) const;
 };
 
+struct ShardRun {
+  std::size_t full = 0;
+  std::size_t local = 0;
+  std::size_t length = 0;
+  bool replicated = false;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -131,6 +138,11 @@ class Layer {
   // Host copies between the full layer's block and rank `rank`'s shard block.
   virtual void take_shard(const float* full, float* shard, const std::string& axis, int parts,
                           int rank) const = 0;
+  // Where rank `rank`'s shard block sits in the full layer's block: runs of `length` values
+  // at `full` in the layer's block and at `local` in the shard's, together covering the
+  // shard block; `replicated` when every rank of the axis holds the same values. The
+  // default: the layer unsplit (its role Replicated), one replicated run.
+  virtual std::vector<ShardRun> shard_runs(const std::string& axis, int parts, int rank) const;
   // full from every rank's shard block (parts blocks one after another, in rank order);
   // what the shards replicate is taken from rank `rank`'s own.
   virtual void join_shards(const float* shards, float* full, const std::string& axis, int parts,

@@ -65,6 +65,27 @@ Checkpoint read_checkpoint(const std::string& path);
 // checked: the data is not read). ConfigError as read_checkpoint for a malformed header.
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
 
+// Where the tensors of a safetensors file are, from its header alone (checked as
+// read_checkpoint checks it; no checksum is checked: see verify_checkpoint_file), for
+// reading parts of the tensors with pread. The checksum keys are not in metadata.
+struct CheckpointLayout {
+  struct Tensor {
+    std::string name;
+    std::vector<std::size_t> shape;
+    std::uint64_t offset = 0;  // of its first byte in the file
+    std::uint64_t bytes = 0;
+  };
+  std::map<std::string, std::string> metadata;
+  std::vector<Tensor> tensors;  // in file order
+  std::uint64_t file_size = 0;
+  const Tensor* find(const std::string& name) const;  // nullptr when absent
+};
+CheckpointLayout read_checkpoint_layout(const std::string& path);
+
+// Reads the whole file a chunk at a time (never holding it) and checks its whole-file
+// checksum, which it must have. ConfigError starting with the path otherwise.
+void verify_checkpoint_file(const std::string& path);
+
 // dir/<prefix>-<step>.safetensors
 std::string checkpoint_path(const std::string& dir, const std::string& prefix, std::uint64_t step);
 

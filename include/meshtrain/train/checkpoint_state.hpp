@@ -28,6 +28,7 @@
 #include "meshtrain/comm/communicator.hpp"
 #include "meshtrain/nn/model.hpp"
 #include "meshtrain/train/checkpoint.hpp"
+#include "meshtrain/train/sharded_checkpoint.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "meshtrain/train/training_config.hpp"
 
@@ -73,7 +74,14 @@ std::vector<CheckpointFileInfo> describe_checkpoints(const std::string& dir, con
 void prune_run_checkpoints(const std::string& dir, const std::string& prefix, std::size_t keep_last,
                            const std::string& run_id, const std::string& keep);
 
-// Moves the files `paths` (files of dir: another run's checkpoints or metrics) into a new
+// The files a checkpoint file brings along: a sharded index's shard directory (when it
+// exists); none for a single-file checkpoint or a file that cannot be read.
+std::vector<std::string> checkpoint_companions(const std::string& path);
+// Removes a checkpoint: the file, then its companions. std::runtime_error naming what could
+// not be removed.
+void remove_checkpoint(const std::string& path);
+
+// Moves the files `paths` (and their companions) (files of dir: another run's checkpoints or metrics) into a new
 // directory dir/replaced-<UTC time> (with -2, -3, ... when that exists) and returns its
 // path: set aside, not deleted, and no longer listed. ConfigError naming dir and the target
 // when a move fails.
@@ -83,8 +91,8 @@ std::string move_files_aside(const std::string& dir, const std::vector<std::stri
 // the header by a generous estimate), for checking the free space before a run.
 std::uint64_t checkpoint_size_estimate(const Model& model, const TrainingConfig& config);
 
-// Collective over comm: root's state on every rank (the receivers allocate the vectors;
-// `parameters` is the model's parameter count, which every rank knows).
+// Collective over comm: root's state on every rank (the receivers allocate the vectors
+// root has; `parameters` is the model's parameter count, which every rank knows).
 void broadcast_state(Communicator& comm, TrainingState& state, std::size_t parameters,
                      int root = 0);
 
@@ -94,11 +102,21 @@ void broadcast_state(Communicator& comm, TrainingState& state, std::size_t param
 Checkpoint to_checkpoint(const TrainingState& state, const Model& model, const TrainingConfig& config,
                          std::size_t samples);
 
+// The index of a sharded checkpoint of position (the state without its vectors, which the
+// ranks write as shards: see sharded_checkpoint.hpp): to_checkpoint's metadata with
+// meshtrain.format = "sharded_training_state", and no tensors.
+Checkpoint to_checkpoint_index(const TrainingState& position, const Model& model,
+                               const TrainingConfig& config, std::size_t samples);
+
+// The model's flat layout for a sharded checkpoint's index.
+ShardedLayout sharded_layout_of(const Model& model);
+
 // The state stored in checkpoint, checked against the run about to resume it. Throws
 // ConfigError starting with "checkpoint SOURCE: " (source: the file's path) when the format
 // or its version is unknown, metadata is missing or malformed, the fingerprint differs
 // ("made for a different run (fingerprint X, this run Y); differs in: ..."), or a tensor is
-// missing, unexpected or of the wrong shape.
+// missing, unexpected or of the wrong shape. A sharded checkpoint's index gives the position
+// and history only (the vectors empty: the ranks read them from the shards).
 TrainingState from_checkpoint(const Checkpoint& checkpoint, const std::string& source,
                               const Model& model, const TrainingConfig& config, std::size_t samples);
 

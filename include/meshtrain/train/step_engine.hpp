@@ -12,6 +12,7 @@
 #include "meshtrain/nn/model.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/train/gradient_reducer.hpp"
+#include "meshtrain/train/held_run.hpp"
 
 namespace meshtrain {
 
@@ -86,6 +87,9 @@ class StepEngine {
   // holds num_parameters() elements, on the host, identical on every rank after gather).
   virtual void gather(const Vector& local, HostVector& full) = 0;
   virtual void scatter(const HostVector& full, const Vector& local) = 0;
+  // Where local_parameters() (and the optimizer's moments) sit in the full model's flat
+  // layout, and which of them this rank saves in a sharded checkpoint (held_run.hpp).
+  virtual std::vector<HeldRun> held_runs() const = 0;
   // The full trained parameters, written into model's own buffer (collective).
   virtual void write_parameters(Model& model);
   virtual StateBytes state_bytes() const = 0;

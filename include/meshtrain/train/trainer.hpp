@@ -15,6 +15,7 @@
 #include "meshtrain/runtime/shard_plan.hpp"
 #include "meshtrain/train/gradient_reducer.hpp"
 #include "meshtrain/train/schedule.hpp"
+#include "meshtrain/train/sharded_checkpoint.hpp"
 #include "meshtrain/train/step_engine.hpp"
 #include "meshtrain/train/training_config.hpp"
 
@@ -170,9 +171,20 @@ class Trainer {
 
   // Collective. The run's state at the current step boundary.
   TrainingState state();
+  // The same without its vectors (position, history; not collective).
+  TrainingState position() const;
+  // For sharded checkpoints (not collective): where this rank's buffers sit in the full
+  // model's layout and which runs it saves, and a host copy of those buffers (parameters
+  // and optimizer moments in this rank's layout).
+  std::vector<HeldRun> held_runs() const;
+  LocalState local_state() const;
   // Collective, after prepare(): continue from state (parameters, optimizer moments and step,
   // position, loss history). Throws ConfigError when it does not fit this model.
   void restore(const TrainingState& state);
+  // Collective, after prepare(): the same from position (its vectors empty) and this rank's
+  // own buffers (local_state()'s layout; e.g. read from a sharded checkpoint by
+  // read_local_state over held_runs()), whatever layout wrote them.
+  void restore(const TrainingState& position, const LocalState& local);
 
   // The data-parallel gradient reducer (std::logic_error under fsdp, which has none).
   const GradientReducer& reducer() const;
@@ -229,6 +241,8 @@ class Trainer {
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch, std::size_t micro);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
   void clip_gradients();
+  void check_position(const TrainingState& st) const;  // ConfigError when outside this run
+  void apply_position(const TrainingState& st);
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
   // including what a resumed epoch carried in.
   std::pair<double, std::int64_t> epoch_loss_so_far(std::size_t batches) const;
