@@ -368,6 +368,13 @@ void remove_checkpoint(const std::string& path) {
   if (!std::filesystem::remove(path, ec) && ec)
     throw std::runtime_error(path + ": cannot remove old checkpoint: " + ec.message());
   for (const std::string& dir : companions) {
+    // Unless another index of the directory (a copy made by hand) still refers to them.
+    bool shared = false;
+    for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::path(path).parent_path(), ec)) {
+      if (entry.path().extension() != ".safetensors" || !entry.is_regular_file(ec)) continue;
+      for (const std::string& other : checkpoint_companions(entry.path().string())) shared = shared || other == dir;
+    }
+    if (shared) continue;
     std::filesystem::remove_all(dir, ec);
     if (ec) throw std::runtime_error(dir + ": cannot remove old checkpoint's shards: " + ec.message());
   }

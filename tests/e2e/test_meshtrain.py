@@ -34,6 +34,7 @@ DISTRIBUTED_PDE = None
 WORK = None  # temporary directory of the whole module
 STRAIGHT = None  # run.toml of the straight run, made by setUpModule
 STRAIGHT_RESULT = None
+SINGLE = None  # run.toml of the same run with single-file checkpoints
 
 PREEMPTED = 75
 CSV_COLUMNS = ["epoch", "train_loss", "val_loss", "test_loss", "step", "skipped_steps",
@@ -125,8 +126,48 @@ def read_safetensors(path):
     return metadata, tensors
 
 
+def read_state(path):
+    """(metadata, {"params/NAME" | "adam/mu/NAME" | "adam/nu/NAME": raw bytes}) of a training-state
+    checkpoint: a single file as it is, a sharded one reassembled from its index and shards
+    (each value from the one shard whose runs hold it), as an independent reader would."""
+    meta, tensors = read_safetensors(path)
+    if meta.get("meshtrain.format") != "sharded_training_state":
+        return meta, tensors
+    assert not tensors, path
+    shards_dir = os.path.join(os.path.dirname(path), meta["shards_dir"])
+    count = int(meta["parameters"])
+    flat, seen = {}, [0] * count
+    entries = json.loads(meta["shards"])
+    assert len(entries) == int(meta["shard_count"]), path
+    for entry in entries:
+        shard = os.path.join(shards_dir, entry["file"])
+        assert os.path.getsize(shard) == entry["bytes"], shard
+        assert file_crc_is_valid(shard), shard
+        smeta, groups = read_safetensors(shard)
+        assert smeta["checkpoint_id"] == meta["checkpoint_id"], shard
+        for full, length in entry["runs"]:
+            for i in range(full, full + length):
+                seen[i] += 1
+        for group, raw in groups.items():
+            buf = flat.setdefault(group, bytearray(4 * count))
+            at = 0
+            for full, length in entry["runs"]:
+                buf[4 * full:4 * (full + length)] = raw[4 * at:4 * (at + length)]
+                at += length
+            assert 4 * at == len(raw), shard
+    assert seen == [1] * count, f"{path}: not every value in exactly one shard"
+    out = {}
+    for t in json.loads(meta["tensors"]):
+        size = 1
+        for d in t["shape"]:
+            size *= d
+        for group, buf in flat.items():
+            out[f"{group}/{t['name']}"] = bytes(buf[4 * t["offset"]:4 * (t["offset"] + size)])
+    return meta, out
+
+
 def params_of(path):
-    _, tensors = read_safetensors(path)
+    _, tensors = read_state(path)
     params = {k: v for k, v in tensors.items() if k.startswith("params/")}
     assert params, f"no params/ tensors in {path}"
     return params
@@ -249,6 +290,10 @@ def setUpModule():
     global STRAIGHT, STRAIGHT_RESULT
     STRAIGHT = make_run("straight")
     STRAIGHT_RESULT = launch(2, "train", "--config", STRAIGHT, cwd="/")
+    # The same run writing single-file checkpoints (checkpoint.format = "single").
+    global SINGLE
+    SINGLE = make_run("straight-single")
+    launch(2, "train", "--config", SINGLE, "--set", "checkpoint.format=single")
 
 
 def tearDownModule():
@@ -280,10 +325,34 @@ class StraightRun(unittest.TestCase):
     def test_the_checksum_covers_the_whole_file(self):
         for name in checkpoints_in(run_dir(self.config, "ckpt")):
             self.assertTrue(file_crc_is_valid(run_dir(self.config, "ckpt", name)), name)
+            meta, _ = read_safetensors(run_dir(self.config, "ckpt", name))
+            shards = run_dir(self.config, "ckpt", meta["shards_dir"])
+            self.assertEqual(sorted(os.listdir(shards)),
+                             ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"])
+            for shard in os.listdir(shards):
+                self.assertTrue(file_crc_is_valid(os.path.join(shards, shard)), shard)
+
+    def test_only_the_kept_checkpoints_shards_remain(self):
+        names = sorted(n for n in os.listdir(run_dir(self.config, "ckpt")) if ".shards-" in n)
+        self.assertEqual([n.split(".")[0] for n in names], ["ckpt-18", "ckpt-24"])
+
+    def test_single_file_and_sharded_checkpoints_hold_the_same_state(self):
+        single = run_dir(SINGLE, "ckpt", "ckpt-24.safetensors")
+        if not os.path.exists(single):
+            self.skipTest("the single-file run failed")
+        meta, tensors = read_safetensors(single)
+        self.assertEqual(meta["meshtrain.format"], "training_state")
+        self.assertEqual(tensors, read_state(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))[1])
+        self.assertEqual(sorted(os.listdir(run_dir(SINGLE, "ckpt"))),
+                         [".ckpt.lock", "ckpt-18.safetensors", "ckpt-24.safetensors"])
 
     def test_checkpoint_metadata(self):
-        meta, tensors = read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
-        self.assertEqual(meta["meshtrain.format"], "training_state")
+        meta, tensors = read_state(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
+        self.assertEqual(meta["meshtrain.format"], "sharded_training_state")
+        self.assertEqual(meta["shard_count"], "2")
+        self.assertEqual(int(meta["parameters"]), 4 * 16 + 16 + 16 + 1)
+        self.assertEqual([t["name"] for t in json.loads(meta["tensors"])],
+                         ["layers.0.kernel", "layers.0.bias", "layers.1.kernel", "layers.1.bias"])
         self.assertEqual(meta["meshtrain.format_version"], "2")
         self.assertRegex(meta["run_id"], r"^[0-9a-f]{16}$")
         self.assertRegex(meta["data_crc32"], r"^[0-9a-f]{8}$")
@@ -424,6 +493,41 @@ class Resume(unittest.TestCase):
             for a, b in zip(floats(resumed[name]), floats(straight[name])):
                 self.assertLessEqual(abs(a - b), 1e-4 * max(1.0, abs(b)), name)
 
+    def test_resharded_onto_every_strategy_and_rank_count(self):
+        """A chain of resumes, one epoch each, every run under another layout than the run
+        whose sharded checkpoint it continues: data parallel on 2 ranks -> data on 1 ->
+        FSDP on 3 -> hybrid FSDP on 4 -> tensor parallel on 2 -> data x tensor parallel on 4
+        -> FSDP on 2 -> data on 3. Each run's checkpoint equals, to float rounding (the sums
+        run in other orders), the one an uninterrupted 2-rank run wrote at the same step."""
+        long_run = make_run("reshard-straight", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 10")
+                            .replace("keep_last = 2", "keep_last = 0"))
+        r = launch(2, "train", "--config", long_run)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        layouts = [(1, "data", "[1]", '["data"]'), (3, "fsdp", "[3]", '["fsdp"]'),
+                   (4, "fsdp", "[2, 2]", '["data", "fsdp"]'), (2, "data", "[1, 2]", '["data", "model"]'),
+                   (4, "data", "[2, 2]", '["data", "model"]'), (2, "fsdp", "[2]", '["fsdp"]'),
+                   (3, "data", "[3]", '["data"]')]
+        previous = run_dir(long_run, "ckpt", "ckpt-18.safetensors")  # after epoch 3
+        for i, (np_, strategy, shape, axes) in enumerate(layouts):
+            epochs = 4 + i
+            config = make_run(f"reshard-{i}", BASE_CONFIG.replace("num_epochs = 4", f"num_epochs = {epochs}"))
+            r = launch(np_, "train", "--config", config, "--resume", previous,
+                       "--set", f"distributed.strategy={strategy}", "--set", f"distributed.mesh_shape={shape}",
+                       "--set", f"distributed.mesh_axis_names={axes}")
+            layout = f"{strategy} {shape} {axes} on {np_}"
+            self.assertEqual(r.returncode, 0, layout + ": " + r.stderr)
+            self.assertIn(f"Ranks:       {np_}", r.stdout)
+            self.assertEqual(re.findall(rf"^epoch (\d+)/{epochs}", r.stdout, re.M), [str(epochs)], layout)
+            written = run_dir(config, "ckpt", f"ckpt-{6 * epochs}.safetensors")
+            self.assertEqual(read_safetensors(written)[0]["shard_count"], str(np_), layout)
+            resumed = params_of(written)
+            expected = params_of(run_dir(long_run, "ckpt", f"ckpt-{6 * epochs}.safetensors"))
+            self.assertEqual(sorted(resumed), sorted(expected))
+            for name in expected:
+                for a, b in zip(floats(resumed[name]), floats(expected[name])):
+                    self.assertLessEqual(abs(a - b), 1e-4 * max(1.0, abs(b)), f"{layout}: {name}")
+            previous = written
+
     def test_latest_picks_the_highest_step(self):
         config = make_run("resume-latest")
         shutil.copytree(run_dir(self.straight, "ckpt"), run_dir(config, "ckpt"))
@@ -483,7 +587,10 @@ class RunDirectory(unittest.TestCase):
         self.assertIsNotNone(m, aside)
         self.assertEqual(os.path.dirname(m.group(1)), run_dir(config, "ckpt"))
         self.assertRegex(os.path.basename(m.group(1)), r"^replaced-\d{8}T\d{6}Z$")
-        self.assertEqual({n: file_bytes(os.path.join(m.group(1), n)) for n in os.listdir(m.group(1))}, old)
+        self.assertEqual({n: file_bytes(os.path.join(m.group(1), n)) for n in checkpoints_in(m.group(1))}, old)
+        for name in old:  # the shards went along
+            self.assertEqual(read_state(os.path.join(m.group(1), name))[1],
+                             read_state(run_dir(STRAIGHT, "ckpt", name))[1])
         self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors"])
         printed = field(r.stdout, "Checkpoint:")
         self.assertTrue(os.path.exists(printed), printed)
@@ -597,8 +704,11 @@ class RunDirectory(unittest.TestCase):
                                 "write checkpoint (renaming ")
         self.assertIn(f"the run's checkpoint {run_dir(config, 'ckpt', 'ckpt-6.safetensors')} is intact", r.stderr)
         self.assertEqual(r.returncode, 2)
-        self.assertEqual(sorted(n for n in os.listdir(run_dir(config, "ckpt")) if not n.startswith(".")),
-                         ["ckpt-12.safetensors", "ckpt-6.safetensors"])  # no temporary file left
+        # No temporary file left, and the failed write's shards removed.
+        self.assertEqual(sorted(n for n in os.listdir(run_dir(config, "ckpt"))
+                                if not n.startswith(".") and not n.startswith("flight-")),
+                         ["ckpt-12.safetensors", "ckpt-6.safetensors",
+                          read_safetensors(run_dir(config, "ckpt", "ckpt-6.safetensors"))[0]["shards_dir"]])
         self.assertTrue(os.path.isdir(run_dir(config, "ckpt", "ckpt-12.safetensors")))
 
     def test_metrics_that_cannot_be_written_mid_run_are_one_line(self):
@@ -663,7 +773,9 @@ class CheckpointIntegrity(unittest.TestCase):
         one_error_line(self, r, f"checkpoint {stripped}: format version 2 but no whole-file checksum")
 
     def test_checkpoints_of_the_previous_format_still_load(self):
-        straight = straight_checkpoint(self, 18)
+        straight = run_dir(SINGLE, "ckpt", "ckpt-18.safetensors")
+        if not os.path.exists(straight):
+            self.skipTest("the single-file run failed")
         old = os.path.join(WORK, "format1.safetensors")
 
         def as_format_1(meta):
@@ -708,15 +820,24 @@ class KilledRank(unittest.TestCase):
         if not os.path.exists(straight):
             self.skipTest("the straight run failed")
         config = make_run("killed")
-        env = dict(os.environ, MESHTRAIN_FAULT_INJECT="kill:1:9")
+        env = dict(os.environ, MESHTRAIN_FAULT_INJECT="kill:1:15")
         r = subprocess.run([LAUNCH, "-np", "2", BINARY, "train", "--config", config],
                            capture_output=True, text=True, timeout=180, cwd=WORK, env=env)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("process rank 1", r.stderr)
-        # Epoch 1 (6 steps) was checkpointed before the kill at step 9; nothing half-written.
-        self.assertEqual(checkpoints_in(run_dir(config, "ckpt")), ["ckpt-6.safetensors"])
+        # Epoch 1's checkpoint (step 6) was published before epoch 2's began to be written
+        # (each write waits for the one before); epoch 2's, written in the background while
+        # epoch 3 trained, may or may not have been when rank 1 died at step 15. Whatever is
+        # listed is complete; an unpublished write's shards are removed by the next run.
+        listed = checkpoints_in(run_dir(config, "ckpt"))
+        self.assertIn(listed, (["ckpt-6.safetensors"], ["ckpt-6.safetensors", "ckpt-12.safetensors"]))
+        for name in listed:
+            read_state(run_dir(config, "ckpt", name))
         resumed = launch(2, "train", "--config", config, "--resume", "latest")
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        referenced = {read_safetensors(run_dir(config, "ckpt", n))[0]["shards_dir"]
+                      for n in checkpoints_in(run_dir(config, "ckpt"))}
+        self.assertEqual({n for n in os.listdir(run_dir(config, "ckpt")) if ".shards-" in n}, referenced)
         self.assertEqual(params_of(run_dir(config, "ckpt", "ckpt-24.safetensors")),
                          params_of(straight))
 
@@ -1019,12 +1140,25 @@ class BadInput(unittest.TestCase):
         if not os.path.exists(straight):
             self.skipTest("the straight run failed")
         corrupt = os.path.join(WORK, "corrupt.safetensors")
-        with open(straight, "rb") as f:
+        with open(run_dir(SINGLE, "ckpt", "ckpt-24.safetensors"), "rb") as f:
             blob = bytearray(f.read())
         blob[-10] ^= 0x40  # a byte of tensor data
         with open(corrupt, "wb") as f:
             f.write(blob)
         self.check("checksum", "--resume", corrupt)
+        # A byte of one shard of a sharded checkpoint: the shard is named.
+        copy = os.path.join(WORK, "corrupt-sharded")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(os.path.dirname(straight), copy)
+        shards = os.path.join(copy, read_safetensors(straight)[0]["shards_dir"])
+        shard = os.path.join(shards, "shard-00001-of-00002.safetensors")
+        blob = bytearray(file_bytes(shard))
+        blob[-10] ^= 0x40
+        with open(shard, "wb") as f:
+            f.write(blob)
+        self.check(f"{shard}: corrupt: checksum mismatch", "--resume", os.path.join(copy, "ckpt-24.safetensors"))
+        os.remove(shard)
+        self.check(f"{shard}: cannot open: no such file", "--resume", os.path.join(copy, "ckpt-24.safetensors"))
         self.check(f"checkpoint {straight}: made for a different run", "--resume", straight,
                    "--set", "model.widths=[4, 8, 1]")
         self.check("differs in learning_rate (checkpoint 0.01, this run 0.02)", "--resume", straight,
