@@ -371,8 +371,11 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
                                  : std::string("at the end and on preemption");
     const std::string keep =
         c.keep_last > 0 ? "the newest " + std::to_string(c.keep_last) : std::string("all");
-    std::printf("Checkpoints: %s/%s-<step>.safetensors, %s, keep %s\n", c.dir.c_str(),
-                c.prefix.c_str(), when.c_str(), keep.c_str());
+    const char* format = c.format == CheckpointFormat::Sharded
+                             ? "sharded: each rank writes its own values in the background"
+                             : "single file: rank 0 writes the gathered state";
+    std::printf("Checkpoints: %s/%s-<step>.safetensors, %s, keep %s, %s\n", c.dir.c_str(),
+                c.prefix.c_str(), when.c_str(), keep.c_str(), format);
   }
   if (resumed) {
     std::printf("Resumed:     %s at epoch %d, batch %zu\n", resumed->path.c_str(),
@@ -383,6 +386,7 @@ void print_header(const RunConfig& config, const Trainer& trainer, const Distrib
 }
 
 void print_results(const TrainingMetrics& m, const std::string& checkpoint,
+                   const std::string& checkpoint_writes,
                    const std::optional<MetricsFiles>& metrics, bool sharded, std::size_t peak) {
   std::printf("Initial loss: %.6f\n", m.initial_loss);
   std::printf("Final loss:   %.6f\n", m.final_loss);
@@ -395,6 +399,7 @@ void print_results(const TrainingMetrics& m, const std::string& checkpoint,
   }
   if (peak > 0) std::printf("Peak memory:  %s resident on the largest rank (VmHWM)\n", mib(peak).c_str());
   if (!checkpoint.empty()) std::printf("Checkpoint:   %s\n", checkpoint.c_str());
+  if (!checkpoint_writes.empty()) std::printf("Checkpoint writes: %s\n", checkpoint_writes.c_str());
   if (metrics) std::printf("Metrics:      %s\n", metrics->csv_path().c_str());
   std::fflush(stdout);
 }
@@ -578,7 +583,22 @@ int train(DistributedManager& dm, const TrainOptions& options) {
   }
   std::int64_t peak = static_cast<std::int64_t>(peak_resident_bytes());
   world.allreduce(std::span<std::int64_t>(&peak, 1), ReduceOp::Max);
-  if (root) print_results(m, checkpoint, metrics, data.sharded(), static_cast<std::size_t>(peak));
+  // The sharded writes: how long training was held up (the slowest rank) against how long
+  // the writes took to publish (rank 0, from the start to the index's rename).
+  std::string writes;
+  if (checkpoints.writes() > 0) {
+    double blocked = checkpoints.blocked_seconds();
+    world.allreduce(std::span<double>(&blocked, 1), ReduceOp::Max);
+    const double written = checkpoints.write_seconds();
+    char text[256];
+    std::snprintf(text, sizeof text,
+                  "%d sharded, %.1f ms of writing in all; training held up %.1f ms (%.1f %%, "
+                  "the slowest rank's copies to the host)",
+                  checkpoints.writes(), 1e3 * written, 1e3 * blocked,
+                  written > 0 ? 100.0 * blocked / written : 0.0);
+    writes = text;
+  }
+  if (root) print_results(m, checkpoint, writes, metrics, data.sharded(), static_cast<std::size_t>(peak));
   world.barrier();
   return 0;
 }
