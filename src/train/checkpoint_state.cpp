@@ -525,6 +525,10 @@ void add_state_metadata(Checkpoint& checkpoint, const TrainingState& state, cons
 
 void check_format(const Checkpoint& checkpoint, const MetadataReader& meta) {
   const auto format = checkpoint.metadata.find(kFormatKey);
+  if (format != checkpoint.metadata.end() && format->second == "training_state_shard") {
+    meta.fail("one rank's shard of a sharded checkpoint: resume from its index, the "
+              "PREFIX-STEP.safetensors file beside the shard directory");
+  }
   if (format == checkpoint.metadata.end() ||
       (format->second != kFormatName && format->second != kShardedFormatName)) {
     meta.fail("not a meshtrain training-state checkpoint (metadata " + std::string(kFormatKey) +

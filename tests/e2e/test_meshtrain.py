@@ -1157,6 +1157,8 @@ class BadInput(unittest.TestCase):
         with open(shard, "wb") as f:
             f.write(blob)
         self.check(f"{shard}: corrupt: checksum mismatch", "--resume", os.path.join(copy, "ckpt-24.safetensors"))
+        self.check("one rank's shard of a sharded checkpoint: resume from its index", "--resume",
+                   os.path.join(shards, "shard-00000-of-00002.safetensors"))
         os.remove(shard)
         self.check(f"{shard}: cannot open: no such file", "--resume", os.path.join(copy, "ckpt-24.safetensors"))
         self.check(f"checkpoint {straight}: made for a different run", "--resume", straight,
