@@ -251,4 +251,45 @@ TEST(ShardedCheckpoint, AFailedWriteIsReportedOnEveryRankAndLeavesNothing) {
   }
 }
 
+TEST(ShardedCheckpoint, AShardThatFailsOnTheLastRankEndsTheWriteOnEveryRank) {
+  // The last rank's shard cannot be made (a run outside its buffer stands in for a write
+  // error): rank 0, which waits for every shard, gives up when wait() shares the failure
+  // instead of waiting for a file that will never come.
+  const int n = world_size();
+  const ReferenceData data = make_reference_data(48, 4, 2);
+  SharedDir dir;
+  const TrainingConfig config = config_for(DistributedConfig{{n}, {"fsdp"}, Strategy::Fsdp});
+  Trainer trainer(Mlp(kWidths, Activation::ReLU, 5), config);
+  trainer.prepare(data.x, data.y);
+  ShardedCheckpointWriter writer(trainer.groups().world());
+  writer.set_shard_timeout(3600.0);  // a hang, were the failure not shared
+  ShardedCheckpointWriter::Save save;
+  save.index_path = dir.file("ckpt-3.safetensors");
+  save.index = to_checkpoint_index(trainer.position(), trainer.model(), config, 48);
+  save.runs = trainer.held_runs();
+  if (world_rank() == n - 1) save.runs.push_back({0, 1u << 30, 1, true});
+  save.state = trainer.local_state();
+  save.layout = sharded_layout_of(trainer.model());
+  writer.start(std::move(save));
+  const std::string error = writer.wait();
+  EXPECT_TRUE(contains(error, "outside the local buffer")) << error;
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_FALSE(fs::exists(dir.file("ckpt-3.safetensors")));
+  if (world_rank() == 0) {
+    for (const auto& e : fs::directory_iterator(fs::path(dir.file("x")).parent_path())) {
+      EXPECT_FALSE(contains(e.path().filename().string(), ".shards-")) << e.path();
+    }
+  }
+  // The writer is usable again.
+  ShardedCheckpointWriter::Save again;
+  again.index_path = dir.file("ckpt-4.safetensors");
+  again.index = to_checkpoint_index(trainer.position(), trainer.model(), config, 48);
+  again.runs = trainer.held_runs();
+  again.state = trainer.local_state();
+  again.layout = sharded_layout_of(trainer.model());
+  writer.start(std::move(again));
+  EXPECT_EQ(writer.wait(), "");
+  EXPECT_TRUE(fs::exists(dir.file("ckpt-4.safetensors")));
+}
+
 }  // namespace meshtrain

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -443,6 +444,7 @@ struct ShardedCheckpointWriter::Job {
   double began = 0.0;
   double published = 0.0;
   bool committed = false;
+  std::atomic<bool> cancel{false};  // rank 0: wait() learnt that another rank's shard failed
   std::string error;
   std::thread thread;
 
@@ -453,11 +455,6 @@ struct ShardedCheckpointWriter::Job {
       write_shard(dir, id, rank, count, save.runs, save.state);
     } catch (const std::exception& e) {
       error = e.what();
-      // Rank 0 waits for this shard: tell it not to (best effort).
-      if (std::FILE* f = std::fopen((shard_path(rank) + ".error").c_str(), "w")) {
-        std::fputs(error.c_str(), f);
-        std::fclose(f);
-      }
       return;
     }
     if (rank != 0) return;
@@ -478,16 +475,7 @@ struct ShardedCheckpointWriter::Job {
         last_progress = now_seconds();
         continue;
       }
-      if (fs::exists(shard_path(s) + ".error", ec)) {
-        std::string why = "shard " + std::to_string(s) + " failed";
-        if (std::FILE* f = std::fopen((shard_path(s) + ".error").c_str(), "r")) {
-          char text[1024] = {};
-          const std::size_t n = std::fread(text, 1, sizeof text - 1, f);
-          std::fclose(f);
-          if (n > 0) why = std::string(text, n);
-        }
-        throw std::runtime_error(why);
-      }
+      if (cancel.load()) throw std::runtime_error("cancelled: another rank's shard failed");
       if (now_seconds() - last_progress > timeout) {
         throw std::runtime_error(shard_path(s) + ": not written after " + std::to_string(static_cast<int>(timeout)) +
                                  " s (is checkpoint.dir on a file system every rank shares?)");
@@ -548,16 +536,27 @@ void ShardedCheckpointWriter::start(Save save) {
 std::string ShardedCheckpointWriter::wait() {
   if (!pending_) return "";
   pending_ = false;
-  job_->thread.join();
+  // First every other rank's shard, so that rank 0's thread, which waits for them, is told
+  // when one will never come; then rank 0's shard and the publication.
+  const bool root = comm_.rank() == 0;
+  if (!root) job_->thread.join();
   std::string error;
-  try {
-    on_every_rank_sharing_errors(comm_, [&] {
-      if (!job_->error.empty()) throw std::runtime_error(job_->error);
-    });
-  } catch (const ConfigError& e) {
-    error = e.what();
+  const auto share = [&](bool mine) {
+    try {
+      on_every_rank_sharing_errors(comm_, [&] {
+        if (mine && !job_->error.empty()) throw std::runtime_error(job_->error);
+      });
+    } catch (const ConfigError& e) {
+      error = e.what();
+    }
+  };
+  share(!root);
+  if (root) {
+    if (!error.empty()) job_->cancel = true;
+    job_->thread.join();
   }
-  if (comm_.rank() == 0) {
+  if (error.empty()) share(root);
+  if (root) {
     write_seconds_ = job_->committed ? job_->published - job_->began : 0.0;
     if (!error.empty() && !job_->committed) {
       std::error_code ec;
