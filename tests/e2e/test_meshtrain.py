@@ -497,16 +497,17 @@ class Resume(unittest.TestCase):
         """A chain of resumes, one epoch each, every run under another layout than the run
         whose sharded checkpoint it continues: data parallel on 2 ranks -> data on 1 ->
         FSDP on 3 -> hybrid FSDP on 4 -> tensor parallel on 2 -> data x tensor parallel on 4
-        -> FSDP on 2 -> data on 3. Each run's checkpoint equals, to float rounding (the sums
+        -> FSDP on 2 -> data on 3 -> tensor parallel on 2 -> data on 1. Each run's checkpoint equals, to float rounding (the sums
         run in other orders), the one an uninterrupted 2-rank run wrote at the same step."""
-        long_run = make_run("reshard-straight", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 10")
+        long_run = make_run("reshard-straight", BASE_CONFIG.replace("num_epochs = 4", "num_epochs = 12")
                             .replace("keep_last = 2", "keep_last = 0"))
         r = launch(2, "train", "--config", long_run)
         self.assertEqual(r.returncode, 0, r.stderr)
         layouts = [(1, "data", "[1]", '["data"]'), (3, "fsdp", "[3]", '["fsdp"]'),
                    (4, "fsdp", "[2, 2]", '["data", "fsdp"]'), (2, "data", "[1, 2]", '["data", "model"]'),
                    (4, "data", "[2, 2]", '["data", "model"]'), (2, "fsdp", "[2]", '["fsdp"]'),
-                   (3, "data", "[3]", '["data"]')]
+                   (3, "data", "[3]", '["data"]'), (2, "data", "[1, 2]", '["data", "model"]'),
+                   (1, "data", "[1]", '["data"]')]
         previous = run_dir(long_run, "ckpt", "ckpt-18.safetensors")  # after epoch 3
         for i, (np_, strategy, shape, axes) in enumerate(layouts):
             epochs = 4 + i
