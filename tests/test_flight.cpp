@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "meshtrain/comm/device_timer.hpp"
 #include "meshtrain/comm/flight_recorder.hpp"
 
 namespace meshtrain {
@@ -305,6 +306,86 @@ TEST(FlightRecordingCommunicator, RecordsEveryCollectiveWithItsOwnSequence) {
   EXPECT_GT(d.records[1].end_ns, 0);
   EXPECT_GE(d.records[1].start_ns, d.records[1].enqueue_ns);
   EXPECT_GE(recorder->take_wait_seconds(), 0.0);
+}
+
+// A device timer under the test's control: a marked collective "runs" on the device from
+// 1000 * handle ns to 1000 * handle + 500 ns once finish(handle) is called.
+class FakeTimer final : public DeviceTimer {
+ public:
+  std::uint64_t before() override { return ++next_; }
+  void after(std::uint64_t handle) override { marked_.push_back(handle); }
+  void poll(const std::function<void(std::uint64_t, std::int64_t, std::int64_t)>& done) override {
+    while (!finished_.empty()) {
+      const std::uint64_t h = finished_.front();
+      finished_.erase(finished_.begin());
+      done(h, static_cast<std::int64_t>(1000 * h), static_cast<std::int64_t>(1000 * h + 500));
+    }
+  }
+  void finish(std::uint64_t handle) { finished_.push_back(handle); }
+  std::vector<std::uint64_t> marked_;
+
+ private:
+  std::uint64_t next_ = 0;
+  std::vector<std::uint64_t> finished_;
+};
+
+class TimedLoopback final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string_view backend() const override { return "timed-loopback"; }
+  DeviceTimer* device_timer() override { return &timer; }
+  void allreduce(void* b, std::size_t n, DataType t, ReduceOp o) override { loop.allreduce(b, n, t, o); }
+  std::unique_ptr<Work> allreduce_async(void* b, std::size_t n, DataType t, ReduceOp o) override {
+    return loop.allreduce_async(b, n, t, o);
+  }
+  void reduce_scatter(const void*, void*, std::size_t, DataType, ReduceOp) override {}
+  void all_gather(const void*, void*, std::size_t, DataType) override {}
+  void broadcast(void*, std::size_t, DataType, int) override {}
+  void scatterv(const void*, std::span<const int>, std::span<const int>, void*, int, DataType,
+                int) override {}
+  void barrier() override {}
+  FakeTimer timer;
+  LoopbackCommunicator loop;
+};
+
+TEST(FlightRecordingCommunicator, ADeviceTimedCollectiveStaysOpenUntilTheDeviceSaysItEnded) {
+  TempDir dir;
+  auto recorder = std::make_shared<FlightRecorder>(32, 0, 1);
+  const int g = recorder->add_group("data", 0, 1, 0);
+  auto inner = std::make_shared<TimedLoopback>();
+  FlightRecordingCommunicator comm(inner, recorder, g);
+  float buf[4] = {};
+  comm.allreduce(buf, 4, DataType::Float32, ReduceOp::Sum);   // handle 1
+  auto work = comm.allreduce_async(buf, 4, DataType::Float32, ReduceOp::Sum);  // handle 2
+  work->wait();  // returned on the host: says nothing about the device
+  work.reset();
+  EXPECT_EQ(inner->timer.marked_, (std::vector<std::uint64_t>{1, 2}));
+  const std::string path = (dir.path / "flight-rank0.bin").string();
+  recorder->write_copy(path);
+  FlightDump d = read_flight_dump(path);
+  ASSERT_EQ(d.records.size(), 2u);
+  EXPECT_EQ(d.records[0].end_ns, 0);  // enqueued, not known to have ended on the device
+  EXPECT_EQ(d.records[1].end_ns, 0);
+  // The first one ends on the device; the next collective polls and fills it in.
+  inner->timer.finish(1);
+  comm.barrier();  // handle 3, still open
+  recorder->write_copy(path);
+  d = read_flight_dump(path);
+  ASSERT_EQ(d.records.size(), 3u);
+  EXPECT_EQ(d.records[0].start_ns, 1000);
+  EXPECT_EQ(d.records[0].end_ns, 1500);
+  EXPECT_EQ(d.records[1].end_ns, 0);
+  EXPECT_EQ(d.records[2].end_ns, 0);
+  inner->timer.finish(2);
+  inner->timer.finish(3);
+  comm.broadcast(buf, 4, DataType::Float32, 0);
+  recorder->write_copy(path);
+  d = read_flight_dump(path);
+  EXPECT_EQ(d.records[1].start_ns, 2000);
+  EXPECT_EQ(d.records[1].end_ns, 2500);
+  EXPECT_EQ(d.records[2].end_ns, 3500);
+  EXPECT_EQ(d.records[3].end_ns, 0);  // the last: the one a hang would leave open
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "meshtrain/comm/flight_recorder.hpp"
 
+#include "meshtrain/comm/device_timer.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -73,9 +75,9 @@ std::atomic_ref<T> ref(T& value) {
 class FlightWork final : public Work {
  public:
   FlightWork(std::unique_ptr<Work> inner, FlightRecorder* recorder, std::uint64_t ticket,
-             const char* group, std::int64_t enqueued, std::uint64_t seq)
+             const char* group, std::int64_t enqueued, std::uint64_t seq, bool device_timed)
       : inner_(std::move(inner)), recorder_(recorder), ticket_(ticket), group_(group),
-        enqueued_(enqueued), seq_(seq) {}
+        enqueued_(enqueued), seq_(seq), device_timed_(device_timed) {}
   void wait() override {
     if (done_) return inner_->wait();
     const std::int64_t start = FlightRecorder::now_ns();
@@ -99,8 +101,10 @@ class FlightWork final : public Work {
  private:
   void finish(std::int64_t start, std::int64_t end) {
     done_ = true;
-    recorder_->mark_start(ticket_, start);
-    recorder_->complete(ticket_);
+    if (!device_timed_) {  // else the device's times fill the record in (DeviceTimer)
+      recorder_->mark_start(ticket_, start);
+      recorder_->complete(ticket_);
+    }
     if (Tracer* tracer = Tracer::active()) {
       tracer->add(name_of(FlightOp::AllreduceAsync), group_, enqueued_, end,
                   static_cast<std::int64_t>(seq_));
@@ -112,6 +116,7 @@ class FlightWork final : public Work {
   const char* group_;
   std::int64_t enqueued_;
   std::uint64_t seq_;
+  bool device_timed_;
   bool done_ = false;
 };
 
@@ -267,6 +272,12 @@ void FlightRecorder::complete(std::uint64_t ticket) {
   ref(r.end_ns).store(now_ns(), std::memory_order_release);
 }
 
+void FlightRecorder::complete_at(std::uint64_t ticket, std::int64_t ns) {
+  flight::Record& r = records_[(ticket - 1) % capacity_];
+  if (ref(r.ticket).load(std::memory_order_acquire) != ticket) return;
+  ref(r.end_ns).store(std::max<std::int64_t>(ns, 1), std::memory_order_release);
+}
+
 void FlightRecorder::mark_start(std::uint64_t ticket, std::int64_t ns) {
   flight::Record& r = records_[(ticket - 1) % capacity_];
   if (ref(r.ticket).load(std::memory_order_acquire) == ticket) r.start_ns = ns;
@@ -341,7 +352,33 @@ FlightRecordingCommunicator::FlightRecordingCommunicator(std::shared_ptr<Communi
                                                          std::shared_ptr<FlightRecorder> recorder,
                                                          int group)
     : inner_(std::move(inner)), recorder_(std::move(recorder)), group_(group),
-      name_(recorder_->header().groups[group].name) {}
+      name_(recorder_->header().groups[group].name), timer_(inner_->device_timer()) {}
+
+std::uint64_t FlightRecordingCommunicator::mark_before() { return timer_ ? timer_->before() : 0; }
+
+void FlightRecordingCommunicator::mark_after(std::uint64_t handle, std::uint64_t ticket) {
+  if (!timer_) return;
+  timer_->after(handle);
+  if (pending_.size() >= kMaxPending) {  // not polled for long: the host's time stands in
+    recorder_->complete(pending_.front().second);
+    pending_.pop_front();
+  }
+  pending_.emplace_back(handle, ticket);
+  poll_device();
+}
+
+void FlightRecordingCommunicator::poll_device() {
+  if (!timer_) return;
+  timer_->poll([this](std::uint64_t handle, std::int64_t start, std::int64_t end) {
+    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+      if (it->first != handle) continue;
+      recorder_->mark_start(it->second, start);
+      recorder_->complete_at(it->second, end);
+      pending_.erase(it);
+      return;
+    }
+  });
+}
 
 std::uint64_t FlightRecordingCommunicator::begin(FlightOp op, DataType type, std::size_t count,
                                                  std::size_t bytes, int root,
@@ -352,7 +389,7 @@ std::uint64_t FlightRecordingCommunicator::begin(FlightOp op, DataType type, std
 
 void FlightRecordingCommunicator::end(std::uint64_t ticket, std::int64_t started, FlightOp op,
                                       std::uint64_t seq) {
-  recorder_->complete(ticket);
+  if (!timer_) recorder_->complete(ticket);  // else when the device says it ended
   const std::int64_t now = FlightRecorder::now_ns();
   recorder_->add_wait_ns(now - started);
   if (Tracer* tracer = Tracer::active()) {
@@ -365,7 +402,9 @@ void FlightRecordingCommunicator::allreduce(void* buf, std::size_t count, DataTy
   const std::int64_t start = FlightRecorder::now_ns();
   const auto t = begin(FlightOp::Allreduce, type, count, count * size_of(type), -1, start);
   const std::uint64_t seq = last_seq_;
+  const std::uint64_t mark = mark_before();
   inner_->allreduce(buf, count, type, op);
+  mark_after(mark, t);
   end(t, start, FlightOp::Allreduce, seq);
 }
 
@@ -374,8 +413,11 @@ std::unique_ptr<Work> FlightRecordingCommunicator::allreduce_async(void* buf, st
   const std::int64_t start = FlightRecorder::now_ns();
   const auto t = begin(FlightOp::AllreduceAsync, type, count, count * size_of(type), -1, start);
   const std::uint64_t seq = last_seq_;
-  return std::make_unique<FlightWork>(inner_->allreduce_async(buf, count, type, op),
-                                      recorder_.get(), t, name_.c_str(), start, seq);
+  const std::uint64_t mark = mark_before();
+  auto inner = inner_->allreduce_async(buf, count, type, op);
+  mark_after(mark, t);
+  return std::make_unique<FlightWork>(std::move(inner), recorder_.get(), t, name_.c_str(), start, seq,
+                                      timer_ != nullptr);
 }
 
 void FlightRecordingCommunicator::reduce_scatter(const void* send, void* recv, std::size_t count,
@@ -384,7 +426,9 @@ void FlightRecordingCommunicator::reduce_scatter(const void* send, void* recv, s
   const auto n = count * static_cast<std::size_t>(size());
   const auto t = begin(FlightOp::ReduceScatter, type, n, n * size_of(type), -1, start);
   const std::uint64_t seq = last_seq_;
+  const std::uint64_t mark = mark_before();
   inner_->reduce_scatter(send, recv, count, type, op);
+  mark_after(mark, t);
   end(t, start, FlightOp::ReduceScatter, seq);
 }
 
@@ -394,7 +438,9 @@ void FlightRecordingCommunicator::all_gather(const void* send, void* recv, std::
   const auto n = count * static_cast<std::size_t>(size());
   const auto t = begin(FlightOp::AllGather, type, n, n * size_of(type), -1, start);
   const std::uint64_t seq = last_seq_;
+  const std::uint64_t mark = mark_before();
   inner_->all_gather(send, recv, count, type);
+  mark_after(mark, t);
   end(t, start, FlightOp::AllGather, seq);
 }
 
@@ -403,7 +449,9 @@ void FlightRecordingCommunicator::broadcast(void* buf, std::size_t count, DataTy
   const std::int64_t start = FlightRecorder::now_ns();
   const auto t = begin(FlightOp::Broadcast, type, count, count * size_of(type), root, start);
   const std::uint64_t seq = last_seq_;
+  const std::uint64_t mark = mark_before();
   inner_->broadcast(buf, count, type, root);
+  mark_after(mark, t);
   end(t, start, FlightOp::Broadcast, seq);
 }
 
@@ -414,7 +462,9 @@ void FlightRecordingCommunicator::scatterv(const void* send, std::span<const int
   const auto n = static_cast<std::size_t>(recv_count);
   const auto t = begin(FlightOp::Scatterv, type, n, n * size_of(type), root, start);
   const std::uint64_t seq = last_seq_;
+  const std::uint64_t mark = mark_before();
   inner_->scatterv(send, counts, displs, recv, recv_count, type, root);
+  mark_after(mark, t);
   end(t, start, FlightOp::Scatterv, seq);
 }
 
@@ -422,7 +472,9 @@ void FlightRecordingCommunicator::barrier() {
   const std::int64_t start = FlightRecorder::now_ns();
   const auto t = begin(FlightOp::Barrier, DataType::Int32, 0, 0, -1, start);
   const std::uint64_t seq = last_seq_;
+  const std::uint64_t mark = mark_before();
   inner_->barrier();
+  mark_after(mark, t);
   end(t, start, FlightOp::Barrier, seq);
 }
 

@@ -65,6 +65,7 @@ class StagingCommunicator final : public Communicator {
   bool callable_from_another_thread() const override {
     return inner_->callable_from_another_thread();
   }
+  DeviceTimer* device_timer() override { return inner_->device_timer(); }
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
   std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,

@@ -38,6 +38,7 @@ class CheckedCommunicator final : public Communicator {
   bool callable_from_another_thread() const override {
     return inner_->callable_from_another_thread();
   }
+  DeviceTimer* device_timer() override { return inner_->device_timer(); }
   std::uint64_t sequence() const;  // collectives started so far
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;

@@ -10,6 +10,8 @@
 
 namespace meshtrain {
 
+class DeviceTimer;
+
 // BFloat16: 2-byte elements as meshtrain/comm/bfloat16.hpp lays them out (the top half of a
 // float). Its reductions (Sum, Average, Max, Min) add or compare in float and round the result
 // of every combine of two ranks' values to bfloat16 (round to nearest even), so a sum over p
@@ -50,6 +52,10 @@ class Communicator {
   // Whether a thread other than the one that created the communicator may run its
   // collectives (one thread at a time): MPI needs MPI_THREAD_SERIALIZED for that.
   virtual bool callable_from_another_thread() const { return true; }
+  // The device-side timer of the collectives this communicator enqueues on a device stream
+  // (device_timer.hpp), or nullptr when its calls complete on the host (MPI). Decorators
+  // pass their inner communicator's on.
+  virtual DeviceTimer* device_timer() { return nullptr; }
 
   // In place: buf holds count elements on entry and the reduction on exit.
   virtual void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) = 0;

@@ -17,11 +17,13 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "meshtrain/comm/device_timer.hpp"
 #include "meshtrain/comm/observing_communicator.hpp"
 
 namespace meshtrain {
@@ -114,7 +116,10 @@ class FlightRecorder {
   std::uint64_t begin(int group, std::uint64_t sequence, FlightOp op, DataType type,
                       std::size_t count, std::size_t bytes, int root, std::int64_t now_ns);
   void complete(std::uint64_t ticket);
-  // A non-blocking collective's start: when this rank first waited on it.
+  // Completed at ns (the device's end, from a DeviceTimer) instead of now.
+  void complete_at(std::uint64_t ticket, std::int64_t ns);
+  // A non-blocking collective's start: when this rank first waited on it (or, on a device
+  // stream, when it started there).
   void mark_start(std::uint64_t ticket, std::int64_t ns);
   void set_step(std::int64_t step);
 
@@ -168,6 +173,7 @@ class FlightRecordingCommunicator final : public Communicator {
   bool callable_from_another_thread() const override {
     return inner_->callable_from_another_thread();
   }
+  DeviceTimer* device_timer() override { return inner_->device_timer(); }
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
   std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
@@ -187,6 +193,13 @@ class FlightRecordingCommunicator final : public Communicator {
   std::uint64_t begin(FlightOp op, DataType type, std::size_t count, std::size_t bytes, int root,
                       std::int64_t now);
   void end(std::uint64_t ticket, std::int64_t started, FlightOp op, std::uint64_t seq);
+  // With a device timer (NCCL: device_timer.hpp), a record's start and end are the
+  // collective's on the device, filled in when a later call polls the timer and finds it
+  // done; until then its end stays 0 (not completed), which is what a hang leaves.
+  std::uint64_t mark_before();
+  void mark_after(std::uint64_t handle, std::uint64_t ticket);
+  void poll_device();
+  static constexpr std::size_t kMaxPending = 4096;
 
   std::shared_ptr<Communicator> inner_;
   std::shared_ptr<FlightRecorder> recorder_;
@@ -196,6 +209,8 @@ class FlightRecordingCommunicator final : public Communicator {
   // The sequence number begin() just issued, read back by the calling thread (the ranks' one
   // thread that calls a group's collectives at a time, as MPI_THREAD_SERIALIZED requires).
   std::uint64_t last_seq_ = 0;
+  DeviceTimer* timer_ = nullptr;
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> pending_;  // (timer handle, ticket)
 };
 
 // One rank's dump as read back.

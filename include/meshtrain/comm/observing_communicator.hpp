@@ -31,6 +31,7 @@ class ObservingCommunicator : public Communicator {
   bool callable_from_another_thread() const override {
     return inner_->callable_from_another_thread();
   }
+  DeviceTimer* device_timer() override { return inner_->device_timer(); }
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override {
     before({"allreduce", count * size_of(type)});
