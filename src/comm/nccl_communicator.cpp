@@ -1,5 +1,7 @@
 #include "meshtrain/comm/nccl_communicator.hpp"
 
+#include "comm/cuda_event_timer.hpp"
+
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
@@ -411,6 +413,11 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, std::chrono::milliseconds time
 }
 
 NcclCommunicator::~NcclCommunicator() = default;
+
+DeviceTimer* NcclCommunicator::device_timer() {
+  if (!timer_) timer_ = std::make_unique<CudaEventTimer>(state_->stream);
+  return timer_.get();
+}
 
 std::chrono::milliseconds NcclCommunicator::timeout() const { return state_->timeout; }
 

@@ -38,6 +38,8 @@ std::chrono::milliseconds resolve_nccl_timeout(std::chrono::milliseconds request
 // number and the rank. An aborted communicator throws on every later call.
 //
 // Not thread-safe: use one communicator from one thread at a time.
+class CudaEventTimer;
+
 class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(MPI_Comm comm, std::chrono::milliseconds timeout = kDefaultNcclTimeout);
@@ -65,6 +67,9 @@ class NcclCommunicator final : public Communicator {
   // A one-element all-reduce on the device, waited for: bounded by the timeout, unlike
   // MPI_Barrier.
   void barrier() override;
+  // CUDA events on the communicator's stream around each collective the caller marks (the
+  // flight recorder does): made on first use.
+  DeviceTimer* device_timer() override;
 
   using Communicator::allreduce;
   using Communicator::broadcast;
@@ -75,6 +80,7 @@ class NcclCommunicator final : public Communicator {
 
  private:
   std::shared_ptr<State> state_;
+  std::unique_ptr<CudaEventTimer> timer_;  // after state_: destroyed before its stream
   int rank_ = 0;
   int size_ = 1;
   int device_ = 0;
