@@ -17,5 +17,6 @@
 #include "meshtrain/train/checkpoint.hpp"
 #include "meshtrain/train/checkpoint_state.hpp"
 #include "meshtrain/train/memory_estimate.hpp"
+#include "meshtrain/train/sharded_checkpoint.hpp"
 #include "meshtrain/train/trainer.hpp"
 #include "meshtrain/train/training_config.hpp"
