@@ -2,6 +2,7 @@
 //   meshtrain train --config run.toml [--set KEY=VALUE ...] [--resume auto|latest|PATH]
 //   meshtrain plot metrics.csv [-o loss.png]
 //   meshtrain triage DIR            (the flight recorder's dumps of a run)
+//   meshtrain consolidate INDEX     (a sharded checkpoint as one file)
 //   meshtrain data darcy --samples N --resolution S [--seed K] -o DIR
 // Launch `train` and `data` with mpirun (or launch/mpirun.sh); every rank runs the same
 // command.
@@ -97,6 +98,11 @@ struct TriageOptions {
   bool quiet = false;
 };
 
+struct ConsolidateOptions {
+  std::string index;
+  std::string output;
+};
+
 struct CommandLine {
   CLI::App app{
       "meshtrain: distributed training of MLPs with MPI and Kokkos.\n"
@@ -107,7 +113,9 @@ struct CommandLine {
   CLI::App* plot = nullptr;
   CLI::App* data = nullptr;
   CLI::App* triage = nullptr;
+  CLI::App* consolidate = nullptr;
   TrainOptions train_options;
+  ConsolidateOptions consolidate_options;
   PlotOptions plot_options;
   TriageOptions triage_options;
   DarcyOptions darcy_options;
@@ -164,6 +172,19 @@ struct CommandLine {
         ->required()
         ->type_name("DIR");
     triage->add_flag("-q,--quiet", triage_options.quiet, "Only the verdict, no per-rank lines");
+    consolidate = app.add_subcommand(
+        "consolidate",
+        "Write a sharded checkpoint (its index, DIR/PREFIX-STEP.safetensors) as one "
+        "single-file checkpoint: the whole model's tensors params/NAME, adam/mu/NAME, "
+        "adam/nu/NAME, for safetensors' own tools and other frameworks (--resume takes "
+        "either)");
+    consolidate->add_option("index", consolidate_options.index, "The sharded checkpoint's index")
+        ->required()
+        ->type_name("INDEX.safetensors");
+    consolidate
+        ->add_option("-o,--output", consolidate_options.output,
+                     "The file to write (default: INDEX with .consolidated.safetensors)")
+        ->type_name("OUT.safetensors");
     triage->footer(
         "EXIT CODES\n"
         "  0   consistent: every group's ranks called the same collectives\n"
@@ -637,6 +658,27 @@ int triage(const TriageOptions& options) {
   return report.code;
 }
 
+// `consolidate` is a single process: no MPI.
+int consolidate(const ConsolidateOptions& options) {
+  std::string output = options.output;
+  if (output.empty()) {
+    const std::string suffix = ".safetensors";
+    const std::string& in = options.index;
+    const bool has = in.size() > suffix.size() && in.compare(in.size() - suffix.size(), suffix.size(), suffix) == 0;
+    output = (has ? in.substr(0, in.size() - suffix.size()) : in) + ".consolidated.safetensors";
+  }
+  const Checkpoint checkpoint = consolidate_sharded(options.index);
+  try {
+    write_checkpoint_atomic(output, checkpoint);
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(e.what());
+  }
+  std::size_t values = 0;
+  for (const CheckpointTensor& t : checkpoint.tensors) values += t.values.size();
+  std::printf("meshtrain: wrote %s (%zu tensors, %zu values)\n", output.c_str(), checkpoint.tensors.size(), values);
+  return 0;
+}
+
 // Parses argv; true when help was printed (by the caller's choice of rank).
 bool parse(CommandLine& cli, int argc, char** argv, bool print_help) {
   try {
@@ -650,12 +692,13 @@ bool parse(CommandLine& cli, int argc, char** argv, bool print_help) {
   }
 }
 
-// `plot` and `triage` are single processes: no MPI.
+// `plot`, `triage` and `consolidate` are single processes: no MPI.
 int plot_main(int argc, char** argv) {
   try {
     CommandLine cli;
     if (parse(cli, argc, argv, true)) return 0;
     if (*cli.triage) return triage(cli.triage_options);
+    if (*cli.consolidate) return consolidate(cli.consolidate_options);
     return plot(cli.plot_options);
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "meshtrain: error: %s\n", e.what());
@@ -666,7 +709,8 @@ int plot_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && (std::string(argv[1]) == "plot" || std::string(argv[1]) == "triage")) {
+  if (argc > 1 && (std::string(argv[1]) == "plot" || std::string(argv[1]) == "triage" ||
+                   std::string(argv[1]) == "consolidate")) {
     return plot_main(argc, argv);
   }
   // Before MPI and Kokkos start: a SIGTERM or SIGUSR1 that arrives while they do is kept

@@ -390,6 +390,56 @@ void ShardSet::read(std::size_t group, std::uint64_t full, std::uint64_t length,
   }
 }
 
+Checkpoint consolidate_sharded(const std::string& index_path) {
+  const Checkpoint index = read_checkpoint(index_path);
+  if (!is_sharded_index(index.metadata)) {
+    fail(index_path, "not a sharded checkpoint's index (metadata meshtrain.format is not '" +
+                         std::string(kShardedIndexFormat) + "')");
+  }
+  const std::uint64_t parameters =
+      to_u64(index_path, metadata_text(index_path, index.metadata, "parameters"), "parameters");
+  ShardSet shards(index_path, index.metadata, parameters);
+  for (std::size_t s = 0; s < shards.count(); ++s) shards.verify(s);
+  // The groups the shards hold (every shard holds the same ones).
+  const CheckpointLayout first = read_checkpoint_layout(shards.path(0));
+  std::vector<std::size_t> groups;
+  for (std::size_t g = 0; g < shard_groups().size(); ++g) {
+    if (first.find(shard_groups()[g])) groups.push_back(g);
+  }
+  json tensors;
+  try {
+    tensors = json::parse(metadata_text(index_path, index.metadata, "tensors"));
+  } catch (const json::exception& e) {
+    fail(index_path, std::string("metadata tensors is not valid JSON: ") + e.what());
+  }
+  Checkpoint out;
+  try {
+    for (const std::size_t g : groups) {
+      std::vector<float> flat(parameters);
+      shards.read(g, 0, parameters, flat.data());
+      for (const json& t : tensors) {
+        const auto offset = t.at("offset").get<std::uint64_t>();
+        const auto shape = t.at("shape").get<std::vector<std::size_t>>();
+        std::uint64_t size = 1;
+        for (const std::size_t d : shape) size *= d;
+        if (offset + size > parameters) fail(index_path, "tensor " + t.at("name").get<std::string>() + " runs past the values");
+        out.tensors.push_back({shard_groups()[g] + "/" + t.at("name").get<std::string>(), shape,
+                               std::vector<float>(flat.begin() + static_cast<std::ptrdiff_t>(offset),
+                                                  flat.begin() + static_cast<std::ptrdiff_t>(offset + size))});
+      }
+    }
+  } catch (const json::exception& e) {
+    fail(index_path, std::string("metadata tensors: ") + e.what());
+  }
+  out.metadata = index.metadata;
+  for (const char* key : {"checkpoint_id", "shards_dir", "shard_count", "parameters", "shards", "tensors"}) {
+    out.metadata.erase(key);
+  }
+  out.metadata["meshtrain.format"] = "training_state";
+  out.metadata["consolidated_from"] = fs::path(index_path).filename().string();
+  return out;
+}
+
 void on_every_rank_sharing_errors(Communicator& comm, const std::function<void()>& work) {
   std::string error;
   try {

@@ -346,6 +346,27 @@ class StraightRun(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(run_dir(SINGLE, "ckpt"))),
                          [".ckpt.lock", "ckpt-18.safetensors", "ckpt-24.safetensors"])
 
+    def test_consolidate_writes_the_single_file_checkpoint(self):
+        single = run_dir(SINGLE, "ckpt", "ckpt-24.safetensors")
+        if not os.path.exists(single):
+            self.skipTest("the single-file run failed")
+        out = os.path.join(WORK, "consolidated.safetensors")
+        r = subprocess.run([BINARY, "consolidate", run_dir(self.config, "ckpt", "ckpt-24.safetensors"), "-o", out],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"wrote {out} (12 tensors, ", r.stdout)
+        meta, tensors = read_safetensors(out)
+        self.assertEqual(meta["meshtrain.format"], "training_state")
+        self.assertTrue(file_crc_is_valid(out))
+        self.assertEqual(tensors, read_safetensors(single)[1])
+        self.assertEqual(meta["run_id"], read_safetensors(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))[0]["run_id"])
+        # A file that is not an index: one line, exit 2.
+        r = subprocess.run([BINARY, "consolidate", single, "-o", out + ".x"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(r.stderr.strip().count("\n"), 0, r.stderr)
+        self.assertIn("not a sharded checkpoint's index", r.stderr)
+        self.assertFalse(os.path.exists(out + ".x"))
+
     def test_checkpoint_metadata(self):
         meta, tensors = read_state(run_dir(self.config, "ckpt", "ckpt-24.safetensors"))
         self.assertEqual(meta["meshtrain.format"], "sharded_training_state")

@@ -115,6 +115,13 @@ std::string verify_shards(Communicator& comm, const ShardSet& shards);
 // elsewhere (padding).
 void read_local_state(const ShardSet& shards, const std::vector<HeldRun>& runs, LocalState& state);
 
+// The sharded checkpoint indexed by index_path as one single-file checkpoint (what
+// checkpoint.format = "single" writes: tensors params/NAME, adam/mu/NAME, adam/nu/NAME with
+// the model's shapes, and the index's metadata under meshtrain.format = "training_state"),
+// every shard verified first. Holds the whole model: for export, not for training.
+// ConfigError naming the file for any problem.
+Checkpoint consolidate_sharded(const std::string& index_path);
+
 // Collective over comm: runs work on every rank, and when it threw a ConfigError or
 // std::runtime_error on any, throws ConfigError with the lowest such rank's message on all.
 void on_every_rank_sharing_errors(Communicator& comm, const std::function<void()>& work);
