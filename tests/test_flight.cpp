@@ -260,7 +260,7 @@ TEST(FlightTriage, ReadsAPersistedRingWithoutAnExplicitDump) {
 }
 
 // A one-rank communicator whose non-blocking all-reduce completes when waited on.
-class LoopbackCommunicator final : public Communicator {
+class LoopbackCommunicator : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
@@ -329,24 +329,10 @@ class FakeTimer final : public DeviceTimer {
   std::vector<std::uint64_t> finished_;
 };
 
-class TimedLoopback final : public Communicator {
+class TimedLoopback final : public LoopbackCommunicator {
  public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  std::string_view backend() const override { return "timed-loopback"; }
   DeviceTimer* device_timer() override { return &timer; }
-  void allreduce(void* b, std::size_t n, DataType t, ReduceOp o) override { loop.allreduce(b, n, t, o); }
-  std::unique_ptr<Work> allreduce_async(void* b, std::size_t n, DataType t, ReduceOp o) override {
-    return loop.allreduce_async(b, n, t, o);
-  }
-  void reduce_scatter(const void*, void*, std::size_t, DataType, ReduceOp) override {}
-  void all_gather(const void*, void*, std::size_t, DataType) override {}
-  void broadcast(void*, std::size_t, DataType, int) override {}
-  void scatterv(const void*, std::span<const int>, std::span<const int>, void*, int, DataType,
-                int) override {}
-  void barrier() override {}
   FakeTimer timer;
-  LoopbackCommunicator loop;
 };
 
 TEST(FlightRecordingCommunicator, ADeviceTimedCollectiveStaysOpenUntilTheDeviceSaysItEnded) {

@@ -89,6 +89,18 @@ struct Written {
   std::string index;
 };
 
+// What a sharded write of trainer's current step to index needs.
+ShardedCheckpointWriter::Save save_of(const Trainer& trainer, const TrainingConfig& config,
+                                      const std::string& index) {
+  ShardedCheckpointWriter::Save save;
+  save.index_path = index;
+  save.index = to_checkpoint_index(trainer.position(), trainer.model(), config, 48);
+  save.runs = trainer.held_runs();
+  save.state = trainer.local_state();
+  save.layout = sharded_layout_of(trainer.model());
+  return save;
+}
+
 // Trains two steps under `layout` on the whole world and writes a sharded checkpoint.
 Written train_and_write(const Layout& layout, const ReferenceData& data, const std::string& index) {
   const TrainingConfig config = config_for(layout.dist);
@@ -98,15 +110,26 @@ Written train_and_write(const Layout& layout, const ReferenceData& data, const s
   trainer.step(1);
   Written out{trainer.state(), index};
   ShardedCheckpointWriter writer(trainer.groups().world());
-  ShardedCheckpointWriter::Save save;
-  save.index_path = index;
-  save.index = to_checkpoint_index(trainer.position(), trainer.model(), config, data.x.extent(0));
-  save.runs = trainer.held_runs();
-  save.state = trainer.local_state();
-  save.layout = sharded_layout_of(trainer.model());
-  writer.start(std::move(save));
+  writer.start(save_of(trainer, config, index));
   EXPECT_EQ(writer.wait(), "");
   return out;
+}
+
+// An FSDP trainer over the whole world, prepared.
+struct FsdpRun {
+  ReferenceData data = make_reference_data(48, 4, 2);
+  TrainingConfig config = config_for(DistributedConfig{{world_size()}, {"fsdp"}, Strategy::Fsdp});
+  Trainer trainer{Mlp(kWidths, Activation::ReLU, 5), config};
+  FsdpRun() { trainer.prepare(data.x, data.y); }
+};
+
+// Rank 0: no shard directory is left in dir (a failed write's are removed).
+void expect_no_shard_directories(const fs::path& dir) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() != 0) return;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    EXPECT_FALSE(e.path().filename().string().find(".shards-") != std::string::npos) << e.path();
+  }
 }
 
 std::vector<float> values(const HostVector& v) { return std::vector<float>(v.data(), v.data() + v.extent(0)); }
@@ -223,71 +246,39 @@ TEST(ShardedCheckpoint, DamagedMissingOrForeignShardsAreNamed) {
 }
 
 TEST(ShardedCheckpoint, AFailedWriteIsReportedOnEveryRankAndLeavesNothing) {
-  const int n = world_size();
-  const ReferenceData data = make_reference_data(48, 4, 2);
   SharedDir dir;
-  const TrainingConfig config = config_for(DistributedConfig{{n}, {"fsdp"}, Strategy::Fsdp});
-  Trainer trainer(Mlp(kWidths, Activation::ReLU, 5), config);
-  trainer.prepare(data.x, data.y);
+  FsdpRun run;
   // The index cannot be published: a directory is where it must go.
   const std::string index = dir.file("ckpt-7.safetensors");
   if (world_rank() == 0) fs::create_directories(index);
   MPI_Barrier(MPI_COMM_WORLD);
-  ShardedCheckpointWriter writer(trainer.groups().world());
-  ShardedCheckpointWriter::Save save;
-  save.index_path = index;
-  save.index = to_checkpoint_index(trainer.position(), trainer.model(), config, 48);
-  save.runs = trainer.held_runs();
-  save.state = trainer.local_state();
-  save.layout = sharded_layout_of(trainer.model());
-  writer.start(std::move(save));
+  ShardedCheckpointWriter writer(run.trainer.groups().world());
+  writer.start(save_of(run.trainer, run.config, index));
   const std::string error = writer.wait();
   EXPECT_TRUE(contains(error, index) && contains(error, "cannot write checkpoint")) << error;
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (world_rank() == 0) {
-    for (const auto& e : fs::directory_iterator(fs::path(index).parent_path())) {
-      EXPECT_FALSE(contains(e.path().filename().string(), ".shards-")) << e.path();  // removed
-    }
-  }
+  expect_no_shard_directories(fs::path(index).parent_path());
 }
 
 TEST(ShardedCheckpoint, AShardThatFailsOnTheLastRankEndsTheWriteOnEveryRank) {
   // The last rank's shard cannot be made (a run outside its buffer stands in for a write
   // error): rank 0, which waits for every shard, gives up when wait() shares the failure
   // instead of waiting for a file that will never come.
-  const int n = world_size();
-  const ReferenceData data = make_reference_data(48, 4, 2);
   SharedDir dir;
-  const TrainingConfig config = config_for(DistributedConfig{{n}, {"fsdp"}, Strategy::Fsdp});
-  Trainer trainer(Mlp(kWidths, Activation::ReLU, 5), config);
-  trainer.prepare(data.x, data.y);
-  ShardedCheckpointWriter writer(trainer.groups().world());
+  FsdpRun run;
+  const Trainer& trainer = run.trainer;
+  const TrainingConfig& config = run.config;
+  const int n = world_size();
+  ShardedCheckpointWriter writer(run.trainer.groups().world());
   writer.set_shard_timeout(3600.0);  // a hang, were the failure not shared
-  ShardedCheckpointWriter::Save save;
-  save.index_path = dir.file("ckpt-3.safetensors");
-  save.index = to_checkpoint_index(trainer.position(), trainer.model(), config, 48);
-  save.runs = trainer.held_runs();
+  ShardedCheckpointWriter::Save save = save_of(trainer, config, dir.file("ckpt-3.safetensors"));
   if (world_rank() == n - 1) save.runs.push_back({0, 1u << 30, 1, true});
-  save.state = trainer.local_state();
-  save.layout = sharded_layout_of(trainer.model());
   writer.start(std::move(save));
   const std::string error = writer.wait();
   EXPECT_TRUE(contains(error, "outside the local buffer")) << error;
-  MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_FALSE(fs::exists(dir.file("ckpt-3.safetensors")));
-  if (world_rank() == 0) {
-    for (const auto& e : fs::directory_iterator(fs::path(dir.file("x")).parent_path())) {
-      EXPECT_FALSE(contains(e.path().filename().string(), ".shards-")) << e.path();
-    }
-  }
+  expect_no_shard_directories(fs::path(dir.file("x")).parent_path());
   // The writer is usable again.
-  ShardedCheckpointWriter::Save again;
-  again.index_path = dir.file("ckpt-4.safetensors");
-  again.index = to_checkpoint_index(trainer.position(), trainer.model(), config, 48);
-  again.runs = trainer.held_runs();
-  again.state = trainer.local_state();
-  again.layout = sharded_layout_of(trainer.model());
-  writer.start(std::move(again));
+  writer.start(save_of(trainer, config, dir.file("ckpt-4.safetensors")));
   EXPECT_EQ(writer.wait(), "");
   EXPECT_TRUE(fs::exists(dir.file("ckpt-4.safetensors")));
 }

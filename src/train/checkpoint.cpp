@@ -475,33 +475,47 @@ std::optional<std::uint32_t> take_crc(const std::string& path, std::map<std::str
   return crc;
 }
 
+// The tensor entries of an opened file, checked to tile its data (sorted by offset).
+std::vector<TensorEntry> checked_entries(const std::string& path, const OpenedCheckpoint& opened) {
+  std::vector<TensorEntry> entries;
+  for (const auto& [key, value] : opened.header.items()) {
+    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
+  }
+  check_layout(path, entries, opened.size - kLengthPrefixSize - opened.header_text.size());
+  return entries;
+}
+
+// The whole-file CRC of the length prefix and the header with its own digits blanked: the
+// start of what the stored value covers (the data follows).
+std::uint32_t header_file_crc(const std::string& path, const OpenedCheckpoint& opened) {
+  const auto at = file_checksum_position(opened.header_text);
+  if (!at) {
+    fail(path, std::string("corrupt: metadata '") + kCheckpointFileChecksumKey +
+                   "' cannot be found in the header's text");
+  }
+  std::string blanked = opened.header_text;
+  blanked.replace(*at, kCrcDigits, std::string(kCrcDigits, '0'));
+  return crc32(blanked.data(), blanked.size(), crc32(opened.length_prefix, kLengthPrefixSize));
+}
+
+void check_file_crc(const std::string& path, std::uint32_t stored, std::uint32_t computed) {
+  if (stored != computed) {
+    fail(path, "corrupt: checksum mismatch over the header, metadata and data (the header records " +
+                   crc_hex(stored) + ", the file hashes to " + crc_hex(computed) + ")");
+  }
+}
+
 }  // namespace
 
 Checkpoint read_checkpoint(const std::string& path) {
   OpenedCheckpoint opened = open_checkpoint(path);
   Checkpoint checkpoint;
-  std::vector<TensorEntry> entries;
-  for (const auto& [key, value] : opened.header.items()) {
-    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
-  }
+  std::vector<TensorEntry> entries = checked_entries(path, opened);
   checkpoint.metadata = metadata_of(path, opened.header);
-  const std::uint64_t header_size = opened.header_text.size();
-  check_layout(path, entries, opened.size - kLengthPrefixSize - header_size);
 
   const auto stored_file_crc = take_crc(path, checkpoint.metadata, kCheckpointFileChecksumKey);
   const auto stored_data_crc = take_crc(path, checkpoint.metadata, kCheckpointChecksumKey);
-  std::uint32_t file_crc = 0;
-  if (stored_file_crc) {
-    const auto at = file_checksum_position(opened.header_text);
-    if (!at) {
-      fail(path, std::string("corrupt: metadata '") + kCheckpointFileChecksumKey +
-                     "' cannot be found in the header's text");
-    }
-    std::string blanked = opened.header_text;
-    blanked.replace(*at, kCrcDigits, std::string(kCrcDigits, '0'));
-    file_crc = crc32(opened.length_prefix, kLengthPrefixSize);
-    file_crc = crc32(blanked.data(), blanked.size(), file_crc);
-  }
+  std::uint32_t file_crc = stored_file_crc ? header_file_crc(path, opened) : 0;
 
   // The entries tile the buffer in order, so one sequential pass reads every tensor.
   std::uint32_t data_crc = 0;
@@ -513,10 +527,7 @@ Checkpoint read_checkpoint(const std::string& path) {
     if (stored_file_crc) file_crc = crc32(tensor.values.data(), e.end - e.begin, file_crc);
     checkpoint.tensors.push_back(std::move(tensor));
   }
-  if (stored_file_crc && *stored_file_crc != file_crc) {
-    fail(path, "corrupt: checksum mismatch over the header, metadata and data (the header records " +
-                   crc_hex(*stored_file_crc) + ", the file hashes to " + crc_hex(file_crc) + ")");
-  }
+  if (stored_file_crc) check_file_crc(path, *stored_file_crc, file_crc);
   if (stored_data_crc && *stored_data_crc != data_crc) {
     fail(path, "corrupt: checksum mismatch (the header records " + crc_hex(*stored_data_crc) +
                    ", the data hashes to " + crc_hex(data_crc) + ")");
@@ -527,12 +538,8 @@ Checkpoint read_checkpoint(const std::string& path) {
 
 CheckpointLayout read_checkpoint_layout(const std::string& path) {
   OpenedCheckpoint opened = open_checkpoint(path);
-  std::vector<TensorEntry> entries;
-  for (const auto& [key, value] : opened.header.items()) {
-    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
-  }
+  std::vector<TensorEntry> entries = checked_entries(path, opened);
   const std::uint64_t data_start = kLengthPrefixSize + opened.header_text.size();
-  check_layout(path, entries, opened.size - data_start);
   CheckpointLayout layout;
   layout.metadata = metadata_of(path, opened.header);
   layout.metadata.erase(kCheckpointFileChecksumKey);
@@ -553,35 +560,19 @@ const CheckpointLayout::Tensor* CheckpointLayout::find(const std::string& name) 
 
 void verify_checkpoint_file(const std::string& path) {
   OpenedCheckpoint opened = open_checkpoint(path);
-  std::vector<TensorEntry> entries;
-  for (const auto& [key, value] : opened.header.items()) {
-    if (key != kMetadataKey) entries.push_back(parse_tensor_entry(path, key, value));
-  }
-  const std::uint64_t data_size = opened.size - kLengthPrefixSize - opened.header_text.size();
-  check_layout(path, entries, data_size);
+  checked_entries(path, opened);
   std::map<std::string, std::string> metadata = metadata_of(path, opened.header);
   const auto stored = take_crc(path, metadata, kCheckpointFileChecksumKey);
   if (!stored) fail(path, std::string("no whole-file checksum (metadata '") + kCheckpointFileChecksumKey + "')");
-  const auto at = file_checksum_position(opened.header_text);
-  if (!at) {
-    fail(path, std::string("corrupt: metadata '") + kCheckpointFileChecksumKey +
-                   "' cannot be found in the header's text");
-  }
-  std::string blanked = opened.header_text;
-  blanked.replace(*at, kCrcDigits, std::string(kCrcDigits, '0'));
-  std::uint32_t crc = crc32(opened.length_prefix, kLengthPrefixSize);
-  crc = crc32(blanked.data(), blanked.size(), crc);
+  std::uint32_t crc = header_file_crc(path, opened);
   std::vector<unsigned char> chunk(std::size_t{1} << 20);
-  for (std::uint64_t left = data_size; left > 0;) {
+  for (std::uint64_t left = opened.size - kLengthPrefixSize - opened.header_text.size(); left > 0;) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, chunk.size()));
     read_exact(opened.file.get(), chunk.data(), n, path);
     crc = crc32(chunk.data(), n, crc);
     left -= n;
   }
-  if (crc != *stored) {
-    fail(path, "corrupt: checksum mismatch over the header, metadata and data (the header records " +
-                   crc_hex(*stored) + ", the file hashes to " + crc_hex(crc) + ")");
-  }
+  check_file_crc(path, *stored, crc);
 }
 
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
