@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
@@ -495,6 +496,9 @@ struct ShardedCheckpointWriter::Job {
   double published = 0.0;
   bool committed = false;
   std::atomic<bool> cancel{false};  // rank 0: wait() learnt that another rank's shard failed
+  // Rank 0: when to stop waiting for the other shards (seconds, now_seconds()'s clock); set
+  // by the destructor, which must not wait long for shards that may never come.
+  std::atomic<double> give_up_at{std::numeric_limits<double>::infinity()};
   std::string error;
   std::thread thread;
 
@@ -526,6 +530,7 @@ struct ShardedCheckpointWriter::Job {
         continue;
       }
       if (cancel.load()) throw std::runtime_error("cancelled: another rank's shard failed");
+      if (now_seconds() > give_up_at.load()) throw std::runtime_error("abandoned: the run ended");
       if (now_seconds() - last_progress > timeout) {
         throw std::runtime_error(shard_path(s) + ": not written after " + std::to_string(static_cast<int>(timeout)) +
                                  " s (is checkpoint.dir on a file system every rank shares?)");
@@ -543,8 +548,13 @@ struct ShardedCheckpointWriter::Job {
 
 ShardedCheckpointWriter::ShardedCheckpointWriter(Communicator& comm) : comm_(comm) {}
 
+// A write still pending here means the run is ending without wait() (an error elsewhere):
+// the other ranks may be gone, so rank 0 gives their shards a few seconds more, not the
+// shard timeout. An unpublished write leaves shards no index names (removed by the next run).
 ShardedCheckpointWriter::~ShardedCheckpointWriter() {
-  if (job_ && job_->thread.joinable()) job_->thread.join();
+  if (!job_ || !job_->thread.joinable()) return;
+  job_->give_up_at = now_seconds() + 10.0;
+  job_->thread.join();
 }
 
 double ShardedCheckpointWriter::last_write_seconds() const { return write_seconds_; }
