@@ -11,6 +11,7 @@
 #include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/error.hpp"
+#include "train/device_order.hpp"
 
 namespace meshtrain {
 
@@ -199,11 +200,12 @@ void GradientReducer::begin_step(float* grads) {
   s.reduced = 0;
 }
 
-// Hands bucket `index` (written and fenced) to the communication.
+// Hands bucket `index` (written, and the communication ordered after that) to the
+// communication.
 void GradientReducer::State::post(std::size_t index) {
   if (wire == Dtype::Bf16) {
     narrow(index);
-    ExecSpace().fence();
+    order_collective_after_compute(comm);
   }
   if (progress == Progress::Thread) {
     {
@@ -239,8 +241,10 @@ void GradientReducer::on_layer_grads(std::size_t layer) {
   State& s = *state_;
   if (!s.overlap) return;
   s.poll();
-  // The bucket's gradients must be written (device kernels finished) before it is sent.
-  ExecSpace().fence();
+  if (s.next == s.buckets.size() || s.buckets[s.next].ready_after_layer < layer) return;
+  // The bucket's gradients must be written before it is sent: a fence, or on CUDA with NCCL
+  // an event that the communicator's stream waits for (no host wait per layer).
+  order_collective_after_compute(s.comm);
   while (s.next < s.buckets.size() && s.buckets[s.next].ready_after_layer >= layer) {
     s.post(s.next++);
   }
@@ -252,11 +256,11 @@ void GradientReducer::finish() {
   if (!s.overlap) {
     if (s.wire == Dtype::Bf16) {
       for (std::size_t i = 0; i < s.buckets.size(); ++i) s.narrow(i);
-      ExecSpace().fence();
     }
+    order_collective_after_compute(s.comm);
     for (std::size_t i = 0; i < s.buckets.size(); ++i) s.reduce(i);
   } else {
-    ExecSpace().fence();
+    if (s.next < s.buckets.size()) order_collective_after_compute(s.comm);
     while (s.next < s.buckets.size()) s.post(s.next++);
     if (s.progress == Progress::Thread) {
       std::unique_lock lock(s.mutex);

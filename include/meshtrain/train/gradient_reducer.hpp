@@ -38,7 +38,10 @@ std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_
 // Sums the gradient buffer over a communicator, bucket by bucket. With overlap on, each
 // bucket's all-reduce starts as soon as backward has produced it (on_layer_grads) and
 // advances as `progress` says; finish() waits for all of them. With overlap off, finish()
-// reduces every bucket with a blocking all-reduce after backward.
+// reduces every bucket with a blocking all-reduce after backward. The caller need not fence
+// before on_layer_grads or finish: a bucket is sent after the kernels queued before it (a
+// fence, or on CUDA with a stream-ordered communicator such as NCCL an event that its stream
+// waits for, so that the host never waits per layer; see train/device_order.hpp).
 //
 // With wire = Dtype::Bf16 each bucket is rounded to bfloat16 (a Kokkos kernel, round to
 // nearest even) into a buffer allocated once at construction, all-reduced as DataType::BFloat16
