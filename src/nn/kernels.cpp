@@ -137,7 +137,7 @@ void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y, const GemmPrecision
   if (x.extent(1) > 0) {
     gemm("N", "N", x, w, 0.0f, y, precision);
   } else {
-    Kokkos::deep_copy(y, 0.0f);
+    Kokkos::deep_copy(ExecSpace(), y, 0.0f);
   }
 }
 
@@ -291,8 +291,8 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
   if (n == 0) {
     // An empty shard contributes nothing, but its gradient slots must still be zero
     // before the all-reduce sums them.
-    Kokkos::deep_copy(dw, 0.0f);
-    Kokkos::deep_copy(db, 0.0f);
+    Kokkos::deep_copy(ExecSpace(), dw, 0.0f);
+    Kokkos::deep_copy(ExecSpace(), db, 0.0f);
     return;
   }
   gemm("T", "N", x, dz, 0.0f, dw, precision);
