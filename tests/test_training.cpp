@@ -1142,6 +1142,40 @@ TEST(NonFinite, ClippingNormIsTheCheckUnderEveryStrategy) {
   }
 }
 
+// With a bf16 gradient all-reduce the check is the widening kernel's count: the poisoned
+// steps are skipped, or abort, as with the plain check, with overlap on and off.
+TEST(NonFinite, Bf16WideningKernelIsTheCheck) {
+  const ReferenceData data = data_with_a_nan();
+  for (bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlap on" : "overlap off");
+    TrainingConfig config;
+    config.batch_size = 10;
+    config.num_epochs = 3;
+    config.grad_comm_dtype = Dtype::Bf16;
+    config.overlap_communication = overlap;
+    config.nonfinite = NonFinite::Skip;
+    Trainer skipping(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
+    ASSERT_EQ(skipping.model().num_parameters(), 4u * 12 + 12 + 12 + 1);
+    const FitResult r = skipping.fit(data.x, data.y);
+    EXPECT_EQ(skipping.reducer().wire_dtype(), Dtype::Bf16);
+    EXPECT_EQ(skipping.reducer().nonfinite_count(), 0);  // the last step was a clean one
+    EXPECT_EQ(r.metrics.skipped_steps, 3);
+    EXPECT_EQ(r.metrics.steps, 12);
+    for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+
+    config.nonfinite = NonFinite::Abort;
+    Trainer aborting(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
+    try {
+      aborting.fit(data.x, data.y);
+      ADD_FAILURE() << "expected TrainingError";
+    } catch (const TrainingError& e) {
+      EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
+      EXPECT_GT(aborting.reducer().nonfinite_count(), 0);
+    }
+    MpiCommunicator(MPI_COMM_WORLD).barrier();
+  }
+}
+
 // Without a poisoned step the clipped run is the one clipping always gave: clipping to a norm
 // never reached changes nothing, bit for bit, whichever check ran.
 TEST(NonFinite, ClippedRunWithoutNonFiniteStepsIsUnchanged) {

@@ -30,6 +30,26 @@ void widen_from_bfloat16(const bfloat16_bits* from, float* into, std::size_t beg
       KOKKOS_LAMBDA(std::size_t i) { into[i] = from_bfloat16(from[i]); });
 }
 
+// Widens [0, narrow_end) back into `into` and counts the NaN and Inf elements of the whole
+// buffer [0, total) (the widened values and the fp32 tail) into `count`, on the device: the
+// non-finite check rides on the pass that writes the gradients anyway.
+void widen_counting_nonfinite(const bfloat16_bits* from, float* into, std::size_t narrow_end,
+                              std::size_t total, Kokkos::View<int, MemSpace> count) {
+  Kokkos::parallel_reduce(
+      "meshtrain::gradients_from_bf16", Kokkos::RangePolicy<ExecSpace>(0, total),
+      KOKKOS_LAMBDA(std::size_t i, int& bad) {
+        float v;
+        if (i < narrow_end) {
+          v = from_bfloat16(from[i]);
+          into[i] = v;
+        } else {
+          v = into[i];
+        }
+        if (!(v - v == 0.0f)) ++bad;  // NaN or Inf
+      },
+      count);
+}
+
 std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
                                                   std::size_t bucket_bytes) {
   const auto& tensors = model.tensors();
@@ -63,6 +83,7 @@ struct GradientReducer::State {
       wire_buffer = Kokkos::View<bfloat16_bits*, MemSpace>(
           Kokkos::view_alloc(Kokkos::WithoutInitializing, "meshtrain::bf16_gradients"),
           narrow_end);
+      nonfinite = Kokkos::View<int, MemSpace>("meshtrain::bf16_nonfinite");
     }
   }
 
@@ -85,6 +106,7 @@ struct GradientReducer::State {
   std::size_t total = 0;       // the buffer's length (the buckets' union)
   std::size_t narrow_end = 0;  // [narrow_end, total) stays fp32
   Kokkos::View<bfloat16_bits*, MemSpace> wire_buffer;
+  Kokkos::View<int, MemSpace> nonfinite;  // bf16: counted by widen()
   float* grads = nullptr;
   std::size_t next = 0;  // buckets posted this step
   // Poll
@@ -150,9 +172,18 @@ void GradientReducer::State::narrow(std::size_t index) {
 }
 
 void GradientReducer::State::widen() {
-  widen_from_bfloat16(wire_buffer.data(), grads, 0, narrow_end);
+  widen_counting_nonfinite(wire_buffer.data(), grads, narrow_end, total, nonfinite);
   ExecSpace().fence();
 }
+
+int GradientReducer::nonfinite_count() const {
+  if (state_->wire != Dtype::Bf16) return -1;
+  int count = 0;
+  Kokkos::deep_copy(count, state_->nonfinite);
+  return count;
+}
+
+std::size_t GradientReducer::buffer_size() const { return state_->total; }
 
 // Blocking. With bf16 the bucket has been narrowed (and fenced) by the caller's thread.
 void GradientReducer::State::reduce(std::size_t index) {

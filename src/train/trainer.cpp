@@ -413,6 +413,12 @@ bool Trainer::step(std::size_t batch) {
     float value = 0.0f;
     Kokkos::deep_copy(value, loss);
     bad = std::isfinite(norm) && std::isfinite(value) ? 0 : 1;
+  } else if (const GradientReducer* reducer = engine_->reducer();
+             reducer != nullptr && reducer->wire_dtype() == Dtype::Bf16 &&
+             reducer->buffer_size() == grads.extent(0) + 1) {
+    // A bf16 gradient all-reduce widens the whole buffer (the gradients and the loss in its
+    // last slot) back to fp32 in one kernel, which counted them as it wrote them.
+    bad = reducer->nonfinite_count();
   } else {
     Kokkos::parallel_reduce(
         "meshtrain::count_nonfinite", Kokkos::RangePolicy<ExecSpace>(0, grads.extent(0) + 1),

@@ -68,6 +68,12 @@ class GradientReducer {
   bool overlap() const;
   Progress progress_mode() const;
   Dtype wire_dtype() const;
+  // The buffer's length (the buckets' union).
+  std::size_t buffer_size() const;
+  // With wire Dtype::Bf16: how many elements of the whole buffer (the widened gradients and
+  // the fp32 tail) were NaN or Inf after the last finish(), counted by the widening kernel
+  // (no pass of its own; one int read from the device). -1 with an fp32 wire.
+  int nonfinite_count() const;
   // Seconds this rank spent blocked in communication (waits and blocking all-reduces), the
   // communication that backward did not hide. With overlap off it is all of it.
   double blocked_seconds() const;
