@@ -421,8 +421,10 @@ std::chrono::milliseconds NcclCommunicator::timeout() const { return state_->tim
 std::uint64_t NcclCommunicator::collectives_started() const { return state_->started; }
 
 bool NcclCommunicator::order_after_stream(void* cuda_stream) {
+  // Touches only the stream and its own event (CUDA calls are thread-safe), so the gradient
+  // reducer's main thread may call it while its communication thread runs a collective; an
+  // aborted communicator's next collective still throws.
   State& state = *state_;
-  state.require_usable("order_after_stream");
   DeviceScope scope(state.device, state.world_rank);
   check_cuda(cudaEventRecord(state.compute_ready, static_cast<cudaStream_t>(cuda_stream)),
              "cudaEventRecord", state.world_rank);

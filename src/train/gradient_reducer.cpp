@@ -274,8 +274,9 @@ void GradientReducer::on_layer_grads(std::size_t layer) {
   s.poll();
   if (s.next == s.buckets.size() || s.buckets[s.next].ready_after_layer < layer) return;
   // The bucket's gradients must be written before it is sent: a fence, or on CUDA with NCCL
-  // an event that the communicator's stream waits for (no host wait per layer).
-  order_collective_after_compute(s.comm);
+  // an event that the communicator's stream waits for (no host wait per layer). With bf16,
+  // post() orders after its narrowing kernel, which comes after them.
+  if (s.wire != Dtype::Bf16) order_collective_after_compute(s.comm);
   while (s.next < s.buckets.size() && s.buckets[s.next].ready_after_layer >= layer) {
     s.post(s.next++);
   }
@@ -291,7 +292,7 @@ void GradientReducer::finish() {
     order_collective_after_compute(s.comm);
     for (std::size_t i = 0; i < s.buckets.size(); ++i) s.reduce(i);
   } else {
-    if (s.next < s.buckets.size()) order_collective_after_compute(s.comm);
+    if (s.next < s.buckets.size() && s.wire != Dtype::Bf16) order_collective_after_compute(s.comm);
     while (s.next < s.buckets.size()) s.post(s.next++);
     if (s.progress == Progress::Thread) {
       std::unique_lock lock(s.mutex);

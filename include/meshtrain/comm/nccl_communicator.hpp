@@ -55,6 +55,7 @@ class NcclCommunicator final : public Communicator {
 
   // Records an event on `cuda_stream` and makes the communicator's stream wait for it: the
   // next collectives start after the work queued there so far, and the host does not wait.
+  // Unlike the collectives, it may be called while another thread runs one.
   bool order_after_stream(void* cuda_stream) override;
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
