@@ -1,8 +1,8 @@
 #include "meshtrain/nn/kernels.hpp"
 
 #include <KokkosBlas3_gemm.hpp>
-#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -57,7 +57,12 @@ KOKKOS_INLINE_FUNCTION float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float er = p * r * r + r + 1.0f;
-  return er * std::bit_cast<float>(static_cast<std::int32_t>((n + 127) << 23));
+  // 2^n from its bits. memcpy, not std::bit_cast: nvcc refuses a constexpr host function in
+  // device code (warning 20013) unless --expt-relaxed-constexpr, which Kokkos may not set.
+  const std::int32_t bits = (n + 127) << 23;
+  float two_n = 0.0f;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return er * two_n;
 }
 
 // x * Phi(x), Phi the standard normal CDF (PyTorch's gelu, approximate = "none").
