@@ -363,6 +363,132 @@ void BM_Allreduce385_Recorded(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * buf.size() * sizeof(float)));
 }
 
+#if defined(KOKKOS_ENABLE_CUDA)
+// CUDA graphs for the reference step (issue 13 item 6; CUDA builds only). The 385-parameter
+// reference model's step is a few dozen tiny kernels and gemms, so launch overhead, not work,
+// sets its time. These two benchmarks time the step's device work at one rank (forward with
+// the loss, backward, Adam: what a one-rank data-parallel step launches, without the trainer's
+// host-side bookkeeping and its one flag collective) eagerly, and captured once with the CUDA
+// API's stream capture on Kokkos' execution space stream and replayed (cudaGraphLaunch), each
+// step waited for (cudaStreamSynchronize / fence) as BM_TrainStep_Reference waits for its own.
+//
+// The graph's check, before timing: one replay must give the parameters that the same step
+// taken eagerly gives, bit for bit (counter matches_eager). Replays repeat the captured step's
+// scalars: Adam's bias corrections (from the host's step count) and the learning rate are
+// kernel arguments, so a training loop built on replays would need them in device memory.
+struct ReferenceStepWork {
+  static constexpr int kBatch = 32;
+  Mlp model{{4, 64, 1}, Activation::ReLU, 0};
+  Matrix x{"graph_x", kBatch, 4}, y{"graph_y", kBatch, 1};
+  ModelWorkspace ws{model, kBatch};
+  Vector grads{"graph_grads", model.num_parameters() + 1};
+  Kokkos::View<float, MemSpace> loss{"graph_loss"};
+  Optimizer adam{OptimizerConfig::of(OptimizerType::Adam), model.num_parameters()};
+  PassHooks hooks;
+
+  ReferenceStepWork() {
+    const ReferenceData data = make_reference_data(kBatch, 4, 0);
+    Kokkos::deep_copy(x, data.x);
+    Kokkos::deep_copy(y, data.y);
+    hooks.gradients = [this](std::size_t l) { return grads.data() + model.layer_offset(l); };
+  }
+  // Launches one step; waits for nothing.
+  void launch() {
+    model.forward_loss(x, y, model.loss_scale(kBatch), loss, ws);
+    model.backward(x, ws, hooks);
+    const std::size_t p = model.num_parameters();
+    Vector params = model.parameters();
+    adam.step(VectorRef(params.data(), p), ConstVectorRef(grads.data(), p), 1e-3);
+  }
+  std::vector<float> parameters() const {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), model.parameters());
+    return std::vector<float>(host.data(), host.data() + host.extent(0));
+  }
+};
+
+bool cuda_ok(benchmark::State& state, cudaError_t code, const char* call) {
+  if (code == cudaSuccess) return true;
+  (void)cudaGetLastError();
+  state.SkipWithError((std::string(call) + " failed: " + cudaGetErrorName(code) + ": " +
+                       cudaGetErrorString(code)).c_str());
+  return false;
+}
+
+void BM_StepGraph_Reference_Eager(benchmark::State& state) {
+  ReferenceStepWork work;
+  work.launch();
+  ExecSpace().fence();
+  for (auto _ : state) {
+    work.launch();
+    ExecSpace().fence();
+  }
+  state.counters["steps/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_StepGraph_Reference_Replay(benchmark::State& state) {
+  // The same two steps, one eagerly throughout and one captured then replayed.
+  ReferenceStepWork eager, graphed;
+  eager.launch();
+  eager.launch();
+  ExecSpace().fence();
+  graphed.launch();  // the first launches (kernel attributes, cuBLAS set-up) outside the capture
+  ExecSpace().fence();
+  const cudaStream_t stream = ExecSpace().cuda_stream();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  // Relaxed: Kokkos may query kernel attributes while launching, which global mode forbids.
+  if (!cuda_ok(state, cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed),
+               "cudaStreamBeginCapture")) {
+    return;
+  }
+  std::string launch_error;
+  try {
+    graphed.launch();
+  } catch (const std::exception& e) {
+    launch_error = e.what();
+  }
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  if (!launch_error.empty()) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    state.SkipWithError(("the step failed while captured: " + launch_error).c_str());
+    return;
+  }
+  if (!cuda_ok(state, ended, "cudaStreamEndCapture (a call in the step cannot be captured)")) return;
+  std::size_t nodes = 0;
+  cudaGraphGetNodes(graph, nullptr, &nodes);
+  if (!cuda_ok(state, cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate")) {
+    cudaGraphDestroy(graph);
+    return;
+  }
+  bool replayed = cuda_ok(state, cudaGraphLaunch(exec, stream), "cudaGraphLaunch") &&
+                  cuda_ok(state, cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  const bool matches = replayed && graphed.parameters() == eager.parameters();
+  if (replayed && !matches) {
+    state.SkipWithError("one replay of the captured step differs from the eager step");
+    replayed = false;
+  }
+  if (replayed) {
+    for (auto _ : state) {
+      if (cudaGraphLaunch(exec, stream) != cudaSuccess || cudaStreamSynchronize(stream) != cudaSuccess) {
+        cuda_ok(state, cudaGetLastError(), "cudaGraphLaunch/cudaStreamSynchronize");
+        break;
+      }
+    }
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  state.counters["graph_nodes"] = static_cast<double>(nodes);
+  state.counters["matches_eager"] = matches ? 1 : 0;
+  state.counters["steps/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_StepGraph_Reference_Eager)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_StepGraph_Reference_Replay)->Iterations(20000)->Repetitions(5)->Unit(benchmark::kMicrosecond)->UseRealTime();
+#endif  // KOKKOS_ENABLE_CUDA
+
 BENCHMARK(bench::sgemm_peak)->Name("BM_SgemmPeak")->Iterations(20)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_DataWait_Sharded)->Iterations(64)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_DataWait_InMemory)->Iterations(64)->Repetitions(3)->Unit(benchmark::kMillisecond)->UseRealTime();

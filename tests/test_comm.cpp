@@ -13,6 +13,7 @@
 #include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/comm/checked_communicator.hpp"
 #include "meshtrain/comm/counting_communicator.hpp"
+#include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/comm/mpi_communicator.hpp"
 #include "meshtrain/error.hpp"
 #include "meshtrain/runtime/cpu_affinity.hpp"
@@ -363,4 +364,41 @@ TEST_F(World, DebugModeNamesABf16Mismatch) {
     EXPECT_NE(what.find("allreduce of 4 float32"), std::string::npos) << what;
   }
   comm.barrier();
+}
+
+namespace {
+// MPI collectives, but a communicator that says they are ordered on a device stream and
+// records the stream it was asked about (as NcclCommunicator would, without a GPU).
+class StreamOrdered final : public ObservingCommunicator {
+ public:
+  StreamOrdered() : ObservingCommunicator(std::make_shared<MpiCommunicator>(MPI_COMM_WORLD)) {}
+  bool order_after_stream(void* stream) override {
+    asked = stream;
+    return true;
+  }
+  void* asked = nullptr;
+
+ private:
+  void before(const CollectiveCall&) override {}
+};
+}  // namespace
+
+// The engines' ordering question (Communicator::order_after_stream, train/device_order.hpp)
+// reaches the communicator through every decorator the runtime puts on a group; MPI says no,
+// so callers fence.
+TEST_F(World, DecoratorsForwardOrderAfterStream) {
+  int marker = 0;
+  EXPECT_FALSE(MpiCommunicator(MPI_COMM_WORLD).order_after_stream(&marker));
+  auto inner = std::make_shared<StreamOrdered>();
+  auto counting = std::make_shared<CountingCommunicator>(inner);
+  auto recorder = std::make_shared<FlightRecorder>(8, r, n);
+  auto recorded = std::make_shared<FlightRecordingCommunicator>(
+      counting, recorder, recorder->add_group("world", 0, n, r));
+  CheckedCommunicator checked(recorded, MPI_COMM_WORLD, "test",
+                              CollectiveChecks{std::chrono::milliseconds(60000), true});
+  EXPECT_TRUE(checked.order_after_stream(&marker));
+  EXPECT_EQ(inner->asked, &marker);
+  EXPECT_EQ(checked.sequence(), 0u);  // not a collective
+  auto plain = std::make_shared<CountingCommunicator>(std::make_shared<MpiCommunicator>(MPI_COMM_WORLD));
+  EXPECT_FALSE(plain->order_after_stream(&marker));
 }

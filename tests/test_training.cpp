@@ -1104,6 +1104,96 @@ TEST(NonFinite, SkipLeavesTheParametersFiniteAndCountsTheSteps) {
   for (double l : r.metrics.epoch_losses) EXPECT_TRUE(std::isfinite(l));
 }
 
+// With clipping, the non-finite check is the clipping norm (no pass of its own): every
+// strategy must still skip exactly the poisoned steps, abort on them by default, and train the
+// other steps as the plain check does.
+TEST(NonFinite, ClippingNormIsTheCheckUnderEveryStrategy) {
+  const int n = world_size();
+  const ReferenceData data = data_with_a_nan();
+  const std::vector<DistributedConfig> meshes = {
+      DistributedConfig{},
+      DistributedConfig{{1, n}, {"data", "fsdp"}, Strategy::Fsdp},
+      DistributedConfig{{1, n}, {"data", "model"}, Strategy::Data},  // tensor parallel
+  };
+  for (const DistributedConfig& mesh : meshes) {
+    SCOPED_TRACE(mesh.mesh_axis_names.empty() ? "data" : mesh.mesh_axis_names.back());
+    TrainingConfig config;
+    config.batch_size = 10;
+    config.num_epochs = 3;
+    config.clip_grad_norm = 0.5;
+    config.distributed_config = mesh;
+    config.nonfinite = NonFinite::Skip;
+    Trainer skipping(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
+    const FitResult r = skipping.fit(data.x, data.y);
+    EXPECT_EQ(r.metrics.skipped_steps, 3);
+    EXPECT_EQ(r.metrics.steps, 12);
+    for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+    for (double l : r.metrics.epoch_losses) EXPECT_TRUE(std::isfinite(l));
+
+    config.nonfinite = NonFinite::Abort;
+    Trainer aborting(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
+    try {
+      aborting.fit(data.x, data.y);
+      ADD_FAILURE() << "expected TrainingError";
+    } catch (const TrainingError& e) {
+      EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
+    }
+    MpiCommunicator(MPI_COMM_WORLD).barrier();
+  }
+}
+
+// With a bf16 gradient all-reduce the check is the widening kernel's count: the poisoned
+// steps are skipped, or abort, as with the plain check, with overlap on and off.
+TEST(NonFinite, Bf16WideningKernelIsTheCheck) {
+  const ReferenceData data = data_with_a_nan();
+  for (bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlap on" : "overlap off");
+    TrainingConfig config;
+    config.batch_size = 10;
+    config.num_epochs = 3;
+    config.grad_comm_dtype = Dtype::Bf16;
+    config.overlap_communication = overlap;
+    config.nonfinite = NonFinite::Skip;
+    Trainer skipping(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
+    ASSERT_EQ(skipping.model().num_parameters(), 4u * 12 + 12 + 12 + 1);
+    const FitResult r = skipping.fit(data.x, data.y);
+    EXPECT_EQ(skipping.reducer().wire_dtype(), Dtype::Bf16);
+    EXPECT_EQ(skipping.reducer().nonfinite_count(), 0);  // the last step was a clean one
+    EXPECT_EQ(r.metrics.skipped_steps, 3);
+    EXPECT_EQ(r.metrics.steps, 12);
+    for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+
+    config.nonfinite = NonFinite::Abort;
+    Trainer aborting(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
+    try {
+      aborting.fit(data.x, data.y);
+      ADD_FAILURE() << "expected TrainingError";
+    } catch (const TrainingError& e) {
+      EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
+      EXPECT_GT(aborting.reducer().nonfinite_count(), 0);
+    }
+    MpiCommunicator(MPI_COMM_WORLD).barrier();
+  }
+}
+
+// Without a poisoned step the clipped run is the one clipping always gave: clipping to a norm
+// never reached changes nothing, bit for bit, whichever check ran.
+TEST(NonFinite, ClippedRunWithoutNonFiniteStepsIsUnchanged) {
+  const ReferenceData data = make_reference_data(40, 4, 1);
+  TrainingConfig config;
+  config.batch_size = 10;
+  config.num_epochs = 2;
+  config.nonfinite = NonFinite::Skip;
+  Trainer plain(Mlp({4, 12, 1}, Activation::ReLU, 1), config);
+  const FitResult unclipped = plain.fit(data.x, data.y);
+  config.clip_grad_norm = 1e9;
+  Trainer loose(Mlp({4, 12, 1}, Activation::ReLU, 1), config);
+  const FitResult clipped = loose.fit(data.x, data.y);
+  EXPECT_EQ(clipped.metrics.skipped_steps, 0);
+  EXPECT_EQ(host_params(clipped.model), host_params(unclipped.model));
+  EXPECT_EQ(clipped.metrics.epoch_losses, unclipped.metrics.epoch_losses);
+}
+
 namespace {
 // Trains `config` once straight through, and once stopped by the flag after epoch
 // `stop_after_epoch` plus one step, with the state carried to a fresh trainer (over

@@ -161,6 +161,7 @@ struct NcclCommunicator::State {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   cudaEvent_t inputs_ready = nullptr;
+  cudaEvent_t compute_ready = nullptr;  // order_after_stream's
   std::vector<cudaEvent_t> idle_events;  // reused, so that a step creates none
   std::int32_t* barrier_word = nullptr;  // one device int, always zero
   int device = 0;
@@ -188,6 +189,7 @@ struct NcclCommunicator::State {
     }
     for (cudaEvent_t event : idle_events) cudaEventDestroy(event);
     if (inputs_ready != nullptr) cudaEventDestroy(inputs_ready);
+    if (compute_ready != nullptr) cudaEventDestroy(compute_ready);
     if (barrier_word != nullptr) cudaFree(barrier_word);
     if (stream != nullptr) cudaStreamDestroy(stream);
     if (previous >= 0 && previous != device) cudaSetDevice(previous);
@@ -380,6 +382,8 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, std::chrono::milliseconds time
                "cudaStreamCreateWithFlags", state.world_rank);
     check_cuda(cudaEventCreateWithFlags(&state.inputs_ready, cudaEventDisableTiming),
                "cudaEventCreateWithFlags", state.world_rank);
+    check_cuda(cudaEventCreateWithFlags(&state.compute_ready, cudaEventDisableTiming),
+               "cudaEventCreateWithFlags", state.world_rank);
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&state.barrier_word), sizeof(std::int32_t)),
                "cudaMalloc", state.world_rank);
     check_cuda(cudaMemset(state.barrier_word, 0, sizeof(std::int32_t)), "cudaMemset",
@@ -422,6 +426,19 @@ DeviceTimer* NcclCommunicator::device_timer() {
 std::chrono::milliseconds NcclCommunicator::timeout() const { return state_->timeout; }
 
 std::uint64_t NcclCommunicator::collectives_started() const { return state_->started; }
+
+bool NcclCommunicator::order_after_stream(void* cuda_stream) {
+  // Touches only the stream and its own event (CUDA calls are thread-safe), so the gradient
+  // reducer's main thread may call it while its communication thread runs a collective; an
+  // aborted communicator's next collective still throws.
+  State& state = *state_;
+  DeviceScope scope(state.device, state.world_rank);
+  check_cuda(cudaEventRecord(state.compute_ready, static_cast<cudaStream_t>(cuda_stream)),
+             "cudaEventRecord", state.world_rank);
+  check_cuda(cudaStreamWaitEvent(state.stream, state.compute_ready, 0), "cudaStreamWaitEvent",
+             state.world_rank);
+  return true;
+}
 
 void NcclCommunicator::allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) {
   State& state = *state_;

@@ -50,7 +50,7 @@ void Dense::forward(const LayerPass& pass, ConstMatrixRef x, const float* params
     if (computes_as_ == ParallelRole::Row) pass.reduce_output(y);
     bias_activation(y, bias(params), Activation::Identity);
     const MatrixRef z(pass.scratch, y.extent(0), out_);
-    Kokkos::deep_copy(z, y);
+    Kokkos::deep_copy(ExecSpace(), z, y);
     activation_forward(z, y, activation_);
     return;
   }

@@ -348,7 +348,7 @@ static void per_mode_gemm(const char* op_a, const char* op_b, std::size_t k, con
   for (std::size_t m = 0; m < k; ++m) {
     MatrixRef cm(c + m * c_rows * c_cols, c_rows, c_cols);
     if (empty_sum) {
-      Kokkos::deep_copy(cm, 0.0f);
+      Kokkos::deep_copy(ExecSpace(), cm, 0.0f);
       continue;
     }
     KokkosBlas::gemm(op_a, op_b, 1.0f, ConstMatrixRef(a + m * a_rows * a_cols, a_rows, a_cols),

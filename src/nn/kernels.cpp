@@ -1,8 +1,8 @@
 #include "meshtrain/nn/kernels.hpp"
 
 #include <KokkosBlas3_gemm.hpp>
-#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -57,7 +57,12 @@ KOKKOS_INLINE_FUNCTION float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float er = p * r * r + r + 1.0f;
-  return er * std::bit_cast<float>(static_cast<std::int32_t>((n + 127) << 23));
+  // 2^n from its bits. memcpy, not std::bit_cast: nvcc refuses a constexpr host function in
+  // device code (warning 20013) unless --expt-relaxed-constexpr, which Kokkos may not set.
+  const std::int32_t bits = (n + 127) << 23;
+  float two_n = 0.0f;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return er * two_n;
 }
 
 // x * Phi(x), Phi the standard normal CDF (PyTorch's gelu, approximate = "none").
@@ -137,7 +142,7 @@ void matmul(ConstMatrixRef x, ConstMatrixRef w, MatrixRef y, const GemmPrecision
   if (x.extent(1) > 0) {
     gemm("N", "N", x, w, 0.0f, y, precision);
   } else {
-    Kokkos::deep_copy(y, 0.0f);
+    Kokkos::deep_copy(ExecSpace(), y, 0.0f);
   }
 }
 
@@ -291,8 +296,8 @@ void linear_backward(ConstMatrixRef x, ConstMatrixRef w, ConstMatrixRef dz, Matr
   if (n == 0) {
     // An empty shard contributes nothing, but its gradient slots must still be zero
     // before the all-reduce sums them.
-    Kokkos::deep_copy(dw, 0.0f);
-    Kokkos::deep_copy(db, 0.0f);
+    Kokkos::deep_copy(ExecSpace(), dw, 0.0f);
+    Kokkos::deep_copy(ExecSpace(), db, 0.0f);
     return;
   }
   gemm("T", "N", x, dz, 0.0f, dw, precision);

@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "meshtrain/train/step_engine.hpp"
+#include "train/device_order.hpp"
 #include "train/gradient_accumulator.hpp"
 
 namespace meshtrain {
@@ -15,9 +16,10 @@ void StepEngine::write_parameters(Model& model) {
 double sum_scalar(Kokkos::View<float, MemSpace, Unmanaged> value,
                   std::initializer_list<Communicator*> groups) {
   // Reduced where it lives (device memory for NCCL), then read once.
-  ExecSpace().fence();
   for (Communicator* group : groups) {
-    if (group->size() > 1) group->allreduce(value.data(), 1, DataType::Float32, ReduceOp::Sum);
+    if (group->size() == 1) continue;
+    order_collective_after_compute(*group);
+    group->allreduce(value.data(), 1, DataType::Float32, ReduceOp::Sum);
   }
   float host = 0.0f;
   Kokkos::deep_copy(host, value);
@@ -39,7 +41,7 @@ double squared_norm(const float* data, std::size_t n) {
 double sum_over(Communicator& group, double value, Kokkos::View<double, MemSpace> scratch) {
   if (group.size() == 1) return value;
   Kokkos::deep_copy(scratch, value);
-  ExecSpace().fence();
+  order_collective_after_compute(group);
   group.allreduce(scratch.data(), 1, DataType::Float64, ReduceOp::Sum);
   double total = 0.0;
   Kokkos::deep_copy(total, scratch);
@@ -104,8 +106,7 @@ class DataParallelEngine final : public StepEngine {
     if (micro.count > 1) accumulated_.add_to(grads_.data() + p, p, 1);
     reducer_.begin_step(grads_.data());
     model_.backward(x, workspace_, hooks_);
-    ExecSpace().fence();
-    reducer_.finish();
+    reducer_.finish();  // orders its collectives after backward's kernels
   }
 
   void apply_gradients(double lr) override {

@@ -4,6 +4,7 @@
 #include "meshtrain/clock.hpp"
 #include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/train/step_engine.hpp"
+#include "train/device_order.hpp"
 #include "train/gradient_accumulator.hpp"
 
 namespace meshtrain {
@@ -71,7 +72,7 @@ class FsdpEngine final : public StepEngine {
     if (micro.count > 1) accumulated_.add_to(loss_.data(), p, 1);
     model_.backward(x, workspace_, hooks_);
 
-    ExecSpace().fence();
+    order_collective_after_compute(shards_);
     const double start = now_seconds();
     shards_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
     if (replicas_.size() > 1) replicas_.allreduce(loss_.data(), 1, DataType::Float32, ReduceOp::Sum);
@@ -153,7 +154,8 @@ class FsdpEngine final : public StepEngine {
   // from every rank's chunk.
   const float* gather_layer(std::size_t l) { return gather_layer(l, param_shard_); }
   const float* gather_layer(std::size_t l, const Vector& local) {
-    ExecSpace().fence();
+    // After the kernels that wrote `local` and that still read the gathered buffer.
+    order_collective_after_compute(shards_);
     const double start = now_seconds();
     CollectiveSite site("fsdp.gather_layer");
     shards_.all_gather(local.data() + shard_offset_[l], gathered_.data(), chunk_[l],
@@ -166,8 +168,11 @@ class FsdpEngine final : public StepEngine {
   void reduce_layer_gradient(std::size_t l) {
     const std::size_t n = model_.layer_size(l);
     const std::size_t padded = chunk_[l] * static_cast<std::size_t>(shards_.size());
-    if (padded > n) Kokkos::deep_copy(Kokkos::subview(layer_grad_, std::make_pair(n, padded)), 0.0f);
-    ExecSpace().fence();
+    if (padded > n) {
+      // On the execution space: a plain deep_copy would fence the whole device.
+      Kokkos::deep_copy(ExecSpace(), Kokkos::subview(layer_grad_, std::make_pair(n, padded)), 0.0f);
+    }
+    order_collective_after_compute(shards_);
     const double start = now_seconds();
     float* mine = grad_shard_.data() + shard_offset_[l];
     CollectiveSite site("fsdp.reduce_gradient");

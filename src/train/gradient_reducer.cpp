@@ -11,6 +11,7 @@
 #include "meshtrain/comm/bfloat16.hpp"
 #include "meshtrain/comm/flight_recorder.hpp"
 #include "meshtrain/error.hpp"
+#include "train/device_order.hpp"
 
 namespace meshtrain {
 
@@ -27,6 +28,26 @@ void widen_from_bfloat16(const bfloat16_bits* from, float* into, std::size_t beg
   Kokkos::parallel_for(
       "meshtrain::gradients_from_bf16", Kokkos::RangePolicy<ExecSpace>(begin, end),
       KOKKOS_LAMBDA(std::size_t i) { into[i] = from_bfloat16(from[i]); });
+}
+
+// Widens [0, narrow_end) back into `into` and counts the NaN and Inf elements of the whole
+// buffer [0, total) (the widened values and the fp32 tail) into `count`, on the device: the
+// non-finite check rides on the pass that writes the gradients anyway.
+void widen_counting_nonfinite(const bfloat16_bits* from, float* into, std::size_t narrow_end,
+                              std::size_t total, Kokkos::View<int, MemSpace> count) {
+  Kokkos::parallel_reduce(
+      "meshtrain::gradients_from_bf16", Kokkos::RangePolicy<ExecSpace>(0, total),
+      KOKKOS_LAMBDA(std::size_t i, int& bad) {
+        float v;
+        if (i < narrow_end) {
+          v = from_bfloat16(from[i]);
+          into[i] = v;
+        } else {
+          v = into[i];
+        }
+        if (!(v - v == 0.0f)) ++bad;  // NaN or Inf
+      },
+      count);
 }
 
 std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_t extra,
@@ -62,6 +83,7 @@ struct GradientReducer::State {
       wire_buffer = Kokkos::View<bfloat16_bits*, MemSpace>(
           Kokkos::view_alloc(Kokkos::WithoutInitializing, "meshtrain::bf16_gradients"),
           narrow_end);
+      nonfinite = Kokkos::View<int, MemSpace>("meshtrain::bf16_nonfinite");
     }
   }
 
@@ -84,6 +106,7 @@ struct GradientReducer::State {
   std::size_t total = 0;       // the buffer's length (the buckets' union)
   std::size_t narrow_end = 0;  // [narrow_end, total) stays fp32
   Kokkos::View<bfloat16_bits*, MemSpace> wire_buffer;
+  Kokkos::View<int, MemSpace> nonfinite;  // bf16: counted by widen()
   float* grads = nullptr;
   std::size_t next = 0;  // buckets posted this step
   // Poll
@@ -149,9 +172,18 @@ void GradientReducer::State::narrow(std::size_t index) {
 }
 
 void GradientReducer::State::widen() {
-  widen_from_bfloat16(wire_buffer.data(), grads, 0, narrow_end);
+  widen_counting_nonfinite(wire_buffer.data(), grads, narrow_end, total, nonfinite);
   ExecSpace().fence();
 }
+
+int GradientReducer::nonfinite_count() const {
+  if (state_->wire != Dtype::Bf16) return -1;
+  int count = 0;
+  Kokkos::deep_copy(count, state_->nonfinite);
+  return count;
+}
+
+std::size_t GradientReducer::buffer_size() const { return state_->total; }
 
 // Blocking. With bf16 the bucket has been narrowed (and fenced) by the caller's thread.
 void GradientReducer::State::reduce(std::size_t index) {
@@ -199,11 +231,12 @@ void GradientReducer::begin_step(float* grads) {
   s.reduced = 0;
 }
 
-// Hands bucket `index` (written and fenced) to the communication.
+// Hands bucket `index` (written, and the communication ordered after that) to the
+// communication.
 void GradientReducer::State::post(std::size_t index) {
   if (wire == Dtype::Bf16) {
     narrow(index);
-    ExecSpace().fence();
+    order_collective_after_compute(comm);
   }
   if (progress == Progress::Thread) {
     {
@@ -239,8 +272,11 @@ void GradientReducer::on_layer_grads(std::size_t layer) {
   State& s = *state_;
   if (!s.overlap) return;
   s.poll();
-  // The bucket's gradients must be written (device kernels finished) before it is sent.
-  ExecSpace().fence();
+  if (s.next == s.buckets.size() || s.buckets[s.next].ready_after_layer < layer) return;
+  // The bucket's gradients must be written before it is sent: a fence, or on CUDA with NCCL
+  // an event that the communicator's stream waits for (no host wait per layer). With bf16,
+  // post() orders after its narrowing kernel, which comes after them.
+  if (s.wire != Dtype::Bf16) order_collective_after_compute(s.comm);
   while (s.next < s.buckets.size() && s.buckets[s.next].ready_after_layer >= layer) {
     s.post(s.next++);
   }
@@ -252,11 +288,11 @@ void GradientReducer::finish() {
   if (!s.overlap) {
     if (s.wire == Dtype::Bf16) {
       for (std::size_t i = 0; i < s.buckets.size(); ++i) s.narrow(i);
-      ExecSpace().fence();
     }
+    order_collective_after_compute(s.comm);
     for (std::size_t i = 0; i < s.buckets.size(); ++i) s.reduce(i);
   } else {
-    ExecSpace().fence();
+    if (s.next < s.buckets.size() && s.wire != Dtype::Bf16) order_collective_after_compute(s.comm);
     while (s.next < s.buckets.size()) s.post(s.next++);
     if (s.progress == Progress::Thread) {
       std::unique_lock lock(s.mutex);

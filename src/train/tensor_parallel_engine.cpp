@@ -7,6 +7,7 @@
 #include "meshtrain/error.hpp"
 #include "meshtrain/mesh/distributed_config.hpp"
 #include "meshtrain/train/step_engine.hpp"
+#include "train/device_order.hpp"
 #include "train/gradient_accumulator.hpp"
 
 namespace meshtrain {
@@ -77,7 +78,7 @@ class TensorParallelEngine final : public StepEngine {
       return;
     }
     if (micro.count > 1) accumulated_.add_to(grads_.data(), 0, n);
-    ExecSpace().fence();
+    order_collective_after_compute(data_);
     const double start = now_seconds();
     data_.allreduce(grads_.data(), local_.num_parameters() + 1, DataType::Float32,
                     ReduceOp::Sum);
@@ -170,7 +171,7 @@ class TensorParallelEngine final : public StepEngine {
   // A partial sum over the model axis, summed in place once the kernels that wrote it are
   // done.
   void all_reduce_model(MatrixRef partial) {
-    ExecSpace().fence();
+    order_collective_after_compute(shards_);
     const double start = now_seconds();
     shards_.allreduce(partial.data(), partial.size(), DataType::Float32, ReduceOp::Sum);
     blocked_ += now_seconds() - start;

@@ -401,13 +401,33 @@ bool Trainer::step(std::size_t batch) {
   const ConstVectorRef grads = engine_->gradients();
   const auto loss = engine_->loss();
   int bad = 0;
-  Kokkos::parallel_reduce(
-      "meshtrain::count_nonfinite", Kokkos::RangePolicy<ExecSpace>(0, grads.extent(0) + 1),
-      KOKKOS_LAMBDA(std::size_t i, int& count) {
-        const float v = i < grads.extent(0) ? grads(i) : loss();
-        if (!(v - v == 0.0f)) ++count;  // NaN or Inf
-      },
-      bad);
+  const bool clipping = config_.clip_grad_norm > 0.0;
+  double norm = 0.0;
+  if (clipping) {
+    // Clipping's norm reads every gradient element this rank holds anyway, so it is the
+    // check: summed in double, the squares of finite floats stay finite (each below 1.2e77),
+    // so the norm is NaN or Inf exactly when one of the elements it covers is, on this rank
+    // or (summed over a shard group) on one whose flag the all-reduce below sees anyway.
+    // No second pass over the gradients; the loss is one float.
+    norm = engine_->gradient_norm();
+    float value = 0.0f;
+    Kokkos::deep_copy(value, loss);
+    bad = std::isfinite(norm) && std::isfinite(value) ? 0 : 1;
+  } else if (const GradientReducer* reducer = engine_->reducer();
+             reducer != nullptr && reducer->wire_dtype() == Dtype::Bf16 &&
+             reducer->buffer_size() == grads.extent(0) + 1) {
+    // A bf16 gradient all-reduce widens the whole buffer (the gradients and the loss in its
+    // last slot) back to fp32 in one kernel, which counted them as it wrote them.
+    bad = reducer->nonfinite_count();
+  } else {
+    Kokkos::parallel_reduce(
+        "meshtrain::count_nonfinite", Kokkos::RangePolicy<ExecSpace>(0, grads.extent(0) + 1),
+        KOKKOS_LAMBDA(std::size_t i, int& count) {
+          const float v = i < grads.extent(0) ? grads(i) : loss();
+          if (!(v - v == 0.0f)) ++count;  // NaN or Inf
+        },
+        bad);
+  }
   std::int32_t flags[2] = {bad > 0 ? 1 : 0, stop_flag_ && *stop_flag_ ? 1 : 0};
   CollectiveSite site("trainer.step_flags");
   world_->allreduce(std::span<std::int32_t>(flags), ReduceOp::Max);
@@ -428,7 +448,13 @@ bool Trainer::step(std::size_t batch) {
         "meshtrain::record_skipped", Kokkos::RangePolicy<ExecSpace>(0, 1),
         KOKKOS_LAMBDA(int) { losses(batch) = nan; });
   } else {
-    if (config_.clip_grad_norm > 0.0) clip_gradients();
+    if (clipping) {
+      // optax.clip_by_global_norm, with the norm computed above.
+      last_gradient_norm_ = norm;
+      if (norm > config_.clip_grad_norm) {
+        engine_->scale_gradients(static_cast<float>(config_.clip_grad_norm / norm));
+      }
+    }
     engine_->apply_gradients(learning_rate_at(run_steps_));
     Kokkos::parallel_for(
         "meshtrain::record_loss", Kokkos::RangePolicy<ExecSpace>(0, 1),

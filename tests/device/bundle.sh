@@ -2,7 +2,12 @@
 # Packs what tests/device/run_bundle.sh needs on a GPU machine that has CUDA, Python and the
 # nvidia-nccl wheel but no Open MPI, Kokkos, OpenBLAS or Google Benchmark:
 #
-#   tests/device/bundle.sh [BUILD_DIR]        # default build-t (read only: nothing is rebuilt)
+#   tests/device/bundle.sh [BUILD_DIR] [--cuda CUDA_BUILD_DIR]
+#
+# BUILD_DIR (default build-t) is a Serial build (read only: nothing is rebuilt). With --cuda
+# (e.g. build-cuda, the Kokkos 4 CUDA build of scripts/test-kokkos4.sh) the GPU build's
+# binaries are carried too, for run_bundle.sh's GPU steps, with the CPU run's losses that the
+# GPU's must equal (expected/, made here with BUILD_DIR's meshtrain at one rank).
 #
 # Writes .devbundle/ (ignored through .git/info/exclude):
 #   bin/   nccl_tests, bench_step, bench_kernels, distributed_pde, meshtrain, mpi_empty (those
@@ -16,14 +21,40 @@
 #          orterun (mpirun, mpiexec), orted, ompi_info, the libraries, the MCA plugins (less
 #          those that need UCX, libfabric, PSM or verbs: useless on one node, and large), the
 #          PMIx library and plugins, and the help files;
+#   cuda/bin/  with --cuda: unit_tests, mpi_tests, io_tests, run_config_tests, darcy_tests,
+#          checkpoint_state_tests, nccl_tests, meshtrain, distributed_pde, bench_step of the CUDA
+#          build (those it has). Kokkos 4 is linked statically; their libraries join lib/,
+#          except cuBLAS and cuFFT (50-540 MB each), which the remote CUDA 13 toolkit has, and
+#          libcudart.so.13, carried as above;
+#   expected/  with --cuda: metrics.jsonl of examples/reference.toml at one rank under the
+#          data, fsdp and tensor strategies (<strategy>.jsonl) and the printed output (.log);
 #   bundle.tar.xz  all of the above in one file (about a third of the size): carry only this
 #          (run tool: carry [".devbundle/bundle.tar.xz"]); run_bundle.sh unpacks it in place.
 # Prints the sizes at the end.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-build=${1:-build-t}
+build=
+cuda_build=
+while (($#)); do
+  case $1 in
+    --cuda) cuda_build=${2:?bundle.sh: --cuda needs a build directory}; shift 2 ;;
+    --cuda=*) cuda_build=${1#--cuda=}; shift ;;
+    -*) echo "bundle.sh: unknown option $1" >&2; exit 2 ;;
+    *) [[ -z $build ]] || { echo "bundle.sh: one BUILD_DIR only" >&2; exit 2; }
+       build=$1; shift ;;
+  esac
+done
+build=${build:-build-t}
 [[ $build = /* ]] || build=$repo/$build
+if [[ -n $cuda_build ]]; then
+  [[ $cuda_build = /* ]] || cuda_build=$repo/$cuda_build
+  [[ -d $cuda_build/bin ]] || { echo "bundle.sh: no $cuda_build/bin" >&2; exit 1; }
+  # BUNDLE_CPU_AS_CUDA=1 lets a CPU build stand in, to check run_bundle.sh's logic (GPU_DRY=1).
+  [[ ${BUNDLE_CPU_AS_CUDA:-0} == 1 ]] ||
+    grep -q 'MESHTRAIN_KOKKOS_BACKEND:[A-Z]*=CUDA' "$cuda_build/CMakeCache.txt" 2>/dev/null ||
+    { echo "bundle.sh: $cuda_build is not a CUDA build (MESHTRAIN_KOKKOS_BACKEND=CUDA in its CMakeCache.txt)" >&2; exit 1; }
+fi
 dest=$repo/.devbundle
 cuda=${CUDA_HOME:-/usr/local/cuda}
 triplet=x86_64-linux-gnu
@@ -47,6 +78,17 @@ for b in nccl_tests bench_step bench_kernels distributed_pde meshtrain mpi_empty
     echo "bundle.sh: $build/bin/$b not built, skipped" >&2
   fi
 done
+if [[ -n $cuda_build ]]; then
+  mkdir -p "$dest/cuda/bin"
+  for b in unit_tests mpi_tests io_tests run_config_tests darcy_tests checkpoint_state_tests \
+    nccl_tests meshtrain distributed_pde bench_step; do
+    if [[ -x $cuda_build/bin/$b ]]; then
+      cp "$cuda_build/bin/$b" "$dest/cuda/bin/$b"
+    else
+      echo "bundle.sh: $cuda_build/bin/$b not built, skipped" >&2
+    fi
+  done
+fi
 g++ -std=c++17 -O2 -I"$cuda/include" "$repo/tests/device/nccl_sweep.cpp" \
   -L"$cuda/lib64" -L"$cuda/lib" -lnccl -lcudart -Wl,-rpath,'$ORIGIN/../lib' \
   -o "$dest/bin/nccl_sweep"
@@ -90,13 +132,15 @@ grep -v '^mca_base_component_path' "$syspmix/share/pmix-mca-params.conf" \
 
 # --- shared libraries: the ldd closure ---------------------------------------------------------
 # Not carried: glibc, the compiler runtime (the remote one is newer), the CUDA driver, NCCL.
-keep_out_re='^(linux-vdso|ld-linux|libc\.so|libm\.so|libmvec|libdl\.so|libpthread\.so|librt\.so|libutil\.so|libresolv\.so|libanl\.so|libnss_|libthread_db|libBrokenLocale|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libnccl)'
+# The CUDA build's cuBLAS and cuFFT stay remote too: the toolkit there has them, and they are
+# far too large to carry (cublasLt alone is 540 MB).
+keep_out_re='^(linux-vdso|ld-linux|libc\.so|libm\.so|libmvec|libdl\.so|libpthread\.so|librt\.so|libutil\.so|libresolv\.so|libanl\.so|libnss_|libthread_db|libBrokenLocale|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libnccl|libcublas|libcublasLt|libcufft)'
 declare -A seen=()
 closure() {  # prints "soname path" for each library ldd resolves for $1
   ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 } $2 == "=>" && $3 == "not" { print $1, "MISSING" }'
 }
 missing=0
-for f in "$dest"/bin/* "$ompi"/bin/orterun "$ompi"/bin/orted "$ompi"/bin/ompi_info "${plugins[@]}"; do
+for f in "$dest"/bin/* "$dest"/cuda/bin/* "$ompi"/bin/orterun "$ompi"/bin/orted "$ompi"/bin/ompi_info "${plugins[@]}"; do
   [[ -L $f ]] && continue
   while read -r soname path; do
     [[ $soname =~ $keep_out_re ]] && continue
@@ -126,7 +170,7 @@ done
 mkdir -p "$dest/lib/hwloc"  # HWLOC_PLUGINS_PATH: no hwloc plugins from the remote system
 
 # Strip what is not stripped yet (Debian's libraries already are; the build is Release).
-find "$dest/bin" "$dest/lib" "$ompi" -type f \( -perm -u+x -o -name '*.so*' \) ! -name '*.txt' \
+find "$dest/bin" "$dest/lib" "$ompi" ${cuda_build:+"$dest/cuda"} -type f \( -perm -u+x -o -name '*.so*' \) ! -name '*.txt' \
   -exec sh -c 'file -b "$1" | grep -q "not stripped" && strip --strip-unneeded "$1" || true' _ {} \;
 
 # --- check: every carried ELF resolves against the bundle alone (plus what stays remote) -------
@@ -134,7 +178,8 @@ libpath=$dest/lib:$olib:$olib/pmix2/lib:$cuda/lib64:$cuda/lib
 bad=0
 while IFS= read -r f; do
   [[ $(file -b "$f") == ELF* ]] || continue
-  deps=$(LD_LIBRARY_PATH=$libpath ldd "$f" 2>&1 || true)
+  # libcuda.so.1 (the driver; the CUDA build's Kokkos links it) exists only where a GPU is.
+  deps=$(LD_LIBRARY_PATH=$libpath ldd "$f" 2>&1 | grep -v '^[[:space:]]*libcuda\.so\.1 => not found' || true)
   if [[ $deps == *'not found'* ]]; then
     echo "bundle.sh: unresolved in $f:" >&2
     grep 'not found' <<<"$deps" >&2
@@ -143,9 +188,38 @@ while IFS= read -r f; do
 done < <(find "$dest" -type f)
 ((bad == 0)) || exit 1
 
+# --- the CPU run's losses, which the GPU run's must equal within 1e-5 relative -----------------
+# One rank of BUILD_DIR's meshtrain (Serial Kokkos) on examples/reference.toml, per strategy; the
+# losses are the same at every rank count and strategy (the e2e tests check it), one rank is the
+# plainest. Output directories under a temporary folder.
+if [[ -n $cuda_build ]]; then
+  [[ -x $build/bin/meshtrain ]] || { echo "bundle.sh: $build/bin/meshtrain is needed for expected/" >&2; exit 1; }
+  mkdir -p "$dest/expected"
+  work=$(mktemp -d "${TMPDIR:-/tmp}/bundle_expected.XXXXXX")
+  for strategy in data fsdp tensor; do
+    # Tensor parallelism is the data strategy on a mesh with a 'model' axis.
+    extra=(--set "distributed.strategy='$strategy'")
+    [[ $strategy == tensor ]] && extra=(--set "distributed.strategy='data'"
+      --set 'distributed.mesh_shape=[1, 1]' --set 'distributed.mesh_axis_names=["data", "model"]')
+    if ! OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+      mpiexec -n 1 --oversubscribe "$build/bin/meshtrain" train --config "$repo/examples/reference.toml" \
+      --set distributed.comm=mpi "${extra[@]}" \
+      --set "output.dir='$work/$strategy'" --set "checkpoint.dir='$work/$strategy/ck'" \
+      >"$dest/expected/$strategy.log" 2>&1; then
+      echo "bundle.sh: the CPU reference run ($strategy) failed:" >&2
+      tail -5 "$dest/expected/$strategy.log" >&2
+      rm -rf "$work"
+      exit 1
+    fi
+    cp "$work/$strategy/metrics.jsonl" "$dest/expected/$strategy.jsonl"
+  done
+  rm -rf "$work"
+  echo "bundle.sh: expected losses (CPU, one rank): $(ls "$dest/expected" | tr '\n' ' ')"
+fi
+
 # Provenance for whoever reads the results.
 {
-  echo "built $(date -u +%FT%TZ) on $(hostname) from $build"
+  echo "built $(date -u +%FT%TZ) on $(hostname) from $build${cuda_build:+ and $cuda_build (CUDA)}"
   echo "git $(git -C "$repo" rev-parse HEAD 2>/dev/null) $(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files"
   echo "open mpi $(ompi_info --version 2>/dev/null | head -1)"
   echo "pmix $(dpkg-query -W -f='${Version}' libpmix2 2>/dev/null)"
@@ -160,5 +234,5 @@ mv "$part" "$dest/bundle.tar.xz"
 chmod 644 "$dest/bundle.tar.xz"
 
 echo "bundle.sh: $(du -sh --exclude=bundle.tar.xz "$dest" | cut -f1) unpacked in $dest"
-du -sh "$dest/bin" "$dest/lib" "$dest/ompi"
+du -sh "$dest/bin" "$dest/lib" "$dest/ompi" ${cuda_build:+"$dest/cuda"}
 echo "bundle.sh: carry .devbundle/bundle.tar.xz: $(du -h "$dest/bundle.tar.xz" | cut -f1) ($(stat -c %s "$dest/bundle.tar.xz") bytes)"

@@ -13,6 +13,17 @@
 # Steps, each under `timeout`, each going on after a failure, within about $BUDGET_S (330) s:
 #   env        -> env.txt: GPU, driver, CPUs, memory, /dev/shm, which NCCL/cudart/MPI resolve
 #   mpi_smoke  mpiexec -n 2 bin/mpi_empty (if MPI cannot launch, the MPI steps are skipped)
+#   With the CUDA build in the bundle (bundle.sh --cuda build-cuda), first, on the GPU, one rank:
+#   gpu_unit_tests, gpu_mpi_tests, gpu_io_tests, gpu_run_config_tests, gpu_darcy_tests,
+#   gpu_checkpoint_state_tests, gpu_nccl_tests (GoogleTest)        -> gpu_tests.log
+#   gpu_ref_data, gpu_ref_fsdp, gpu_ref_tensor  meshtrain train --config examples/reference.toml
+#              --comm nccl under each strategy (tensor: mesh (1, 1) ('data', 'model')), each
+#              followed by gpu_cmp_<strategy>: tests/device/compare_losses.py against the CPU
+#              run's losses that bundle.sh stored (expected/), within 1e-5 relative
+#                                                           -> gpu_ref_<strategy>.jsonl, gpu_reference.log
+#   gpu_bench_step  bench_step: the reference step, the big-MLP step, sgemm peak, and the CUDA
+#              graph replay of the reference step where built (BM_StepGraph_*) -> bench.json
+#   Then, as before (with the CUDA build, pde_nccl runs its distributed_pde):
 #   nccl_tests mpiexec -n 1 bin/nccl_tests (GoogleTest)            -> nccl_tests.log
 #   nccl_sweep bin/nccl_sweep, all-reduce 8 B..256 MiB, 1 GPU       -> nccl_sweep.json
 #   pde_nccl   mpiexec -n 1 bin/distributed_pde --comm nccl (the trainer's NCCL path, a few
@@ -28,7 +39,11 @@
 # the figures), nccl_tests.log, nccl_sweep.json, bench.json (every Google Benchmark JSON,
 # keyed bench_step_np1/2/4 and bench_kernels_np2), scaling.json, run.log (all other output).
 #
-# GPU_ONLY=1 stops after the GPU steps (the CPU benchmarks need a CPU like the CI machine's:
+# GPU_DRY=1 checks this script's logic without a GPU: the GPU steps run the bundle's cuda/bin
+# (make it from a Serial build with BUNDLE_CPU_AS_CUDA=1 bundle.sh build --cuda build) with
+# --comm mpi instead of nccl.
+# GPU_ONLY=1 stops after the GPU steps (the default when the bundle has the CUDA build: the
+# CPU benchmarks are another issue's and would not fit in the 5 minutes) (the CPU benchmarks need a CPU like the CI machine's:
 # the GPU machines seen so far expose no AVX to their VMs, so OpenBLAS runs its generic kernels
 # there, about 17 GFLOP/s a core).
 # ONLY=REGEX runs only the steps whose names match (e.g. ONLY='mpi_smoke|scaling_.*').
@@ -42,7 +57,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo" || exit 1
 out=${OUT:-$repo/device-out}
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1
-budget_s=${BUDGET_S:-330}
+budget_s=${BUDGET_S:-330}  # 290 with the CUDA build (below): the GPU run must stay under 5 minutes
 quick=${QUICK:-0}
 bundle=$repo/.devbundle
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/run_bundle.XXXXXX")
@@ -50,7 +65,7 @@ trap 'rm -rf "$tmp"' EXIT
 summary=$out/summary.txt
 log=$out/run.log
 # Results of an earlier run would read as this run's: clear the names this script writes.
-rm -f "$out"/{env.txt,summary.txt,nccl_tests.log,nccl_sweep.json,bench.json,scaling.json,scaling_*.json,run.log,torch_peer.json}
+rm -f "$out"/{env.txt,summary.txt,nccl_tests.log,nccl_sweep.json,bench.json,scaling.json,scaling_*.json,run.log,torch_peer.json,gpu_tests.log,gpu_reference.log,gpu_ref_*.jsonl}
 : >"$summary"
 : >"$log"
 : >"$out/nccl_tests.log"
@@ -124,9 +139,40 @@ if [[ -z $nccl_dir ]]; then
 fi
 [[ -n $nccl_dir ]] && say "NCCL: $nccl_dir/libnccl.so.2" || say "NCCL: libnccl.so.2 not found"
 
+# The CUDA build's cuBLAS and cuFFT are not carried: CUDA's lib64 has them; where it does not,
+# the nvidia-* wheels of python3 (PyTorch's) may, and their folders join the path after it.
+cuda_extra=
+if [[ -d $bundle/cuda/bin ]]; then
+  for so in libcublas.so.13 libcublasLt.so.13 libcufft.so.12; do
+    [[ -f $cuda/lib64/$so || -f $cuda/lib/$so ]] && continue
+    d=$(python3 - "$so" <<'EOF' 2>/dev/null
+import glob, os, site, sys
+dirs = []
+for f in (site.getsitepackages, site.getusersitepackages):
+    try:
+        r = f()
+        dirs += [r] if isinstance(r, str) else list(r)
+    except Exception:
+        pass
+for d in dirs + [p for p in sys.path if p]:
+    for c in glob.glob(os.path.join(d, "nvidia", "*", "lib")) + glob.glob(os.path.join(d, "nvidia", "*", "*", "lib")):
+        if os.path.isfile(os.path.join(c, sys.argv[1])):
+            print(os.path.realpath(c))
+            sys.exit(0)
+EOF
+)
+    if [[ -n $d ]]; then
+      [[ :$cuda_extra: == *:$d:* ]] || cuda_extra=$cuda_extra:$d
+      say "$so: not in $cuda, using $d"
+    else
+      say "$so: found neither in $cuda nor in a python wheel: the CUDA build's binaries cannot start"
+    fi
+  done
+fi
+
 orig_ld_path=${LD_LIBRARY_PATH:-}  # for python3 calls that need nothing of the bundle
 export PATH=$OPAL_PREFIX/bin:$bundle/bin:$PATH
-export LD_LIBRARY_PATH=$bundle/lib:$olib:$olib/pmix2/lib${nccl_dir:+:$nccl_dir}:$cuda/lib64:$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH=$bundle/lib:$olib:$olib/pmix2/lib${nccl_dir:+:$nccl_dir}:$cuda/lib64:$cuda/lib$cuda_extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
 # What Debian's /etc/openmpi/openmpi-mca-params.conf says (that file is not relocated).
@@ -269,6 +315,10 @@ cpu_launch() {
   timeout 20 ompi_info --path libdir --path pkglibdir --path pkgdatadir 2>&1
   echo "== libraries bin/nccl_tests resolves"
   ldd "$bundle/bin/nccl_tests" 2>&1
+  if [[ -x $bundle/cuda/bin/meshtrain ]]; then
+    echo "== libraries cuda/bin/meshtrain (the CUDA build) resolves"
+    ldd "$bundle/cuda/bin/meshtrain" 2>&1
+  fi
   echo "== environment"
   env | grep -E '^(OPAL_|PMIX_|OMPI_|HWLOC_|MESHTRAIN_|OMP_|OPENBLAS_|LD_LIBRARY_PATH|PATH|CUDA_|NCCL_)=' | sort
 } >"$out/env.txt" 2>&1
@@ -281,6 +331,57 @@ run_step mpi_smoke "$(step_limit 30)" "$log" mpiexec -n 2 --oversubscribe --bind
   have_mpi=0
   say "the bundled Open MPI cannot launch (see run.log): MPI steps skipped"
 }
+
+# --- 3a. the CUDA build on the GPU ---------------------------------------------------------------
+cudabin=$bundle/cuda/bin
+gpu_dry=${GPU_DRY:-0}
+have_cuda_build=0
+[[ -d $cudabin ]] && have_cuda_build=1
+gpu_comm=nccl
+((gpu_dry)) && gpu_comm=mpi
+if ((have_cuda_build)); then
+  : "${GPU_ONLY:=1}"
+  [[ -n ${BUDGET_S:-} ]] || budget_s=290
+  if ((have_mpi && (have_gpu || gpu_dry))); then
+    : >"$out/gpu_tests.log"
+    # One rank: every suite's tests that need more ranks skip themselves at one.
+    for t in unit_tests mpi_tests io_tests run_config_tests darcy_tests checkpoint_state_tests nccl_tests; do
+      [[ -x $cudabin/$t ]] || { skip_step "gpu_$t" "not in the bundle"; continue; }
+      lim=30
+      [[ $t == mpi_tests ]] && lim=90
+      run_step "gpu_$t" "$(step_limit $lim 120)" "$out/gpu_tests.log" mpiexec -n 1 --bind-to none \
+        "$cudabin/$t" --gtest_color=no
+    done
+    say "gpu tests: $(grep -c '^\[       OK' "$out/gpu_tests.log") OK, $(grep -cE '^\[  SKIPPED \] .*\([0-9]+ ms\)$' "$out/gpu_tests.log") skipped, $(grep -cE '^\[  FAILED  \] .*\([0-9]+ ms\)$' "$out/gpu_tests.log") failed"
+    # The reference run under each strategy, its losses against the CPU's.
+    : >"$out/gpu_reference.log"
+    for strategy in data fsdp tensor; do
+      extra=(--set "distributed.strategy='$strategy'")
+      [[ $strategy == tensor ]] && extra=(--set "distributed.strategy='data'"
+        --set 'distributed.mesh_shape=[1, 1]' --set 'distributed.mesh_axis_names=["data", "model"]')
+      rm -rf "$tmp/ref_$strategy"
+      if run_step "gpu_ref_$strategy" "$(step_limit 40 90)" "$out/gpu_reference.log" \
+        mpiexec -n 1 --bind-to none "$cudabin/meshtrain" train --config "$repo/examples/reference.toml" \
+        --set "distributed.comm=$gpu_comm" "${extra[@]}" --set "output.dir='$tmp/ref_$strategy'" \
+        --set "checkpoint.dir='$tmp/ref_$strategy/ck'"; then
+        cp "$tmp/ref_$strategy/metrics.jsonl" "$out/gpu_ref_$strategy.jsonl"
+        run_step "gpu_cmp_$strategy" 20 "$out/gpu_reference.log" python3 \
+          "$repo/tests/device/compare_losses.py" "$bundle/expected/$strategy.jsonl" \
+          "$out/gpu_ref_$strategy.jsonl" --rtol 1e-5 --label "$strategy ($gpu_comm vs CPU)"
+        say "$(grep "^compare_losses $strategy " "$out/gpu_reference.log" | tail -1)"
+      fi
+    done
+    # The step benchmarks on the GPU: the reference step (target <= 30 us), the big MLP (target
+    # >= 1.5x PyTorch eager's step, torch_peer below), sgemm peak, the CUDA graph replay.
+    gpu_filter='--benchmark_filter=^BM_SgemmPeak|^BM_TrainStep_Reference|^BM_TrainStep_MLP1024x3/|^BM_StepGraph'
+    ((quick)) && gpu_filter='--benchmark_filter=^BM_TrainStep_Reference|^BM_StepGraph'
+    run_step gpu_bench_step "$(step_limit 60 60)" "$log" mpiexec -n 1 --bind-to none \
+      "$cudabin/bench_step" "$gpu_filter" --benchmark_out="$tmp/gpu_bench_step_np1.json" \
+      --benchmark_out_format=json
+  else
+    for s in gpu_tests gpu_ref gpu_bench_step; do skip_step "$s" "needs MPI and a GPU (or GPU_DRY=1)"; done
+  fi
+fi
 
 # --- 3. GPU: nccl_tests, the sweep, the trainer's NCCL path -------------------------------------
 if ((have_mpi)); then
@@ -295,9 +396,11 @@ fi
 run_step nccl_sweep "$(step_limit 60)" "$log" "$bundle/bin/nccl_sweep" --min-bytes 8 \
   --max-bytes $((256 << 20)) --warmup 5 --iters 20 --json "$out/nccl_sweep.json"
 ((have_gpu)) || say "no GPU answered nvidia-smi: nccl_tests skip their GPU cases, the sweep measures nothing"
+pde_bin=$bundle/bin/distributed_pde  # Serial Kokkos: refuses --comm nccl, which is the check
+((have_cuda_build)) && pde_bin=$cudabin/distributed_pde
 if ((have_mpi && have_gpu)); then
   run_step pde_nccl "$(step_limit 30)" "$out/nccl_tests.log" mpiexec -n 1 --bind-to none \
-    "$bundle/bin/distributed_pde" --comm nccl --hidden 1024 --layers 3 --batch-size 1024 \
+    "$pde_bin" --comm nccl --hidden 1024 --layers 3 --batch-size 1024 \
     --samples 8192 --epochs 3
 else
   skip_step pde_nccl "needs MPI and a GPU"
@@ -380,7 +483,8 @@ python3 - "$tmp" "$out" >>"$summary" 2>>"$log" <<'EOF'
 import json, os, sys
 tmp, out = sys.argv[1], sys.argv[2]
 merged = {}
-for name in ("bench_step_np1", "bench_step_np2", "bench_step_np4", "bench_kernels_np2"):
+for name in ("gpu_bench_step_np1", "bench_step_np1", "bench_step_np2", "bench_step_np4",
+             "bench_kernels_np2"):
     try:
         with open(os.path.join(tmp, name + ".json")) as f:
             merged[name] = json.load(f)
@@ -393,7 +497,8 @@ keys = ("GFLOP/s", "fraction_of_peak", "samples/s", "algbw", "busbw", "allreduce
         "backward_ms", "forward_ms", "adam_ms")
 for name, d in merged.items():
     if not d:
-        print("%s: no results" % name)
+        if name != "gpu_bench_step_np1":
+            print("%s: no results" % name)
         continue
     rows = [b for b in d["benchmarks"] if b.get("aggregate_name") == "median"
             or (b.get("run_type") == "iteration" and b.get("repetitions", 1) <= 1)]
@@ -418,6 +523,37 @@ try:
                  " oversubscribed" if r["oversubscribed"] else ""))
 except (OSError, ValueError, KeyError, TypeError) as e:
     print("\n== scaling: no usable scaling.json (%s)" % e)
+# The GPU targets: the reference step, and the big-MLP step against PyTorch eager's.
+def median_of(d, prefix):
+    for b in (d or {}).get("benchmarks", []):
+        if b["run_name"].startswith(prefix) and (b.get("aggregate_name") == "median"
+                                                 or b.get("repetitions", 1) <= 1):
+            scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[b["time_unit"]]
+            return b["real_time"] * scale
+    return None
+torch_us = {}
+try:
+    with open(os.path.join(out, "torch_peer.json")) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                torch_us[r["job"]] = r["step_us_median"]
+except (OSError, ValueError, KeyError):
+    pass
+gpu = merged.get("gpu_bench_step_np1")
+if gpu or torch_us:
+    print("\n== GPU step times, median (meshtrain bench_step at one rank; torch_peer.json)")
+    for job, prefix, target in (("reference", "BM_TrainStep_Reference", "<= 30 us"),
+                                ("big", "BM_TrainStep_MLP1024x3/", ">= 1.5x PyTorch eager")):
+        mine, theirs = median_of(gpu, prefix), torch_us.get(job)
+        ratio = "" if not (mine and theirs) else " speed-up over PyTorch %.2fx" % (theirs / mine)
+        print("%-9s meshtrain %10s us  PyTorch eager %10s us%s  (target %s)"
+              % (job, "-" if mine is None else "%.1f" % mine,
+                 "-" if theirs is None else "%.1f" % theirs, ratio, target))
+    for b in (gpu or {}).get("benchmarks", []):
+        if b["run_name"].startswith("BM_StepGraph") and (b.get("aggregate_name") == "median"
+                                                         or b.get("repetitions", 1) <= 1):
+            print("%-40s %10.2f %s" % (b["run_name"][:40], b["real_time"], b["time_unit"]))
 try:
     with open(os.path.join(out, "nccl_sweep.json")) as f:
         sw = json.load(f)

@@ -39,6 +39,9 @@ class CheckedCommunicator final : public Communicator {
     return inner_->callable_from_another_thread();
   }
   DeviceTimer* device_timer() override { return inner_->device_timer(); }
+  bool order_after_stream(void* cuda_stream) override {
+    return inner_->order_after_stream(cuda_stream);
+  }
   std::uint64_t sequence() const;  // collectives started so far
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;

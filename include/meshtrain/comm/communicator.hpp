@@ -57,6 +57,17 @@ class Communicator {
   // pass their inner communicator's on.
   virtual DeviceTimer* device_timer() { return nullptr; }
 
+  // Ordering on the device, for a caller whose device kernels have just written (or still
+  // read) a collective's buffers. A communicator whose collectives run on a CUDA stream makes
+  // its later collectives wait for the work queued so far on `cuda_stream` (a cudaStream_t,
+  // e.g. Kokkos' execution space instance's) without the host waiting, and returns true. The
+  // default returns false: the communicator's collectives read or copy the buffers from the
+  // host, so the caller must first wait for that work (a fence).
+  virtual bool order_after_stream(void* cuda_stream) {
+    (void)cuda_stream;
+    return false;
+  }
+
   // In place: buf holds count elements on entry and the reduction on exit.
   virtual void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) = 0;
   virtual std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,

@@ -174,6 +174,9 @@ class FlightRecordingCommunicator final : public Communicator {
     return inner_->callable_from_another_thread();
   }
   DeviceTimer* device_timer() override { return inner_->device_timer(); }
+  bool order_after_stream(void* cuda_stream) override {
+    return inner_->order_after_stream(cuda_stream);
+  }
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
   std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,

@@ -55,6 +55,11 @@ class NcclCommunicator final : public Communicator {
   // How many collectives this communicator has started.
   std::uint64_t collectives_started() const;
 
+  // Records an event on `cuda_stream` and makes the communicator's stream wait for it: the
+  // next collectives start after the work queued there so far, and the host does not wait.
+  // Unlike the collectives, it may be called while another thread runs one.
+  bool order_after_stream(void* cuda_stream) override;
+
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override;
   std::unique_ptr<Work> allreduce_async(void* buf, std::size_t count, DataType type,
                                         ReduceOp op) override;

@@ -32,6 +32,9 @@ class ObservingCommunicator : public Communicator {
     return inner_->callable_from_another_thread();
   }
   DeviceTimer* device_timer() override { return inner_->device_timer(); }
+  bool order_after_stream(void* cuda_stream) override {
+    return inner_->order_after_stream(cuda_stream);
+  }
 
   void allreduce(void* buf, std::size_t count, DataType type, ReduceOp op) override {
     before({"allreduce", count * size_of(type)});

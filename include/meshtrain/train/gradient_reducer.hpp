@@ -38,7 +38,10 @@ std::vector<GradientBucket> make_gradient_buckets(const Model& model, std::size_
 // Sums the gradient buffer over a communicator, bucket by bucket. With overlap on, each
 // bucket's all-reduce starts as soon as backward has produced it (on_layer_grads) and
 // advances as `progress` says; finish() waits for all of them. With overlap off, finish()
-// reduces every bucket with a blocking all-reduce after backward.
+// reduces every bucket with a blocking all-reduce after backward. The caller need not fence
+// before on_layer_grads or finish: a bucket is sent after the kernels queued before it (a
+// fence, or on CUDA with a stream-ordered communicator such as NCCL an event that its stream
+// waits for, so that the host never waits per layer; see train/device_order.hpp).
 //
 // With wire = Dtype::Bf16 each bucket is rounded to bfloat16 (a Kokkos kernel, round to
 // nearest even) into a buffer allocated once at construction, all-reduced as DataType::BFloat16
@@ -65,6 +68,12 @@ class GradientReducer {
   bool overlap() const;
   Progress progress_mode() const;
   Dtype wire_dtype() const;
+  // The buffer's length (the buckets' union).
+  std::size_t buffer_size() const;
+  // With wire Dtype::Bf16: how many elements of the whole buffer (the widened gradients and
+  // the fp32 tail) were NaN or Inf after the last finish(), counted by the widening kernel
+  // (no pass of its own; one int read from the device). -1 with an fp32 wire.
+  int nonfinite_count() const;
   // Seconds this rank spent blocked in communication (waits and blocking all-reduces), the
   // communication that backward did not hide. With overlap off it is all of it.
   double blocked_seconds() const;
