@@ -463,15 +463,6 @@ bool Trainer::step(std::size_t batch) {
   return flags[1] != 0;
 }
 
-void Trainer::clip_gradients() {
-  // optax.clip_by_global_norm: g * max_norm / ||g|| when ||g|| > max_norm. The norm is the
-  // same on every rank, so every rank scales alike.
-  last_gradient_norm_ = engine_->gradient_norm();
-  if (last_gradient_norm_ > config_.clip_grad_norm) {
-    engine_->scale_gradients(static_cast<float>(config_.clip_grad_norm / last_gradient_norm_));
-  }
-}
-
 double Trainer::learning_rate_at(std::int64_t step) const {
   if (!schedule_) throw std::logic_error("Trainer::learning_rate_at() called before prepare()");
   return (*schedule_)(step);

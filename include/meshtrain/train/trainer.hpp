@@ -240,7 +240,6 @@ class Trainer {
   // This rank's rows of micro-batch `micro` of batch `batch`.
   std::pair<ConstMatrixRef, ConstMatrixRef> batch_rows(std::size_t batch, std::size_t micro);
   Progress resolve_progress() const;  // config_.progress, "auto" decided alike on every rank
-  void clip_gradients();
   void check_position(const TrainingState& st) const;  // ConfigError when outside this run
   void apply_position(const TrainingState& st);
   // The current epoch's loss sum and count over its first `batches` batches (finite ones),
