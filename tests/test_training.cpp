@@ -1074,6 +1074,26 @@ ReferenceData data_with_a_nan() {
   data.x(13, 2) = std::numeric_limits<float>::quiet_NaN();  // poisons batch 1 of 4
   return data;
 }
+
+// data_with_a_nan trained 3 epochs with nonfinite = skip: its poisoned step skipped each
+// epoch, the other steps trained, every parameter finite.
+void expect_poisoned_steps_skipped(const FitResult& r) {
+  EXPECT_EQ(r.metrics.skipped_steps, 3);
+  EXPECT_EQ(r.metrics.steps, 12);
+  for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+}
+
+// With nonfinite = abort: fit() ends with a TrainingError naming the poisoned step, on every
+// rank (collective).
+void expect_abort_at_the_poisoned_step(Trainer& trainer, const ReferenceData& data) {
+  try {
+    trainer.fit(data.x, data.y);
+    ADD_FAILURE() << "expected TrainingError";
+  } catch (const TrainingError& e) {
+    EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
+  }
+  MpiCommunicator(MPI_COMM_WORLD).barrier();
+}
 }  // namespace
 
 TEST(NonFinite, AbortIsATrainingErrorOnEveryRank) {
@@ -1081,13 +1101,7 @@ TEST(NonFinite, AbortIsATrainingErrorOnEveryRank) {
   config.batch_size = 10;
   const ReferenceData data = data_with_a_nan();
   Trainer trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config);
-  try {
-    trainer.fit(data.x, data.y);
-    FAIL() << "expected TrainingError";
-  } catch (const TrainingError& e) {
-    EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
-  }
-  MpiCommunicator(MPI_COMM_WORLD).barrier();
+  expect_abort_at_the_poisoned_step(trainer, data);
 }
 
 TEST(NonFinite, SkipLeavesTheParametersFiniteAndCountsTheSteps) {
@@ -1098,9 +1112,7 @@ TEST(NonFinite, SkipLeavesTheParametersFiniteAndCountsTheSteps) {
   const ReferenceData data = data_with_a_nan();
   Trainer trainer(Mlp({4, 8, 1}, Activation::ReLU, 0), config);
   const FitResult r = trainer.fit(data.x, data.y);
-  EXPECT_EQ(r.metrics.skipped_steps, 3);
-  EXPECT_EQ(r.metrics.steps, 12);
-  for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+  expect_poisoned_steps_skipped(r);
   for (double l : r.metrics.epoch_losses) EXPECT_TRUE(std::isfinite(l));
 }
 
@@ -1125,20 +1137,12 @@ TEST(NonFinite, ClippingNormIsTheCheckUnderEveryStrategy) {
     config.nonfinite = NonFinite::Skip;
     Trainer skipping(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
     const FitResult r = skipping.fit(data.x, data.y);
-    EXPECT_EQ(r.metrics.skipped_steps, 3);
-    EXPECT_EQ(r.metrics.steps, 12);
-    for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+    expect_poisoned_steps_skipped(r);
     for (double l : r.metrics.epoch_losses) EXPECT_TRUE(std::isfinite(l));
 
     config.nonfinite = NonFinite::Abort;
     Trainer aborting(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
-    try {
-      aborting.fit(data.x, data.y);
-      ADD_FAILURE() << "expected TrainingError";
-    } catch (const TrainingError& e) {
-      EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
-    }
-    MpiCommunicator(MPI_COMM_WORLD).barrier();
+    expect_abort_at_the_poisoned_step(aborting, data);
   }
 }
 
@@ -1159,20 +1163,12 @@ TEST(NonFinite, Bf16WideningKernelIsTheCheck) {
     const FitResult r = skipping.fit(data.x, data.y);
     EXPECT_EQ(skipping.reducer().wire_dtype(), Dtype::Bf16);
     EXPECT_EQ(skipping.reducer().nonfinite_count(), 0);  // the last step was a clean one
-    EXPECT_EQ(r.metrics.skipped_steps, 3);
-    EXPECT_EQ(r.metrics.steps, 12);
-    for (float v : host_params(r.model)) ASSERT_TRUE(std::isfinite(v));
+    expect_poisoned_steps_skipped(r);
 
     config.nonfinite = NonFinite::Abort;
     Trainer aborting(Mlp({4, 12, 1}, Activation::ReLU, 0), config);
-    try {
-      aborting.fit(data.x, data.y);
-      ADD_FAILURE() << "expected TrainingError";
-    } catch (const TrainingError& e) {
-      EXPECT_NE(std::string(e.what()).find("epoch 0, batch 1"), std::string::npos) << e.what();
-      EXPECT_GT(aborting.reducer().nonfinite_count(), 0);
-    }
-    MpiCommunicator(MPI_COMM_WORLD).barrier();
+    expect_abort_at_the_poisoned_step(aborting, data);
+    EXPECT_GT(aborting.reducer().nonfinite_count(), 0);  // the kernel's count stopped it
   }
 }
 
