@@ -99,16 +99,10 @@ export PMIX_MCA_mca_base_component_path=$olib/pmix2/lib/pmix
 export PMIX_MCA_pcompress_base_silence_warning=1  # its zlib plugin needs a newer PMIx symbol
 export HWLOC_PLUGINS_PATH=$bundle/lib/hwloc  # empty: no plugins from the system's hwloc
 
-# NCCL: NCCL_LIB_DIR, else the nvidia-nccl wheel of python3, else CUDA's or the system's.
-find_wheel_nccl() {
-  python3 - <<'EOF' 2>/dev/null
+# A library in python3's nvidia-* wheels (PyTorch's): the folder holding SONAME, if any.
+find_wheel_lib() {
+  python3 - "$1" <<'EOF' 2>/dev/null
 import glob, os, site, sys
-cands = []
-try:
-    import nvidia.nccl as m
-    cands += [os.path.join(p, "lib") for p in list(m.__path__)]
-except Exception:
-    pass
 dirs = []
 for f in (site.getsitepackages, site.getusersitepackages):
     try:
@@ -116,18 +110,25 @@ for f in (site.getsitepackages, site.getusersitepackages):
         dirs += [r] if isinstance(r, str) else list(r)
     except Exception:
         pass
-dirs += [p for p in sys.path if p]
-for d in dirs:
-    cands += glob.glob(os.path.join(d, "nvidia", "nccl", "lib"))
+cands = []
+try:
+    import nvidia.nccl as m
+    cands += [os.path.join(p, "lib") for p in list(m.__path__)]
+except Exception:
+    pass
+for d in dirs + [p for p in sys.path if p]:
     cands += glob.glob(os.path.join(d, "nvidia", "*", "lib"))
+    cands += glob.glob(os.path.join(d, "nvidia", "*", "*", "lib"))
 for c in cands:
-    if os.path.isfile(os.path.join(c, "libnccl.so.2")):
+    if os.path.isfile(os.path.join(c, sys.argv[1])):
         print(os.path.realpath(c))
         break
 EOF
 }
+
+# NCCL: NCCL_LIB_DIR, else the nvidia-nccl wheel of python3, else CUDA's or the system's.
 nccl_dir=${NCCL_LIB_DIR:-}
-[[ -z $nccl_dir ]] && nccl_dir=$(find_wheel_nccl)
+[[ -z $nccl_dir ]] && nccl_dir=$(find_wheel_lib libnccl.so.2)
 if [[ -z $nccl_dir ]]; then
   for d in "$cuda/lib64" "$cuda/lib" /usr/lib/$triplet; do
     [[ -f $d/libnccl.so.2 ]] && { nccl_dir=$d; break; }
@@ -145,22 +146,7 @@ cuda_extra=
 if [[ -d $bundle/cuda/bin ]]; then
   for so in libcublas.so.13 libcublasLt.so.13 libcufft.so.12; do
     [[ -f $cuda/lib64/$so || -f $cuda/lib/$so ]] && continue
-    d=$(python3 - "$so" <<'EOF' 2>/dev/null
-import glob, os, site, sys
-dirs = []
-for f in (site.getsitepackages, site.getusersitepackages):
-    try:
-        r = f()
-        dirs += [r] if isinstance(r, str) else list(r)
-    except Exception:
-        pass
-for d in dirs + [p for p in sys.path if p]:
-    for c in glob.glob(os.path.join(d, "nvidia", "*", "lib")) + glob.glob(os.path.join(d, "nvidia", "*", "*", "lib")):
-        if os.path.isfile(os.path.join(c, sys.argv[1])):
-            print(os.path.realpath(c))
-            sys.exit(0)
-EOF
-)
+    d=$(find_wheel_lib "$so")
     if [[ -n $d ]]; then
       [[ :$cuda_extra: == *:$d:* ]] || cuda_extra=$cuda_extra:$d
       say "$so: not in $cuda, using $d"
