@@ -16,6 +16,7 @@
 #include "meshtrain/nn/normalize.hpp"
 #include "meshtrain/train/step_engine.hpp"
 #include "meshtrain/train/trainer.hpp"
+#include "step_watch.hpp"
 #include "test_support.hpp"
 
 using namespace meshtrain;
@@ -178,15 +179,11 @@ TEST(FnoTraining, EveryStrategyMatchesOneRankAndResumesBitIdentically) {
   }
 }
 
-std::int64_t g_allocations = 0;
-void count_allocation(const Kokkos_Profiling_SpaceHandle, const char*, const void*,
-                      const std::uint64_t) {
-  ++g_allocations;
-}
-
 // The FFTs are planned and every spectrum lives in scratch allocated with the workspace:
-// steps allocate nothing, a batch smaller than the first included.
-TEST(FnoEngines, NoKokkosAllocationInsideAStep) {
+// steps allocate nothing, a batch smaller than the first included, and move nothing but
+// scalars to the host.
+TEST(FnoEngines, AStepAllocatesNothingAndMovesOnlyScalarsToTheHost) {
+  meshtrain::testing::StepWatch watch;  // before the engines: it learns the device buffers
   const FnoConfig config{.s1 = 8, .s2 = 8, .in_channels = 1, .out_channels = 1, .modes1 = 3,
                          .modes2 = 3, .width = 4, .layers = 2, .projection = 8, .seed = 2};
   const Model reference = make_fno2d(config);
@@ -204,19 +201,15 @@ TEST(FnoEngines, NoKokkosAllocationInsideAStep) {
   dp->step(all.x, all.y, full_batch, 1e-3);
   fsdp->step(all.x, all.y, full_batch, 1e-3);
 
-  g_allocations = 0;
-  Kokkos::Tools::Experimental::set_allocate_data_callback(count_allocation);
-  { Vector probe("probe", 8); }
-  const std::int64_t probe_count = g_allocations;
-  g_allocations = 0;
+  ASSERT_TRUE(watch.sees_an_allocation_and_a_transfer());
+  watch.begin();
   for (StepEngine* engine : {dp.get(), fsdp.get()}) {
     engine->step(all.x, all.y, full_batch, 1e-3);
     engine->step(part.x, part.y, part_batch, 1e-3);
   }
-  const std::int64_t step_count = g_allocations;
-  Kokkos::Tools::Experimental::set_allocate_data_callback(nullptr);
-  EXPECT_EQ(probe_count, 1);
-  EXPECT_EQ(step_count, 0);
+  watch.end();
+  EXPECT_EQ(watch.allocations(), 0);
+  EXPECT_TRUE(watch.transfers().empty()) << "host transfers in a step:" << watch.transfer_list();
 }
 
 }  // namespace
