@@ -59,7 +59,8 @@ TEST(MemoryEstimate, AbsurdSizesSaturateAndAreReported) {
   layout.rows = 1000000;
   const MemoryEstimate e = estimate_mlp_memory(huge, OptimizerType::Adam, layout);
   EXPECT_EQ(e.total(), std::numeric_limits<std::uint64_t>::max());
-  const auto message = memory_shortfall(e, std::uint64_t{8} << 30, 2);
+  const auto message =
+      memory_shortfall(e, AvailableMemory{std::uint64_t{8} << 30, host_memory_per_rank(2).what});
   ASSERT_TRUE(message.has_value());
   EXPECT_NE(message->find("training needs about "), std::string::npos) << *message;
   EXPECT_NE(message->find(", more than the 8.0 GiB of memory available to each of this node's 2 rank(s)"),
@@ -68,8 +69,9 @@ TEST(MemoryEstimate, AbsurdSizesSaturateAndAreReported) {
 
   const std::vector<int> small{4, 64, 1};
   const MemoryEstimate fits = estimate_mlp_memory(small, OptimizerType::Adam, MemoryLayout{});
-  EXPECT_FALSE(memory_shortfall(fits, fits.total(), 1).has_value());
-  EXPECT_TRUE(memory_shortfall(fits, fits.total() - 1, 1).has_value());
+  EXPECT_FALSE(memory_shortfall(fits, {fits.total(), "free"}).has_value());
+  EXPECT_TRUE(memory_shortfall(fits, {fits.total() - 1, "free"}).has_value());
+  EXPECT_FALSE(memory_shortfall(e, {0, "unknown"}).has_value());  // nothing to check against
   EXPECT_EQ(fits.largest(), MemoryEstimate::Part::State);
   MemoryLayout big_batch;
   big_batch.rows = 1000000;
@@ -78,8 +80,23 @@ TEST(MemoryEstimate, AbsurdSizesSaturateAndAreReported) {
   big_data.samples = 1000000;
   big_data.features = 5;
   EXPECT_EQ(estimate_mlp_memory(small, OptimizerType::Adam, big_data).largest(), MemoryEstimate::Part::Data);
-  EXPECT_GT(available_memory_per_rank(1), 0u);
-  EXPECT_LE(available_memory_per_rank(4), available_memory_per_rank(1) / 4 + 1);
+  EXPECT_GT(host_memory_per_rank(1).bytes, 0u);
+  EXPECT_LE(host_memory_per_rank(4).bytes, host_memory_per_rank(1).bytes / 4 + 1);
+}
+
+// The training state is checked against the memory it will live in: the host's share per
+// rank on the host back ends, the free memory of the rank's own GPU on CUDA (where the host's
+// memory divided by the ranks would refuse runs that fit and pass runs that do not).
+TEST(MemoryEstimate, AvailableMemoryIsWhereTheTensorsLive) {
+  const AvailableMemory available = available_memory_per_rank(3);
+  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
+    EXPECT_EQ(available.what, host_memory_per_rank(3).what);
+    EXPECT_GT(available.bytes, 0u);
+  } else {
+    EXPECT_TRUE(available.what.starts_with("free on this rank's GPU (device ")) << available.what;
+    EXPECT_GT(available.bytes, 0u);  // the suite runs on a GPU
+    EXPECT_LT(available.bytes, std::uint64_t{1} << 40);
+  }
 }
 
 }  // namespace

@@ -264,7 +264,7 @@ int run(DistributedManager& dm, int argc, char** argv) {
       memory_layout(*groups, run.config.batch_size, static_cast<std::size_t>(run.samples), 4 + 1);
   const MemoryEstimate estimate = estimate_mlp_memory(run.widths, run.config.optimizer, layout);
   if (const auto shortfall =
-          memory_shortfall(estimate, available_memory_per_rank(dm.local_size()), dm.local_size())) {
+          memory_shortfall(estimate, available_memory_per_rank(dm.local_size()))) {
     switch (estimate.largest()) {
       case MemoryEstimate::Part::Data: throw ConfigError("--samples", o.samples + ": " + *shortfall);
       case MemoryEstimate::Part::Activations:

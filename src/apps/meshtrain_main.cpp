@@ -291,7 +291,7 @@ void check_memory(const RunConfig& config, const TrainingData* data, const Proce
     value = std::to_string(m.width);
   }
   const auto shortfall =
-      memory_shortfall(estimate, available_memory_per_rank(ranks_on_node), ranks_on_node);
+      memory_shortfall(estimate, available_memory_per_rank(ranks_on_node));
   if (!shortfall) return;
   if (estimate.largest() == MemoryEstimate::Part::Activations) {
     key = "training.batch_size";

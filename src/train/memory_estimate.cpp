@@ -7,10 +7,16 @@
 #include <limits>
 #include <sstream>
 
+#include "meshtrain/build_config.hpp"
 #include "meshtrain/nn/fno.hpp"
+#include "meshtrain/nn/types.hpp"
 #include "meshtrain/optim/optimizer.hpp"
 #include "meshtrain/runtime/process_groups.hpp"
 #include "meshtrain/train/checkpoint.hpp"
+
+#if MESHTRAIN_HAS_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace meshtrain {
 
@@ -116,7 +122,7 @@ MemoryEstimate estimate_fno_memory(const FnoConfig& c, OptimizerType optimizer, 
   return e;
 }
 
-std::uint64_t available_memory_per_rank(int ranks_on_node) {
+AvailableMemory host_memory_per_rank(int ranks_on_node) {
   std::uint64_t available = 0;
   std::ifstream meminfo("/proc/meminfo");
   std::string line;
@@ -130,15 +136,32 @@ std::uint64_t available_memory_per_rank(int ranks_on_node) {
     const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
     available = mul(u(pages), u(page));
   }
-  return available / static_cast<std::uint64_t>(std::max(ranks_on_node, 1));
+  const int ranks = std::max(ranks_on_node, 1);
+  return {available / static_cast<std::uint64_t>(ranks),
+          "of memory available to each of this node's " + std::to_string(ranks) + " rank(s)"};
 }
 
-std::optional<std::string> memory_shortfall(const MemoryEstimate& estimate, std::uint64_t available,
-                                            int ranks_on_node) {
-  if (available == 0 || estimate.total() <= available) return std::nullopt;
+AvailableMemory available_memory_per_rank(int ranks_on_node) {
+  if constexpr (!Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) {
+#if MESHTRAIN_HAS_CUDA
+    // Each rank owns one GPU (more ranks than GPUs on a node is refused at start-up).
+    int device = 0;
+    std::size_t free = 0, total = 0;
+    if (cudaGetDevice(&device) == cudaSuccess && cudaMemGetInfo(&free, &total) == cudaSuccess) {
+      return {free, "free on this rank's GPU (device " + std::to_string(device) + ")"};
+    }
+    (void)cudaGetLastError();
+#endif
+    return {};  // device memory of a kind this build cannot ask: not checked
+  }
+  return host_memory_per_rank(ranks_on_node);
+}
+
+std::optional<std::string> memory_shortfall(const MemoryEstimate& estimate,
+                                            const AvailableMemory& available) {
+  if (available.bytes == 0 || estimate.total() <= available.bytes) return std::nullopt;
   return "training needs about " + estimate.describe() + " per rank, more than the " +
-         format_bytes(available) + " of memory available to each of this node's " +
-         std::to_string(ranks_on_node) + " rank(s)";
+         format_bytes(available.bytes) + " " + available.what;
 }
 
 }  // namespace meshtrain

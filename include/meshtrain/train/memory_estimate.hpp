@@ -56,15 +56,26 @@ MemoryEstimate estimate_mlp_memory(const std::vector<int>& widths, OptimizerType
 MemoryEstimate estimate_fno_memory(const FnoConfig& config, OptimizerType optimizer,
                                    const MemoryLayout& layout);
 
-// Memory a rank may use: MemAvailable from /proc/meminfo (else physical memory from
-// sysconf) divided by the node's ranks. (Host memory: Kokkos' Serial and OpenMP back ends
-// allocate there. A CUDA build's device memory is not checked.)
-std::uint64_t available_memory_per_rank(int ranks_on_node);
+// Memory a rank may use, and how a message names it ("of memory available to each of this
+// node's 2 rank(s)", "free on this rank's GPU (device 3)"); 0 bytes when unknown (nothing is
+// checked then).
+struct AvailableMemory {
+  std::uint64_t bytes = 0;
+  std::string what;
+};
 
-// When estimate needs more than `available` bytes per rank: "training needs about X per
-// rank (...), more than the Y of memory available to each of this node's N rank(s)"; else
-// nothing. `available` comes from available_memory_per_rank (or a test).
-std::optional<std::string> memory_shortfall(const MemoryEstimate& estimate, std::uint64_t available,
-                                            int ranks_on_node);
+// Host memory: MemAvailable from /proc/meminfo (else physical memory from sysconf) divided by
+// the node's ranks (Kokkos' Serial and OpenMP back ends allocate there).
+AvailableMemory host_memory_per_rank(int ranks_on_node);
+
+// Where the training state lives: on a back end whose memory the host cannot read (CUDA),
+// what is free on the GPU this rank owns (cudaMemGetInfo on the bound device; call it after
+// DistributedManager has bound it); else host_memory_per_rank.
+AvailableMemory available_memory_per_rank(int ranks_on_node);
+
+// When estimate needs more than available.bytes per rank: "training needs about X per rank
+// (...), more than the Y <available.what>"; else nothing (also when the bytes are unknown).
+std::optional<std::string> memory_shortfall(const MemoryEstimate& estimate,
+                                            const AvailableMemory& available);
 
 }  // namespace meshtrain
