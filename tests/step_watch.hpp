@@ -3,9 +3,9 @@
 // host and the execution space's memory only the scalars that must reach the host (a loss, a
 // norm: at most 8 bytes each). Fills from a host value are kernels, not transfers.
 //
-// A buffer counts as device memory when its space is the execution space's and it lies in a
-// live Kokkos allocation: on CUDA the space tells, and on the host back ends the pointer does
-// (a std::vector or a stack array is in no Kokkos allocation), so a copy between a device view
+// A buffer counts as device memory when its space is the execution space's: on CUDA the
+// space alone tells; on the host back ends the buffer must also lie in a live Kokkos
+// allocation (a std::vector or a stack array lies in none), so a copy between a device view
 // and a host container is caught on every back end. A copy into a Kokkos host view is caught
 // where that view's space differs from the execution space's (CUDA).
 #include <Kokkos_Core.hpp>
@@ -76,20 +76,29 @@ class StepWatch {
   }
 
  private:
-  // Kokkos reports an allocation from its header; the view's data follows it.
+  // Kokkos reports a view's allocation from its header, with the view's bytes; the data
+  // follows the header. An empty view's is reported with the header's size instead (its
+  // bytes being 0), so that size is taken as the header alone: a view of exactly that many
+  // bytes would then look like host memory and fail a test loudly, never pass one wrongly.
+  // Kokkos' own scratch ("Kokkos::Serial::scratch_mem", "[unlabeled]") has no header and
+  // holds no view: it is counted, not kept (a range past its end could hold a host buffer).
   static constexpr std::uintptr_t kHeader = sizeof(Kokkos::Impl::SharedAllocationHeader);
+  static constexpr bool kHostMemory =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 
   static StepWatch*& current() {
     static StepWatch* watch = nullptr;
     return watch;
   }
-  static void on_allocate(const Kokkos_Profiling_SpaceHandle, const char*, const void* ptr,
-                          const std::uint64_t size) {
+  static void on_allocate(const Kokkos_Profiling_SpaceHandle, const char* label,
+                          const void* ptr, const std::uint64_t size) {
     StepWatch& w = *current();
     const std::lock_guard lock(w.mutex_);
-    const auto start = reinterpret_cast<std::uintptr_t>(ptr);
-    w.live_[start] = start + kHeader + size;
     if (w.watching_) ++w.allocations_;
+    const std::string_view name(label);
+    if (name.starts_with("Kokkos::") || name == "[unlabeled]") return;
+    const auto start = reinterpret_cast<std::uintptr_t>(ptr);
+    w.live_[start] = start + kHeader + (size == kHeader ? 0 : size);
   }
   static void on_deallocate(const Kokkos_Profiling_SpaceHandle, const char*, const void* ptr,
                             const std::uint64_t) {
@@ -99,6 +108,7 @@ class StepWatch {
   }
   bool on_device(const Kokkos_Profiling_SpaceHandle space, const void* ptr) const {
     if (std::string_view(space.name) != MemSpace::name()) return false;
+    if constexpr (!kHostMemory) return true;
     const auto p = reinterpret_cast<std::uintptr_t>(ptr);
     auto it = live_.upper_bound(p);
     return it != live_.begin() && p < std::prev(it)->second;

@@ -201,7 +201,7 @@ TEST(FnoEngines, AStepAllocatesNothingAndMovesOnlyScalarsToTheHost) {
   dp->step(all.x, all.y, full_batch, 1e-3);
   fsdp->step(all.x, all.y, full_batch, 1e-3);
 
-  ASSERT_TRUE(watch.sees_an_allocation_and_a_transfer());
+  EXPECT_TRUE(watch.sees_an_allocation_and_a_transfer());  // every rank goes on to the steps
   watch.begin();
   for (StepEngine* engine : {dp.get(), fsdp.get()}) {
     engine->step(all.x, all.y, full_batch, 1e-3);

@@ -222,7 +222,8 @@ void expect_steps_stay_on_the_device(const TrainingConfig& config) {
   const ReferenceData data = make_reference_data(100, 4, 0);
   Trainer trainer(Mlp({4, 24, 24, 1}, Activation::ReLU, 0), config);
   trainer.prepare(data.x, data.y);
-  ASSERT_TRUE(watch.sees_an_allocation_and_a_transfer());
+  // Not an ASSERT: every rank goes on to the steps' collectives.
+  EXPECT_TRUE(watch.sees_an_allocation_and_a_transfer());
   // Full and partial batches.
   watch.begin();
   for (std::size_t b = 0; b < 2 * trainer.batches_per_epoch(); ++b) {
