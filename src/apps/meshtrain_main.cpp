@@ -662,10 +662,10 @@ int triage(const TriageOptions& options) {
 int consolidate(const ConsolidateOptions& options) {
   std::string output = options.output;
   if (output.empty()) {
-    const std::string suffix = ".safetensors";
-    const std::string& in = options.index;
-    const bool has = in.size() > suffix.size() && in.compare(in.size() - suffix.size(), suffix.size(), suffix) == 0;
-    output = (has ? in.substr(0, in.size() - suffix.size()) : in) + ".consolidated.safetensors";
+    constexpr std::string_view suffix = ".safetensors";
+    std::string_view stem = options.index;
+    if (stem.size() > suffix.size() && stem.ends_with(suffix)) stem.remove_suffix(suffix.size());
+    output = std::string(stem) + ".consolidated.safetensors";
   }
   const Checkpoint checkpoint = consolidate_sharded(options.index);
   try {

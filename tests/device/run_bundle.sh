@@ -42,10 +42,10 @@
 # GPU_DRY=1 checks this script's logic without a GPU: the GPU steps run the bundle's cuda/bin
 # (make it from a Serial build with BUNDLE_CPU_AS_CUDA=1 bundle.sh build --cuda build) with
 # --comm mpi instead of nccl.
-# GPU_ONLY=1 stops after the GPU steps (the default when the bundle has the CUDA build: the
-# CPU benchmarks are another issue's and would not fit in the 5 minutes) (the CPU benchmarks need a CPU like the CI machine's:
-# the GPU machines seen so far expose no AVX to their VMs, so OpenBLAS runs its generic kernels
-# there, about 17 GFLOP/s a core).
+# GPU_ONLY=1 stops after the GPU steps. It is the default when the bundle has the CUDA build:
+# the CPU benchmarks would not fit in the GPU run's 5 minutes, and they need a CPU like the CI
+# machine's anyway (the GPU machines seen so far expose no AVX to their VMs, so OpenBLAS runs
+# its generic kernels there, about 17 GFLOP/s a core).
 # ONLY=REGEX runs only the steps whose names match (e.g. ONLY='mpi_smoke|scaling_.*').
 # SCALING_ARGS replaces the scaling driver's arguments, and SCALING_PROGRESS="thread poll"
 # runs it once per progress mode (scaling_thread.json, scaling_poll.json) instead of once.
